@@ -1,0 +1,41 @@
+"""anatomist: mechanistic interpretability with the classic HookedTransformer interface.
+
+>>> import anatomist
+>>> model = anatomist.HookedTransformer.from_pretrained("smollm2-135m-instruct")
+>>> logits, cache = model.run_with_cache("Hello World")
+"""
+
+from anatomist import utils
+from anatomist.cache import ActivationCache
+from anatomist.config import HookedTransformerConfig, TransformerConfig
+from anatomist.hooks import (
+    HookDisabledError,
+    HookedRootModule,
+    HookHandle,
+    HookPoint,
+    HookShapeError,
+    LensHandle,
+    UnknownHookError,
+)
+from anatomist.loading.errors import CheckpointError, UnknownModelError
+from anatomist.model.transformer import HookedTransformer, Output
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "CheckpointError",
+    "HookDisabledError",
+    "HookHandle",
+    "HookPoint",
+    "HookShapeError",
+    "HookedRootModule",
+    "HookedTransformer",
+    "HookedTransformerConfig",
+    "LensHandle",
+    "Output",
+    "TransformerConfig",
+    "UnknownHookError",
+    "UnknownModelError",
+    "utils",
+]

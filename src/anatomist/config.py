@@ -1,0 +1,152 @@
+"""`TransformerConfig`: everything the native model needs to know about an architecture.
+
+Families (``anatomist.families``) build one from a checkpoint's own config.json; researchers build
+one by hand to train toy models. Field names follow the classic ``HookedTransformerConfig`` so
+existing code that reads ``model.cfg.d_model`` and friends keeps working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
+POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "none")
+ACTIVATION_FUNCTIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
+
+
+@dataclass
+class TransformerConfig:
+    # Shape of the model.
+    n_layers: int  # number of transformer blocks
+    d_model: int  # width of the residual stream
+    n_ctx: int  # longest sequence the position scheme supports
+    d_head: int  # width of one attention head
+    n_heads: int = -1  # query heads; -1 means d_model // d_head
+    d_mlp: int | None = None  # hidden width of the MLP; None means 4 * d_model (unless attn_only)
+    d_vocab: int = -1  # input vocabulary size
+    d_vocab_out: int = -1  # output vocabulary size; -1 means d_vocab
+    n_key_value_heads: int | None = None  # fewer than n_heads means grouped-query attention
+    attn_only: bool = False  # blocks without MLPs (toy models)
+
+    # What the blocks compute.
+    act_fn: str | None = "gelu_new"  # MLP nonlinearity (see ACTIVATION_FUNCTIONS)
+    gated_mlp: bool = False  # SwiGLU-style: act(x W_gate) * (x W_in)
+    normalization_type: str | None = "LN"  # LN | LNPre | RMS | RMSPre | None (Pre = folded weights)
+    eps: float = 1e-5  # normalization epsilon
+    parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
+    use_attn_scale: bool = True  # divide attention scores by attn_scale
+    attn_scale: float = -1.0  # -1 means sqrt(d_head)
+    scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 option: scores also / (layer + 1)
+
+    # Positions.
+    positional_embedding_type: str = "standard"  # standard (learned) | rotary | none
+    rotary_dim: int | None = None  # rotated width per head; None means d_head
+    rotary_base: float = 10000.0  # rope theta
+    rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)
+
+    # Opt-in hook points (off by default: they cost memory or compute).
+    use_attn_result: bool = False  # blocks.i.attn.hook_result, per-head outputs [b, p, h, d]
+    use_split_qkv_input: bool = False  # blocks.i.hook_{q,k,v}_input, per-head inputs
+    use_attn_in: bool = False  # blocks.i.hook_attn_in, one per-head input for q, k and v
+    use_hook_mlp_in: bool = False  # blocks.i.hook_mlp_in
+    use_hook_tokens: bool = False  # hook_tokens on the input ids
+
+    # Tokenizer and provenance.
+    default_prepend_bos: bool = True  # prepend BOS when tokenizing (never twice)
+    tokenizer_prepends_bos: bool | None = None  # set when a tokenizer is attached
+    default_padding_side: str = "right"
+    tokenizer_name: str | None = None
+    model_name: str = "custom"
+    original_architecture: str | None = None
+    tie_word_embeddings: bool = False  # the checkpoint shares W_E and W_U (we still store both)
+
+    # Numerics and placement.
+    dtype: torch.dtype = torch.float32
+    device: str | None = None
+    seed: int | None = None
+    init_range: float = -1.0  # std of the random init; -1 means 0.8 / sqrt(d_model)
+
+    # Set by weight processing, so analysis code knows what the weights mean.
+    from_checkpoint: bool = False
+    processing: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_heads == -1:
+            if self.d_model % self.d_head:
+                raise ValueError(
+                    f"d_model ({self.d_model}) is not a multiple of d_head ({self.d_head}); "
+                    "set n_heads explicitly."
+                )
+            self.n_heads = self.d_model // self.d_head
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
+                f"({self.n_key_value_heads})."
+            )
+        if self.d_mlp is None and not self.attn_only:
+            self.d_mlp = 4 * self.d_model
+        if self.d_vocab_out == -1:
+            self.d_vocab_out = self.d_vocab
+        if self.attn_scale == -1.0:
+            self.attn_scale = math.sqrt(self.d_head)
+        if self.rotary_dim is None:
+            self.rotary_dim = self.d_head
+        if self.init_range == -1.0:
+            self.init_range = 0.8 / math.sqrt(self.d_model)
+        if isinstance(self.dtype, str):
+            self.dtype = getattr(torch, self.dtype)
+        if self.normalization_type not in NORMALIZATION_TYPES:
+            raise ValueError(
+                f"normalization_type must be one of {NORMALIZATION_TYPES}, "
+                f"got {self.normalization_type!r}."
+            )
+        if self.positional_embedding_type not in POSITIONAL_EMBEDDING_TYPES:
+            raise ValueError(
+                f"positional_embedding_type must be one of {POSITIONAL_EMBEDDING_TYPES}, "
+                f"got {self.positional_embedding_type!r}."
+            )
+        if not self.attn_only and self.act_fn not in ACTIVATION_FUNCTIONS:
+            raise ValueError(
+                f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}."
+            )
+
+    @property
+    def n_kv_heads(self) -> int:
+        assert self.n_key_value_heads is not None
+        return self.n_key_value_heads
+
+    @property
+    def is_grouped_query(self) -> bool:
+        return self.n_kv_heads != self.n_heads
+
+    @property
+    def n_params(self) -> int:
+        """Parameters in attention and MLP weight matrices (the classic count: no embeddings)."""
+        attn = self.n_heads * self.d_head * self.d_model * 2
+        attn += self.n_kv_heads * self.d_head * self.d_model * 2
+        mlp = 0 if self.attn_only else (3 if self.gated_mlp else 2) * self.d_model * (self.d_mlp or 0)
+        return self.n_layers * (attn + mlp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
+        """Build a config from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def unwrap(cls, config: TransformerConfig | dict[str, Any]) -> TransformerConfig:
+        return config if isinstance(config, TransformerConfig) else cls.from_dict(config)
+
+
+# The classic name.
+HookedTransformerConfig = TransformerConfig

@@ -1,0 +1,46 @@
+"""Which family loads a checkpoint: by HF architecture name, or by config model_type."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from anatomist.families import gpt2, llama
+from anatomist.families.base import Family
+
+FAMILIES: tuple[Family, ...] = (gpt2.FAMILY, llama.FAMILY)
+
+_BY_ARCHITECTURE = {arch: f for f in FAMILIES for arch in f.architectures}
+_BY_MODEL_TYPE = {mt: f for f in FAMILIES for mt in f.model_types}
+
+
+class UnsupportedArchitectureError(ValueError):
+    """No family can load a checkpoint of this architecture."""
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_BY_ARCHITECTURE)
+
+
+def family_for_architecture(architecture: str) -> Family:
+    family = _BY_ARCHITECTURE.get(architecture)
+    if family is None:
+        close = difflib.get_close_matches(architecture, list(_BY_ARCHITECTURE), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnsupportedArchitectureError(
+            f"Architecture {architecture!r} is not supported.{hint} Supported: "
+            f"{', '.join(supported_architectures())}."
+        )
+    return family
+
+
+def family_for_config(hf_config: dict[str, Any]) -> Family:
+    """The family for a Hugging Face config.json dict (architectures first, then model_type)."""
+    for arch in hf_config.get("architectures") or []:
+        if arch in _BY_ARCHITECTURE:
+            return _BY_ARCHITECTURE[arch]
+    model_type = hf_config.get("model_type")
+    if model_type in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[model_type]
+    archs = hf_config.get("architectures") or [model_type]
+    return family_for_architecture(str(archs[0]))

@@ -1,0 +1,445 @@
+"""Hook points: named places in a model where activations can be read, edited or replaced.
+
+A `HookPoint` is an identity module placed on an activation. With no hook attached it returns its
+input untouched and costs one module call. `HookedRootModule` gives any `nn.Module` tree the classic
+hook API: add hooks by name or predicate, forward or backward, permanent or temporary, nested
+`hooks()` contexts, `run_with_hooks` and `run_with_cache`.
+
+A hook function has the signature ``fn(activation, hook) -> Tensor | None``; returning a tensor
+replaces the activation (it must keep the activation's shape).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+HookFunction = Callable[..., Any]
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
+Direction = Literal["fwd", "bwd", "both"]
+
+
+class HookShapeError(ValueError):
+    """A hook returned a tensor whose shape differs from the activation it replaces."""
+
+
+class UnknownHookError(KeyError):
+    """A hook name matched no hook point of the model."""
+
+    def __str__(self) -> str:  # KeyError repr-quotes its message; show it plainly.
+        return str(self.args[0])
+
+
+class HookDisabledError(ValueError):
+    """An opt-in hook point was asked for while the option that makes it fire is off."""
+
+
+@dataclass
+class HookHandle:
+    """A hook attached to a `HookPoint`, with the bookkeeping needed to remove it selectively."""
+
+    handle: RemovableHandle
+    direction: Literal["fwd", "bwd"]
+    is_permanent: bool = False
+    context_level: int | None = None
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# The classic name for the same object; downstream code imports it.
+LensHandle = HookHandle
+
+
+class HookPoint(nn.Module):
+    """An identity module that marks a named activation.
+
+    `name` is set by the root module (`HookedRootModule.setup`). `opt_in`, when set, names the config
+    flag (e.g. ``"use_attn_result"``) without which this hook point never fires.
+    """
+
+    def __init__(self, opt_in: str | None = None) -> None:
+        super().__init__()
+        self.name: str | None = None
+        self.opt_in = opt_in
+        self.ctx: dict[Any, Any] = {}
+        self.fwd_hooks: list[HookHandle] = []
+        self.bwd_hooks: list[HookHandle] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @property
+    def has_hooks(self) -> bool:
+        """True when any hook (ours or a raw torch forward hook) would see this activation."""
+        return bool(self._forward_hooks)
+
+    def add_hook(
+        self,
+        hook: HookFunction,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> HookHandle:
+        """Attach `hook` (``fn(tensor, hook=self)``) to this point, forward or backward.
+
+        A forward hook that returns a tensor replaces the activation; a backward hook that returns
+        a tensor replaces the gradient flowing back through it.
+        """
+        if dir == "fwd":
+            handle = self.register_forward_hook(self._forward_wrapper(hook), prepend=prepend)
+        elif dir == "bwd":
+            handle = self.register_forward_hook(self._backward_wrapper(hook), prepend=prepend)
+        else:
+            raise ValueError(f"Hook direction must be 'fwd' or 'bwd', got {dir!r}.")
+        entry = HookHandle(handle, dir, is_permanent, level)
+        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(entry)
+        return entry
+
+    def _forward_wrapper(self, hook: HookFunction) -> Callable[..., Any]:
+        def run(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+            result = hook(output, hook=self)
+            if result is None:
+                return None
+            self._check_replacement(result, output, "activation")
+            return result
+
+        return run
+
+    def _backward_wrapper(self, hook: HookFunction) -> Callable[..., Any]:
+        # Register a tensor hook on the activation as it passes: it receives the gradient of the
+        # loss with respect to exactly this activation (torch's module backward hooks see module
+        # inputs/outputs and break on in-place edits; a tensor hook does not).
+        def run(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+            if not output.requires_grad:
+                return
+
+            def on_grad(grad: Tensor) -> Tensor | None:
+                result = hook(grad, hook=self)
+                if result is None:
+                    return None
+                self._check_replacement(result, grad, "gradient")
+                return result
+
+            output.register_hook(on_grad)
+
+        return run
+
+    def _check_replacement(self, new: Any, old: Tensor, what: str) -> None:
+        if not isinstance(new, Tensor):
+            raise TypeError(
+                f"Hook on {self.name!r} returned {type(new).__name__}; a hook must return a "
+                f"tensor (to replace the {what}) or None."
+            )
+        if new.shape != old.shape:
+            raise HookShapeError(
+                f"Hook on {self.name!r} returned shape {tuple(new.shape)} but the {what} has "
+                f"shape {tuple(old.shape)}; a replacement must keep the shape."
+            )
+
+    def remove_hooks(
+        self,
+        dir: Direction = "fwd",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove this point's hooks in direction `dir` ("fwd", "bwd" or "both").
+
+        Permanent hooks stay unless `including_permanent`; with `level`, only hooks added at that
+        `hooks()` context level are removed.
+        """
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"Direction must be 'fwd', 'bwd' or 'both', got {dir!r}.")
+
+        def keep(entry: HookHandle) -> bool:
+            if entry.is_permanent and not including_permanent:
+                return True
+            if level is not None and entry.context_level != level:
+                return True
+            entry.remove()
+            return False
+
+        if dir in ("fwd", "both"):
+            self.fwd_hooks = [e for e in self.fwd_hooks if keep(e)]
+        if dir in ("bwd", "both"):
+            self.bwd_hooks = [e for e in self.bwd_hooks if keep(e)]
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
+    def layer(self) -> int:
+        """The block index in this hook's name (``blocks.3.attn.hook_q`` -> 3)."""
+        if self.name is None:
+            raise ValueError("This HookPoint has no name yet; call setup() on the root module.")
+        parts = self.name.split(".")
+        if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"Hook {self.name!r} does not belong to a block.")
+        return int(parts[1])
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
+
+
+class HookedRootModule(nn.Module):
+    """Base class for models with hook points. Call `setup()` at the end of ``__init__``."""
+
+    hook_dict: dict[str, HookPoint]
+    mod_dict: dict[str, nn.Module]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.context_level = 0
+        self.hook_dict = {}
+        self.mod_dict = {}
+
+    def setup(self) -> None:
+        """Name every `HookPoint` after its path and index modules and hook points by name."""
+        self.mod_dict = {}
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if name == "":
+                continue
+            module.name = name  # type: ignore[assignment]
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                self.hook_dict[name] = module
+
+    def hook_points(self) -> list[HookPoint]:
+        return list(self.hook_dict.values())
+
+    # --- which hooks are live -------------------------------------------------------------------
+    def _opt_in_enabled(self, hook_point: HookPoint) -> bool:
+        """Whether an opt-in hook point fires under the current configuration."""
+        if hook_point.opt_in is None:
+            return True
+        cfg = getattr(self, "cfg", None)
+        return bool(getattr(cfg, hook_point.opt_in, False))
+
+    def _disabled_message(self, hook_point: HookPoint) -> str:
+        flag = hook_point.opt_in
+        return (
+            f"Hook {hook_point.name!r} is opt-in and currently off, so it never fires. Turn it on "
+            f"with model.set_{flag}(True) (or cfg.{flag} = True) before adding hooks or caching."
+        )
+
+    def _unknown_hook(self, name: str) -> UnknownHookError:
+        close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
+        hint = f" Closest hook names: {', '.join(close)}." if close else ""
+        return UnknownHookError(
+            f"No hook point named {name!r}.{hint} model.hook_dict lists them all; "
+            f"utils.get_act_name builds names from shorthands."
+        )
+
+    def resolve_hook_names(self, names_filter: NamesFilter, strict: bool = True) -> list[str]:
+        """The hook point names selected by `names_filter` (None, a name, names, or predicate).
+
+        Explicitly named hooks must exist and be enabled (errors otherwise); predicates and None
+        silently skip opt-in hooks that are off.
+        """
+        if names_filter is None:
+            return [n for n, hp in self.hook_dict.items() if self._opt_in_enabled(hp)]
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            predicate = names_filter
+            return [
+                n for n, hp in self.hook_dict.items() if self._opt_in_enabled(hp) and predicate(n)
+            ]
+        names = list(names_filter)
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"names_filter entries must be hook names (str), got {n!r}.")
+            if n not in self.hook_dict:
+                raise self._unknown_hook(n)
+            if strict and not self._opt_in_enabled(self.hook_dict[n]):
+                raise HookDisabledError(self._disabled_message(self.hook_dict[n]))
+        return names
+
+    # --- adding and removing hooks --------------------------------------------------------------
+    def add_hook(
+        self,
+        name: str | Callable[[str], bool],
+        hook: HookFunction,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Attach `hook` to the hook point `name`, or to every hook point whose name passes it."""
+        for hook_name in self.resolve_hook_names(name):
+            self.hook_dict[hook_name].add_hook(
+                hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend
+            )
+
+    def add_perma_hook(
+        self,
+        name: str | Callable[[str], bool],
+        hook: HookFunction,
+        dir: Literal["fwd", "bwd"] = "fwd",
+    ) -> None:
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def reset_hooks(
+        self,
+        clear_contexts: bool = True,
+        direction: Direction = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks from every hook point (permanent ones only when asked)."""
+        for hp in self.hook_dict.values():
+            if clear_contexts:
+                hp.clear_context()
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def remove_all_hook_fns(
+        self, direction: Direction = "both", including_permanent: bool = False
+    ) -> None:
+        self.reset_hooks(False, direction, including_permanent)
+
+    def clear_contexts(self) -> None:
+        for hp in self.hook_dict.values():
+            hp.clear_context()
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ) -> Iterator[HookedRootModule]:
+        """Add hooks for the duration of a ``with`` block; nested blocks stack.
+
+        Leaving a block removes only the hooks that block added (unless `reset_hooks_end` is
+        False, in which case they stay until removed by hand).
+        """
+        self.context_level += 1
+        level = self.context_level
+        try:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn, dir="fwd", level=level)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd", level=level)
+            yield self
+        finally:
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+            self.context_level -= 1
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFunction]] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """Run the model once with the given hooks, then remove them.
+
+        Backward hooks fire when you call ``.backward()`` on the result; to let them, pass
+        ``reset_hooks_end=False`` and call ``reset_hooks()`` afterwards.
+        """
+        if bwd_hooks and reset_hooks_end:
+            raise ValueError(
+                "Backward hooks would be removed before .backward() runs. Pass "
+                "reset_hooks_end=False and call model.reset_hooks() after the backward pass, "
+                "or use `with model.hooks(bwd_hooks=...)`."
+            )
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self(*model_args, **model_kwargs)
+
+    # --- caching ---------------------------------------------------------------------------------
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, Tensor] | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict[str, Tensor], list[tuple[str, HookFunction]], list[tuple[str, HookFunction]]]:
+        """Hooks that store (detached, optionally moved and sliced) activations in `cache`."""
+        from anatomist.utils import Slice
+
+        store: dict[str, Tensor] = {} if cache is None else cache
+        names = self.resolve_hook_names(names_filter)
+        slicer = None if pos_slice is None else Slice(pos_slice)
+
+        def make_saver(key: str) -> HookFunction:
+            def save(tensor: Tensor, hook: HookPoint) -> None:
+                value = tensor.detach()
+                if slicer is not None:
+                    value = slicer.apply(value, dim=_position_dim(key, value))
+                if remove_batch_dim:
+                    value = value[0]
+                if device is not None:
+                    value = value.to(device)
+                store[key] = value
+
+            return save
+
+        fwd = [(n, make_saver(n)) for n in names]
+        bwd = [(n, make_saver(n + "_grad")) for n in names] if incl_bwd else []
+        return store, fwd, bwd
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        return_cache_object: bool = True,
+        **model_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Run the model and return ``(output, cache)`` of the activations `names_filter` selects.
+
+        With ``incl_bwd=True`` the output must be a scalar (e.g. ``return_type="loss"``); its
+        backward pass runs here and gradients are stored under ``name + "_grad"``.
+        """
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice
+        )
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+            output = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                target = getattr(output, "loss", output)
+                if not isinstance(target, Tensor) or target.numel() != 1:
+                    raise ValueError(
+                        "run_with_cache(incl_bwd=True) runs the backward pass from the model's "
+                        "output, which must be a scalar: pass return_type='loss' (or 'both')."
+                    )
+                target.backward()
+        if return_cache_object:
+            return output, self._make_cache(store, has_batch_dim=not remove_batch_dim)
+        return output, store
+
+    def _make_cache(self, store: dict[str, Tensor], has_batch_dim: bool) -> Any:
+        from anatomist.cache import ActivationCache
+
+        return ActivationCache(store, self, has_batch_dim=has_batch_dim)
+
+
+# Hooks whose tensors are [batch, head, query_pos, key_pos]: the position axis is the query axis.
+_QK_HOOKS = ("hook_attn_scores", "hook_pattern")
+
+
+def _position_dim(name: str, tensor: Tensor) -> int:
+    """The position axis of a cached activation (before any batch-dim removal)."""
+    base = name.removesuffix("_grad")
+    if base.endswith(_QK_HOOKS):
+        return 2
+    return 1 if tensor.dim() > 1 else 0

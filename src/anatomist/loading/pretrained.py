@@ -1,0 +1,271 @@
+"""`from_pretrained`: name -> files -> family config and weights -> processing -> model.
+
+The model is built on the ``meta`` device (no memory), then each checkpoint tensor is converted
+and assigned as it is read, so peak memory is about one copy of the weights. The Hugging Face
+model is never instantiated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import Family
+from anatomist.families.registry import family_for_config
+from anatomist.loading.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from anatomist.model.transformer import HookedTransformer
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def load_pretrained(
+    cls: type[HookedTransformer],
+    model_name: str | os.PathLike[str],
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    refactor_factored_attn_matrices: bool = False,
+    checkpoint_index: int | None = None,
+    checkpoint_value: int | None = None,
+    hf_model: Any = None,
+    device: str | torch.device | None = None,
+    n_devices: int = 1,
+    tokenizer: Any = None,
+    move_to_device: bool = True,
+    fold_value_biases: bool = True,
+    default_prepend_bos: bool | None = None,
+    default_padding_side: str = "right",
+    dtype: str | torch.dtype = "float32",
+    first_n_layers: int | None = None,
+    n_ctx: int | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    progress: bool = True,
+) -> HookedTransformer:
+    """Load a checkpoint into a native `HookedTransformer`.
+
+    `model_name` is a local folder (config.json + safetensors/.bin), a .gguf file, a name or
+    alias of the model registry, a packaged model ("smollm2-135m-instruct"), or a Hugging Face
+    repo id in the local cache (the hub is tried only when online). `hf_model` loads from an
+    already instantiated Hugging Face model instead of files. Weight processing defaults to the
+    classic steps; `from_pretrained_no_processing` turns them all off. `progress=False` hides the
+    progress bar.
+    """
+    if n_devices != 1:
+        raise NotImplementedError("Loading across several devices (n_devices > 1) is not supported.")
+    if checkpoint_index is not None or checkpoint_value is not None:
+        raise NotImplementedError(
+            "Training checkpoints (checkpoint_index / checkpoint_value) are not supported yet; "
+            "pass revision=... for a Hugging Face revision, or a local folder."
+        )
+    target_dtype = parse_dtype(dtype)
+    processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    # Process in float32 and cast afterwards, so folding does not lose half-precision bits.
+    load_dtype = torch.float32 if processing and target_dtype.itemsize < 4 else target_dtype
+
+    source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
+    family = family_for_config(source.hf_config)
+    cfg = family.build_config(source.hf_config)
+    cfg.model_name = source.name
+    cfg.dtype = load_dtype
+    if n_ctx is not None:
+        cfg.n_ctx = n_ctx
+    if first_n_layers is not None:
+        if not 0 < first_n_layers <= cfg.n_layers:
+            raise ValueError(f"first_n_layers must be in 1..{cfg.n_layers}, got {first_n_layers}.")
+        cfg.n_layers = first_n_layers
+    if default_prepend_bos is not None:
+        cfg.default_prepend_bos = default_prepend_bos
+
+    with torch.device("meta"):
+        model = cls(cfg, move_to_device=False, init_weights=False)
+    fill_weights(model, family, source.tensors, source.label, progress=progress)
+    model.cfg.from_checkpoint = True
+    model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer, default_padding_side)
+
+    model.process_weights_(
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+    )
+    if load_dtype != target_dtype:
+        model.to(target_dtype)
+    if move_to_device and device is not None:
+        model.to(device)
+    return model.eval()
+
+
+class _Source:
+    """Where the weights come from: config dict, a tensor stream, and maybe a tokenizer."""
+
+    def __init__(
+        self,
+        name: str,
+        label: str,
+        hf_config: dict[str, Any],
+        tensors: Iterable[tuple[str, Tensor]],
+        tokenizer: Any,
+    ) -> None:
+        self.name, self.label, self.hf_config = name, label, hf_config
+        self.tensors, self.tokenizer = tensors, tokenizer
+
+
+def _open_source(
+    model_name: str | os.PathLike[str],
+    hf_model: Any,
+    revision: str | None,
+    local_files_only: bool | None,
+    want_tokenizer: bool,
+) -> _Source:
+    name = str(model_name)
+    if hf_model is not None:
+        hf_config = hf_model.config.to_dict()
+        return _Source(name, f"the given {type(hf_model).__name__}", hf_config,
+                       hf_model.state_dict().items(), None)
+
+    from anatomist.loading.resolve import resolve_checkpoint
+
+    resolved = resolve_checkpoint(name, revision=revision, local_files_only=local_files_only)
+    if resolved.kind == "gguf":
+        from anatomist.loading.gguf import read_gguf
+
+        gguf = read_gguf(resolved.path)
+        tokenizer = gguf.tokenizer() if want_tokenizer else None
+        return _Source(resolved.name, str(resolved.path), gguf.hf_config, gguf.tensors(), tokenizer)
+
+    from anatomist.loading.safetensors import iter_checkpoint_tensors
+
+    folder = resolved.path
+    config_path = folder / "config.json"
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"Cannot read {config_path}: {error}") from error
+    tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
+    return _Source(resolved.name, str(folder), hf_config, iter_checkpoint_tensors(folder), tokenizer)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _folder_tokenizer(folder: Path) -> Any:
+    """The folder's tokenizer, or None when it ships none."""
+    if not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def fill_weights(
+    model: nn.Module,
+    family: Family,
+    tensors: Iterable[tuple[str, Tensor]],
+    label: str,
+    progress: bool = True,
+) -> None:
+    """Convert and assign checkpoint tensors into a model built on the meta device.
+
+    Biases the checkpoint lacks become zeros; a tied output embedding is copied from the input
+    embedding; any other missing weight, a shape mismatch, or an unknown tensor name is a
+    `CheckpointError` naming the checkpoint.
+    """
+    cfg: TransformerConfig = model.cfg  # type: ignore[assignment]
+    expected = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for hf_name, tensor in _progress(tensors, progress, label):
+        try:
+            native = family.convert(hf_name, tensor, cfg)
+        except KeyError:
+            raise CheckpointError(
+                f"{label}: unexpected tensor {hf_name!r} for the {family.name} family "
+                f"(shape {tuple(tensor.shape)}). The checkpoint may be a different architecture "
+                "than its config.json says."
+            ) from None
+        for key, value in native.items():
+            if key not in expected:
+                if _beyond_last_layer(key, cfg.n_layers):
+                    continue
+                raise CheckpointError(f"{label}: tensor {hf_name!r} maps to unknown weight {key!r}.")
+            want = expected[key].shape
+            if value.shape != want:
+                raise CheckpointError(
+                    f"{label}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, which gives "
+                    f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}."
+                )
+            weight = value.to(cfg.dtype).contiguous()
+            if weight.data_ptr() == tensor.data_ptr():
+                # Still the source's memory (a memory-mapped file or the user's HF model):
+                # take our own copy, since weight processing edits weights in place.
+                weight = weight.clone()
+            _assign(model, key, weight)
+            loaded.add(key)
+
+    if "unembed.W_U" not in loaded and "embed.W_E" in loaded:
+        # Tied embeddings: the checkpoint stores one matrix. Keep a separate copy for W_U so
+        # weight processing (centering, folding) can change one without the other.
+        _assign(model, "unembed.W_U", model.embed.W_E.detach().T.clone())
+        loaded.add("unembed.W_U")
+    missing = []
+    for key, param in expected.items():
+        if key in loaded:
+            continue
+        if key.rsplit(".", 1)[-1].lstrip("_").startswith("b"):
+            _assign(model, key, torch.zeros(param.shape, dtype=cfg.dtype))
+        else:
+            missing.append(key)
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise CheckpointError(f"{label}: the checkpoint lacks {len(missing)} weights: {shown}.")
+    for module in model.modules():
+        reset = getattr(module, "reset_buffers", None)
+        if callable(reset):
+            reset()
+
+
+def _progress(
+    tensors: Iterable[tuple[str, Tensor]], enabled: bool, label: str
+) -> Iterator[tuple[str, Tensor]]:
+    total = len(tensors) if hasattr(tensors, "__len__") else None  # type: ignore[arg-type]
+    name = Path(label).name or label
+    yield from tqdm(tensors, total=total, desc=f"Loading {name}", unit="tensor", disable=not enabled, leave=False)
+
+
+def _beyond_last_layer(key: str, n_layers: int) -> bool:
+    parts = key.split(".")
+    return len(parts) > 1 and parts[0] == "blocks" and int(parts[1]) >= n_layers
+
+
+def _assign(model: nn.Module, key: str, value: Tensor) -> None:
+    module_name, _, param_name = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    module._parameters[param_name] = nn.Parameter(value, requires_grad=True)

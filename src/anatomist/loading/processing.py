@@ -1,0 +1,169 @@
+"""Weight processing: rewrite weights so they are easier to interpret, computing the same function.
+
+- `fold_layer_norm`: fold each norm's weight (and LayerNorm bias) into the layer that reads it;
+  norms become ``LNPre``/``RMSPre``. With LayerNorm, reading weights are also centered along
+  d_model, since their input has zero mean.
+- `center_writing_weights`: remove the mean along d_model of everything written to the residual
+  stream (LayerNorm models only: LayerNorm removes that mean anyway; RMSNorm does not).
+- `center_unembed`: make each row of ``W_U`` (and ``b_U``) zero-mean over the vocabulary;
+  log-probabilities are unchanged because softmax ignores a constant shift.
+- `fold_value_biases`: move ``b_V`` into ``b_O`` (each pattern row sums to 1, so the value bias
+  contributes ``sum_h b_V[h] @ W_O[h]`` at every position).
+
+Logits change only by a per-position constant (log-probs are identical up to float error);
+tests/loading/test_processing.py proves it on every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from anatomist.model.transformer import HookedTransformer
+
+_LAYER_NORMS = ("LN", "LNPre")
+
+
+def process_weights(
+    model: HookedTransformer,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
+) -> None:
+    """Apply the classic processing steps in their classic order.
+
+    Steps that are not valid for the model are skipped: folding when there is nothing to fold,
+    centering the writing weights when the model does not use LayerNorm.
+    """
+    # The arguments shadow the step functions' names, hence the _STEPS table.
+    norm = model.cfg.normalization_type
+    if fold_ln and norm in ("LN", "RMS"):
+        _STEPS["fold_ln"](model, center_weights=norm == "LN")
+    if center_writing_weights and model.cfg.normalization_type in _LAYER_NORMS:
+        _STEPS["center_writing_weights"](model)
+    if center_unembed:
+        _STEPS["center_unembed"](model)
+    if fold_value_biases:
+        _STEPS["fold_value_biases"](model)
+    if refactor_factored_attn_matrices:
+        _STEPS["refactor_factored_attn_matrices"](model)
+
+
+@torch.no_grad()
+def fold_layer_norm(
+    model: HookedTransformer, fold_biases: bool = True, center_weights: bool = True
+) -> None:
+    """Fold norm weights into the next layer's weights; norms become weightless (LNPre/RMSPre)."""
+    cfg = model.cfg
+    if cfg.normalization_type not in ("LN", "RMS"):
+        raise ValueError(
+            f"Nothing to fold: normalization_type is {cfg.normalization_type!r} "
+            "(folding needs LN or RMS)."
+        )
+    is_ln = cfg.normalization_type == "LN"
+    center = center_weights and is_ln
+    for block in model.blocks:
+        attn = block.attn
+        W_K, b_K, W_V, b_V = attn.kv_weights
+        for W, b in ((attn.W_Q, attn.b_Q), (W_K, b_K), (W_V, b_V)):
+            _fold_into_heads(W, b, block.ln1, is_ln and fold_biases, center)
+        if not cfg.attn_only:
+            mlp = block.mlp
+            if cfg.gated_mlp and is_ln and fold_biases and bool(block.ln2.b.any()):
+                raise NotImplementedError(
+                    "Folding a LayerNorm bias into a gated MLP needs a gate bias, which this "
+                    "model has no slot for; load with fold_ln=False."
+                )
+            _fold_into_matrix(mlp.W_in, mlp.b_in, block.ln2, is_ln and fold_biases, center)
+            if cfg.gated_mlp:
+                _fold_into_matrix(mlp.W_gate, None, block.ln2, False, center)
+    unembed = model.unembed
+    _fold_into_matrix(unembed.W_U, unembed.b_U, model.ln_final, is_ln and fold_biases, center)
+    model.set_layer_norm_type("LNPre" if is_ln else "RMSPre")
+    model.cfg.processing["fold_ln"] = True
+
+
+def _fold_into_heads(W: Tensor, b: Tensor, norm: torch.nn.Module, fold_bias: bool, center: bool) -> None:
+    # W: [heads, d_model, d_head], b: [heads, d_head]
+    if fold_bias:
+        b += torch.einsum("d,hde->he", norm.b, W)
+    W *= norm.w[None, :, None]
+    if center:
+        W -= W.mean(dim=1, keepdim=True)
+
+
+def _fold_into_matrix(
+    W: Tensor, b: Tensor | None, norm: torch.nn.Module, fold_bias: bool, center: bool
+) -> None:
+    # W: [d_model, out], b: [out]
+    if fold_bias and b is not None:
+        b += norm.b @ W
+    W *= norm.w[:, None]
+    if center:
+        W -= W.mean(dim=0, keepdim=True)
+
+
+@torch.no_grad()
+def center_writing_weights(model: HookedTransformer) -> None:
+    """Make every write to the residual stream zero-mean along d_model (LayerNorm models)."""
+    if model.cfg.normalization_type not in _LAYER_NORMS:
+        raise ValueError(
+            "center_writing_weights is only valid for LayerNorm models: RMSNorm does not remove "
+            f"the mean (normalization_type is {model.cfg.normalization_type!r})."
+        )
+    _center_last(model.embed.W_E)
+    if model.cfg.positional_embedding_type == "standard":
+        _center_last(model.pos_embed.W_pos)
+    for block in model.blocks:
+        _center_last(block.attn.W_O)
+        _center_last(block.attn.b_O)
+        if not model.cfg.attn_only:
+            _center_last(block.mlp.W_out)
+            _center_last(block.mlp.b_out)
+    model.cfg.processing["center_writing_weights"] = True
+
+
+def _center_last(t: Tensor) -> None:
+    t -= t.mean(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def center_unembed(model: HookedTransformer) -> None:
+    """Zero-mean ``W_U`` rows and ``b_U`` over the vocabulary (softmax is shift-invariant)."""
+    _center_last(model.unembed.W_U)
+    _center_last(model.unembed.b_U)
+    model.cfg.processing["center_unembed"] = True
+
+
+@torch.no_grad()
+def fold_value_biases(model: HookedTransformer) -> None:
+    """Move each layer's value bias into its output bias: ``b_O += sum_h b_V[h] @ W_O[h]``."""
+    for block in model.blocks:
+        attn = block.attn
+        _, _, _, b_V_kv = attn.kv_weights
+        b_V = attn.b_V  # [n_heads, d_head], repeated per query head under GQA
+        attn.b_O += torch.einsum("he,hed->d", b_V, attn.W_O)
+        b_V_kv.zero_()
+    model.cfg.processing["fold_value_biases"] = True
+
+
+def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
+    raise NotImplementedError(
+        "refactor_factored_attn_matrices is not available yet; it arrives with the weight-space "
+        "analysis (FactoredMatrix). Load with refactor_factored_attn_matrices=False."
+    )
+
+
+_STEPS: dict[str, Callable[..., None]] = {
+    "fold_ln": fold_layer_norm,
+    "center_writing_weights": center_writing_weights,
+    "center_unembed": center_unembed,
+    "fold_value_biases": fold_value_biases,
+    "refactor_factored_attn_matrices": refactor_factored_attn_matrices,
+}

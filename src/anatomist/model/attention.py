@@ -1,0 +1,175 @@
+"""Multi-head attention with the classic hook points.
+
+Weights use the classic per-head layout: ``W_Q [n_heads, d_model, d_head]``,
+``W_O [n_heads, d_head, d_model]``. Under grouped-query attention the key/value weights have
+``n_key_value_heads`` heads and are stored as ``_W_K``/``_W_V``; ``W_K``/``W_V`` then repeat them
+per query head, as the classic library did.
+
+Attention runs through ``scaled_dot_product_attention`` unless a hook needs the scores or the
+pattern (``hook_attn_scores`` / ``hook_pattern``); then the explicit path runs for this layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookPoint
+from anatomist.model.positions import Rotary
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        h, kv, d, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head
+        dtype = cfg.dtype
+        self.W_Q = nn.Parameter(torch.empty(h, d, dh, dtype=dtype))
+        self.b_Q = nn.Parameter(torch.zeros(h, dh, dtype=dtype))
+        self._register_kv(kv, d, dh, dtype)
+        self.W_O = nn.Parameter(torch.empty(h, dh, d, dtype=dtype))
+        self.b_O = nn.Parameter(torch.zeros(d, dtype=dtype))
+
+        self.scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            self.scale *= layer_idx + 1
+        self.rotary = Rotary(cfg) if cfg.positional_embedding_type == "rotary" else None
+
+        self.hook_q = HookPoint()  # [b, p, n_heads, d_head]
+        self.hook_k = HookPoint()  # [b, p, n_kv_heads, d_head]
+        self.hook_v = HookPoint()  # [b, p, n_kv_heads, d_head]
+        if self.rotary is not None:
+            self.hook_rot_q = HookPoint()  # [b, p, n_heads, d_head], after rotary
+            self.hook_rot_k = HookPoint()  # [b, p, n_kv_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [b, n_heads, q_pos, k_pos], scaled and masked
+        self.hook_pattern = HookPoint()  # [b, n_heads, q_pos, k_pos], softmax of the scores
+        self.hook_z = HookPoint()  # [b, p, n_heads, d_head], pattern-weighted values
+        self.hook_result = HookPoint("use_attn_result")  # [b, p, n_heads, d_model]
+
+    def _register_kv(self, kv: int, d: int, dh: int, dtype: torch.dtype) -> None:
+        self.W_K = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self.W_V = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self.b_K = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
+        self.b_V = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
+
+    # Key/value weights with one slice per key/value head (equal to W_K/W_V without GQA).
+    @property
+    def kv_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.W_K, self.b_K, self.W_V, self.b_V
+
+    @property
+    def needs_pattern(self) -> bool:
+        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+
+    def forward(
+        self,
+        query_input: Tensor,
+        key_input: Tensor,
+        value_input: Tensor,
+        positions: Tensor,
+        mask: Tensor | None,
+    ) -> Tensor:
+        """Inputs are ``[b, p, d_model]``, or ``[b, p, heads, d_model]`` (one input per head).
+
+        `mask` is a boolean ``[b, 1, q, k]`` (True = may attend) or None for plain causal.
+        """
+        W_K, b_K, W_V, b_V = self.kv_weights
+        q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))  # [b, p, h, dh]
+        k = self.hook_k(_project(key_input, W_K, b_K))  # [b, p, kv, dh]
+        v = self.hook_v(_project(value_input, W_V, b_V))  # [b, p, kv, dh]
+        if self.rotary is not None:
+            cos, sin = self.rotary.cos_sin(positions, q.dtype)
+            q = self.hook_rot_q(self.rotary(q, cos, sin))
+            k = self.hook_rot_k(self.rotary(k, cos, sin))
+
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
+        if self.needs_pattern:
+            z = self._explicit_attention(qh, kh, vh, mask)
+        else:
+            z = F.scaled_dot_product_attention(
+                qh,
+                kh,
+                vh,
+                attn_mask=mask,
+                is_causal=mask is None and qh.shape[-2] > 1,
+                scale=1.0 / self.scale,
+                enable_gqa=self.cfg.is_grouped_query,
+            )
+        z = self.hook_z(z.transpose(1, 2))  # [b, p, h, dh]
+
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(-2) + self.b_O
+        b, p, h, dh = z.shape
+        out = torch.addmm(self.b_O, z.reshape(b * p, h * dh), self.W_O.reshape(h * dh, -1))
+        return out.view(b, p, -1)
+
+    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        group = self.cfg.n_heads // self.cfg.n_kv_heads
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        scores = q @ k.transpose(-1, -2) / self.scale  # [b, h, q, k]
+        if mask is None:
+            mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        return pattern @ v  # [b, h, q, dh]
+
+
+class GroupedQueryAttention(Attention):
+    """Attention whose keys and values have fewer heads than its queries."""
+
+    def _register_kv(self, kv: int, d: int, dh: int, dtype: torch.dtype) -> None:
+        self._W_K = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self._W_V = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self._b_K = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
+        self._b_V = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
+
+    @property
+    def kv_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self._W_K, self._b_K, self._W_V, self._b_V
+
+    def _repeat(self, t: Tensor) -> Tensor:
+        return t.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0)
+
+    @property  # type: ignore[override]
+    def W_K(self) -> Tensor:
+        return self._repeat(self._W_K)
+
+    @property  # type: ignore[override]
+    def W_V(self) -> Tensor:
+        return self._repeat(self._W_V)
+
+    @property  # type: ignore[override]
+    def b_K(self) -> Tensor:
+        return self._repeat(self._b_K)
+
+    @property  # type: ignore[override]
+    def b_V(self) -> Tensor:
+        return self._repeat(self._b_V)
+
+
+def make_attention(cfg: TransformerConfig, layer_idx: int) -> Attention:
+    cls = GroupedQueryAttention if cfg.is_grouped_query else Attention
+    return cls(cfg, layer_idx)
+
+
+def _project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """Per-head projection: ``[b, p, d] or [b, p, heads, d]`` with ``W [heads, d, e]`` -> ``[b, p, heads, e]``."""
+    if x.dim() == 4:
+        return torch.einsum("bphd,hde->bphe", x, W) + b
+    heads, d, e = W.shape
+    flat = W.permute(1, 0, 2).reshape(d, heads * e)
+    out = torch.addmm(b.reshape(-1), x.reshape(-1, d), flat)
+    return out.view(*x.shape[:-1], heads, e)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor:
+    """Boolean ``[1, 1, q, k]``: query i (the last q_len of k_len positions) sees keys <= i."""
+    full = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    return full.tril(diagonal=k_len - q_len)[None, None]

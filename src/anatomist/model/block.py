@@ -1,0 +1,76 @@
+"""One transformer block: attention then MLP (or both in parallel), with residual hooks."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookPoint
+from anatomist.model.attention import make_attention
+from anatomist.model.mlp import make_mlp
+from anatomist.model.norm import make_norm
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.ln1 = make_norm(cfg)
+        self.attn = make_attention(cfg, layer_idx)
+        if not cfg.attn_only:
+            self.ln2 = make_norm(cfg)
+            self.mlp = make_mlp(cfg)
+
+        self.hook_resid_pre = HookPoint()  # [b, p, d_model]
+        self.hook_attn_in = HookPoint("use_attn_in")  # [b, p, n_heads, d_model]
+        self.hook_q_input = HookPoint("use_split_qkv_input")  # [b, p, n_heads, d_model]
+        self.hook_k_input = HookPoint("use_split_qkv_input")  # [b, p, n_kv_heads, d_model]
+        self.hook_v_input = HookPoint("use_split_qkv_input")  # [b, p, n_kv_heads, d_model]
+        self.hook_attn_out = HookPoint()  # [b, p, d_model]
+        if not cfg.attn_only:
+            self.hook_mlp_in = HookPoint("use_hook_mlp_in")  # [b, p, d_model]
+            self.hook_mlp_out = HookPoint()  # [b, p, d_model]
+        if not cfg.parallel_attn_mlp:
+            self.hook_resid_mid = HookPoint()  # [b, p, d_model]
+        self.hook_resid_post = HookPoint()  # [b, p, d_model]
+
+    def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
+        cfg = self.cfg
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(*self._attention_inputs(resid_pre), positions, mask))
+        if cfg.attn_only:
+            return self.hook_resid_post(resid_pre + attn_out)
+        if cfg.parallel_attn_mlp:
+            mlp_in = self.hook_mlp_in(resid_pre) if cfg.use_hook_mlp_in else resid_pre
+            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _attention_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalized query, key and value inputs, per head when an opt-in hook asks for it."""
+        cfg = self.cfg
+        if cfg.use_split_qkv_input:
+            q_in = self.hook_q_input(_per_head(resid_pre, cfg.n_heads))
+            k_in = self.hook_k_input(_per_head(resid_pre, cfg.n_kv_heads))
+            v_in = self.hook_v_input(_per_head(resid_pre, cfg.n_kv_heads))
+            return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
+        if cfg.use_attn_in:
+            if cfg.is_grouped_query:
+                raise ValueError(
+                    "use_attn_in gives one input per query head, which is undefined for the "
+                    "shared key/value heads of grouped-query attention; use "
+                    "model.set_use_split_qkv_input(True) instead."
+                )
+            attn_in = self.ln1(self.hook_attn_in(_per_head(resid_pre, cfg.n_heads)))
+            return attn_in, attn_in, attn_in
+        normalized = self.ln1(resid_pre)
+        return normalized, normalized, normalized
+
+
+def _per_head(x: Tensor, n_heads: int) -> Tensor:
+    """``[b, p, d]`` -> ``[b, p, n_heads, d]``: a separate copy per head, so hooks can edit one."""
+    return x.unsqueeze(2).expand(-1, -1, n_heads, -1).clone()

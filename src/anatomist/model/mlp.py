@@ -1,0 +1,65 @@
+"""MLPs: standard (``act(x W_in + b_in) W_out``) and gated (SwiGLU: ``act(x W_gate) * x W_in``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookPoint
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        assert cfg.d_mlp is not None and cfg.act_fn is not None
+        self.cfg = cfg
+        d, m, dtype = cfg.d_model, cfg.d_mlp, cfg.dtype
+        self.W_in = nn.Parameter(torch.empty(d, m, dtype=dtype))
+        self.b_in = nn.Parameter(torch.zeros(m, dtype=dtype))
+        self.W_out = nn.Parameter(torch.empty(m, d, dtype=dtype))
+        self.b_out = nn.Parameter(torch.zeros(d, dtype=dtype))
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.hook_pre = HookPoint()  # [b, p, d_mlp], before the nonlinearity
+        self.hook_post = HookPoint()  # [b, p, d_mlp], after it
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.hook_pre(_linear(x, self.W_in, self.b_in))
+        post = self.hook_post(self.act(pre))
+        return _linear(post, self.W_out, self.b_out)
+
+
+class GatedMLP(MLP):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__(cfg)
+        assert cfg.d_mlp is not None
+        self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
+        self.hook_pre_linear = HookPoint()  # [b, p, d_mlp], the ungated branch x W_in + b_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.hook_pre(torch.matmul(x, self.W_gate))  # gate pre-activation
+        pre_linear = self.hook_pre_linear(_linear(x, self.W_in, self.b_in))
+        post = self.hook_post(self.act(pre) * pre_linear)
+        return _linear(post, self.W_out, self.b_out)
+
+
+def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    # addmm on the flattened batch: one GEMM with the bias fused, no copy of W.
+    out = torch.addmm(b, x.reshape(-1, x.shape[-1]), W)
+    return out.view(*x.shape[:-1], W.shape[-1])
+
+
+def make_mlp(cfg: TransformerConfig) -> MLP:
+    return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)

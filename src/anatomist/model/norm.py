@@ -1,0 +1,99 @@
+"""Normalization layers with hook points for the scale and the normalized output.
+
+``LN``/``RMS`` carry learned weights; ``LNPre``/``RMSPre`` are what remains after weight
+processing folded those weights into the next layer (`loading.processing.fold_layer_norm`).
+Hook semantics follow the classic library: for LayerNorm ``hook_normalized`` sees the output
+after the weight and bias; for RMSNorm it sees ``x / scale`` before the weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookPoint
+
+
+class _Norm(nn.Module):
+    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.eps = cfg.eps
+        self.length = length or cfg.d_model
+        self.hook_scale = HookPoint()  # [..., 1]
+        self.hook_normalized = HookPoint()  # [..., length]
+
+    def _hooked(self) -> bool:
+        return self.hook_scale.has_hooks or self.hook_normalized.has_hooks
+
+
+class LayerNorm(_Norm):
+    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
+        super().__init__(cfg, length)
+        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(self.length, dtype=cfg.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._hooked():
+            return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale * self.w + self.b)
+
+
+class LayerNormPre(_Norm):
+    """LayerNorm whose weight and bias were folded into the layer that reads it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._hooked():
+            return F.layer_norm(x, (self.length,), None, None, self.eps)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale)
+
+
+class RMSNorm(_Norm):
+    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
+        super().__init__(cfg, length)
+        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._hooked():
+            return _rms_normalize(x, self.eps) * self.w
+        scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((x.float() / scale).to(x.dtype)) * self.w
+
+
+class RMSNormPre(_Norm):
+    """RMSNorm whose weight was folded into the layer that reads it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._hooked():
+            return _rms_normalize(x, self.eps)
+        scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((x.float() / scale).to(x.dtype))
+
+
+def _rms_normalize(x: Tensor, eps: float) -> Tensor:
+    # Computed in float32 like Hugging Face's Llama RMSNorm, then cast back.
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+NORMS: dict[str | None, type[nn.Module] | None] = {
+    "LN": LayerNorm,
+    "LNPre": LayerNormPre,
+    "RMS": RMSNorm,
+    "RMSPre": RMSNormPre,
+    None: None,
+}
+
+
+def make_norm(cfg: TransformerConfig, length: int | None = None) -> nn.Module:
+    """The normalization layer `cfg.normalization_type` names, or an identity."""
+    cls = NORMS[cfg.normalization_type]
+    if cls is None:
+        return nn.Identity()
+    return cls(cfg, length)  # type: ignore[call-arg]

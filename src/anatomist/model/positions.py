@@ -1,0 +1,94 @@
+"""Position schemes: learned absolute embeddings and rotary embeddings (RoPE).
+
+Positions are per row, ``[batch, pos]``: with left padding a row's first real token is position 0,
+so a padded batch computes what each row computes alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+
+
+def positions_from_mask(attention_mask: Tensor | None, length: int, offset: int = 0) -> Tensor:
+    """Position ids ``[batch, pos]`` (or ``[1, pos]`` without a mask) counting real tokens only."""
+    if attention_mask is None:
+        return torch.arange(offset, offset + length).unsqueeze(0)
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, -length:]
+
+
+class PosEmbed(nn.Module):
+    """Learned absolute position embeddings (GPT-2)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model, dtype=cfg.dtype))
+
+    def forward(self, positions: Tensor) -> Tensor:  # [b, p] -> [b, p, d_model]
+        return self.W_pos[positions]
+
+
+def rotary_inverse_frequencies(cfg: TransformerConfig) -> Tensor:
+    """Inverse frequencies for RoPE, with the checkpoint's rope scaling applied."""
+    dim = cfg.rotary_dim or cfg.d_head
+    inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        return _llama3_inverse_frequencies(inv_freq, scaling)
+    raise NotImplementedError(
+        f"rope_scaling type {kind!r} is not supported yet (supported: default, linear, llama3)."
+    )
+
+
+def _llama3_inverse_frequencies(inv_freq: Tensor, scaling: dict[str, Any]) -> Tensor:
+    # Llama 3.1's frequency-dependent scaling: long wavelengths are divided by `factor`, short
+    # ones kept, and the band between is interpolated smoothly (Meta's reference code).
+    factor = float(scaling["factor"])
+    low = float(scaling["low_freq_factor"])
+    high = float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Rotary(nn.Module):
+    """Rotates the first `rotary_dim` features of each head (the half-split pairing of HF Llama)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rotary_dim = cfg.rotary_dim or cfg.d_head
+        self.register_buffer("inv_freq", rotary_inverse_frequencies(cfg), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the frequencies (after building the model on the meta device)."""
+        self.inv_freq = rotary_inverse_frequencies(self.cfg)
+
+    def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin for positions ``[b, p]``, each ``[b, p, 1, rotary_dim]``."""
+        freqs = positions.to(self.inv_freq.device).float()[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [b, p, 1, rotary_dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # x: [b, p, h, d_head]
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        half = self.rotary_dim // 2
+        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        rot = rot * cos + rotated_half * sin
+        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot

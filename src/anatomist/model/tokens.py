@@ -1,0 +1,161 @@
+"""Tokenizer helpers of the classic interface, as a mixin for `HookedTransformer`.
+
+BOS handling: with ``prepend_bos`` the BOS id is put in front of each row unless the row already
+starts with it, so it is never doubled, whether or not the tokenizer adds BOS on its own.
+Padded batches come with an attention mask that the model uses for positions, attention and loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TextInput = str | list[str]
+
+
+class TokenizerMixin:
+    tokenizer: Any
+    cfg: Any
+
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
+        """Attach a Hugging Face tokenizer; records whether it adds BOS by itself."""
+        self.tokenizer = tokenizer
+        if tokenizer is None:
+            return
+        if default_padding_side is not None:
+            self.cfg.default_padding_side = default_padding_side
+        bos = tokenizer.bos_token_id
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.cfg.tokenizer_prepends_bos = bos is not None and len(ids) > 0 and ids[0] == bos
+        if self.cfg.tokenizer_name is None:
+            self.cfg.tokenizer_name = getattr(tokenizer, "name_or_path", None)
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizer; pass token ids, or attach one with "
+                "model.set_tokenizer(tokenizer)."
+            )
+        return self.tokenizer
+
+    @property
+    def _pad_token_id(self) -> int:
+        tok = self._require_tokenizer()
+        for candidate in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def tokenize_with_mask(
+        self,
+        input: TextInput,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Token ids ``[batch, pos]`` and the attention mask (None when nothing is padded)."""
+        tok = self._require_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("Expected a string or a non-empty list of strings.")
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        side = padding_side or self.cfg.default_padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        bos = tok.bos_token_id
+        rows: list[list[int]] = []
+        for text in texts:
+            ids = list(tok(text, add_special_tokens=False)["input_ids"])
+            if prepend and bos is not None and (not ids or ids[0] != bos):
+                ids = [bos, *ids]
+            if truncate and len(ids) > self.cfg.n_ctx:
+                ids = ids[: self.cfg.n_ctx]
+            rows.append(ids)
+        length = max(len(r) for r in rows)
+        pad = self._pad_token_id
+        tokens = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
+            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
+            mask[i, span] = 1
+        return tokens, (None if bool(mask.all()) else mask)
+
+    def to_tokens(
+        self,
+        input: TextInput,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> Tensor:
+        """Token ids ``[batch, pos]`` for a string or list of strings."""
+        tokens, _ = self.tokenize_with_mask(input, prepend_bos, padding_side, truncate)
+        return tokens.to(self.cfg.device) if move_to_device and self.cfg.device else tokens
+
+    def to_string(self, tokens: Tensor | list[int] | Any) -> str | list[str]:
+        """Decode ids: ``[pos]`` -> str, ``[batch, pos]`` -> list of str."""
+        tok = self._require_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 0:
+            tokens = tokens[None]
+        if tokens.dim() == 1:
+            return tok.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
+        return [tok.decode(row.tolist(), clean_up_tokenization_spaces=False) for row in tokens]
+
+    def to_str_tokens(
+        self,
+        input: TextInput | Tensor | list[int],
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> list[str] | list[list[str]]:
+        """Each token as its own string. A list of strings or a 2-D batch gives a list per row."""
+        tok = self._require_tokenizer()
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc]
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos, padding_side, move_to_device=False)[0]
+        else:
+            ids = torch.as_tensor(input)
+            if ids.dim() == 2 and ids.shape[0] > 1:
+                return [self.to_str_tokens(row) for row in ids]  # type: ignore[misc]
+            ids = ids.reshape(-1)
+        return [tok.decode([t], clean_up_tokenization_spaces=False) for t in ids.tolist()]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (error otherwise)."""
+        ids = self.to_tokens(string, prepend_bos=False, move_to_device=False)[0]
+        if ids.numel() != 1:
+            pieces = self.to_str_tokens(ids)
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
+        return int(ids[0])
+
+    def to_single_str_token(self, int_token: int) -> str:
+        return self._require_tokenizer().decode([int(int_token)], clean_up_tokenization_spaces=False)
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | Tensor,
+        mode: str = "first",
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> int:
+        """Index of `single_token` in `input` (a string or one row of ids), first or last match."""
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', got {mode!r}.")
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos, padding_side, move_to_device=False)
+        else:
+            tokens = torch.as_tensor(input)
+        if tokens.dim() == 2:
+            if tokens.shape[0] != 1:
+                raise ValueError(f"Expected one row of tokens, got a batch of {tokens.shape[0]}.")
+            tokens = tokens[0]
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else single_token
+        hits = (tokens.cpu() == int(token)).nonzero().flatten()
+        if hits.numel() == 0:
+            raise ValueError(f"Token {single_token!r} does not occur in the input.")
+        return int(hits[0] if mode == "first" else hits[-1])

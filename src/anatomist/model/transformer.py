@@ -1,0 +1,441 @@
+"""`HookedTransformer`: the native decoder-only model with the classic interface."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookedRootModule, HookPoint
+from anatomist.model.block import TransformerBlock
+from anatomist.model.embed import Embed, Unembed
+from anatomist.model.norm import make_norm
+from anatomist.model.positions import PosEmbed, positions_from_mask
+from anatomist.model.tokens import TokenizerMixin
+from anatomist.utils import lm_cross_entropy_loss
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class Output(NamedTuple):
+    """What ``forward(return_type="both")`` returns."""
+
+    logits: Tensor
+    loss: Tensor
+
+
+class HookedTransformer(TokenizerMixin, HookedRootModule):
+    """A decoder-only transformer whose every activation has a named hook point.
+
+    ``HookedTransformer(cfg)`` builds a randomly initialised model (for toy models);
+    ``HookedTransformer.from_pretrained(name_or_path)`` loads a checkpoint.
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig | dict[str, Any],
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        default_padding_side: str = "right",
+        init_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg = TransformerConfig.unwrap(cfg)
+        self.tokenizer = None
+        self.set_tokenizer(tokenizer, default_padding_side)
+
+        self.embed = Embed(cfg)
+        self.hook_tokens = HookPoint("use_hook_tokens")  # [b, p] token ids
+        self.hook_embed = HookPoint()  # [b, p, d_model]
+        if cfg.positional_embedding_type == "standard":
+            self.pos_embed = PosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()  # [b, p, d_model]
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        self.unembed = Unembed(cfg)
+
+        if init_weights:
+            self.init_weights()
+        if move_to_device and cfg.device is not None:
+            self.to(cfg.device)
+        self.setup()
+
+    # --- construction ------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        for name, param in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.lstrip("_").startswith("W_"):
+                nn.init.normal_(param, std=self.cfg.init_range)
+            elif leaf == "w":
+                nn.init.ones_(param)
+            else:
+                nn.init.zeros_(param)
+
+    @classmethod
+    def from_pretrained(
+        cls, model_name: str | os.PathLike[str], **kwargs: Any
+    ) -> HookedTransformer:
+        """Load a checkpoint by name, alias, local folder, GGUF file or cached repo id.
+
+        Weight processing follows the classic defaults (fold_ln, center_writing_weights,
+        center_unembed, fold_value_biases); see `anatomist.loading.pretrained.load_pretrained`
+        for every argument.
+        """
+        from anatomist.loading.pretrained import load_pretrained
+
+        return load_pretrained(cls, model_name, **kwargs)
+
+    @classmethod
+    def from_pretrained_no_processing(
+        cls, model_name: str | os.PathLike[str], **kwargs: Any
+    ) -> HookedTransformer:
+        """`from_pretrained` with every weight-processing step off: the checkpoint as it is."""
+        for option in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"):
+            kwargs.setdefault(option, False)
+        kwargs.setdefault("refactor_factored_attn_matrices", False)
+        return cls.from_pretrained(model_name, **kwargs)
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input: str | list[str] | Tensor | None = None,
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        start_at_layer: int | None = None,
+        tokens: Tensor | None = None,
+        shortformer_pos_embed: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        past_kv_cache: Any = None,
+    ) -> Any:
+        """Run the model.
+
+        `input` is a string, a list of strings (padded, with a mask), token ids ``[b, p]``, or,
+        with `start_at_layer`, a residual stream ``[b, p, d_model]``. `attention_mask` ``[b, p]``
+        marks real tokens (1) and padding (0) for token or residual input. With `stop_at_layer`
+        the residual stream before that block is returned and later blocks do not run.
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
+        if past_kv_cache is not None:
+            raise NotImplementedError(
+                "past_kv_cache is not supported yet; run the full sequence instead."
+            )
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("Shortformer position embeddings are not supported.")
+        if input is None:
+            input = tokens
+        if input is None:
+            raise ValueError("forward needs an input: text, token ids, or a residual stream.")
+
+        if start_at_layer is None:
+            tokens, attention_mask = self._tokens_and_mask(
+                input, prepend_bos, padding_side, attention_mask
+            )
+            residual, positions = self._embed(tokens, attention_mask)
+            start_at_layer = 0
+        else:
+            if not isinstance(input, Tensor) or input.dim() != 3:
+                raise ValueError(
+                    "With start_at_layer, input must be a residual stream [batch, pos, d_model]."
+                )
+            residual = input
+            attention_mask = _normalize_mask(attention_mask)
+            positions = positions_from_mask(attention_mask, residual.shape[1])
+            positions = positions.to(residual.device)
+        mask = _block_mask(attention_mask, residual.shape[1], residual.device)
+
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            residual = block(residual, positions, mask)
+        if stop_at_layer is not None:
+            return residual
+
+        logits = self.unembed(self.ln_final(residual))
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        if tokens is None:
+            raise ValueError("Computing the loss needs the tokens: pass tokens=... as well.")
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        if return_type == "loss":
+            return loss
+        return Output(logits, loss)
+
+    def _tokens_and_mask(
+        self,
+        input: str | list[str] | Tensor,
+        prepend_bos: bool | None,
+        padding_side: str | None,
+        attention_mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        if isinstance(input, str | list):
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with token ids; text input builds its own.")
+            tokens, attention_mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
+        elif isinstance(input, Tensor):
+            tokens = input if input.dim() == 2 else input.reshape(1, -1)
+            if tokens.is_floating_point():
+                raise ValueError(
+                    "Got a float tensor as input; pass token ids, or a residual stream together "
+                    "with start_at_layer."
+                )
+        else:
+            raise TypeError(f"Unsupported input type {type(input).__name__}.")
+        device = self.embed.W_E.device
+        return tokens.to(device), _normalize_mask(attention_mask, device)
+
+    def _embed(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Token (and learned position) embeddings, and the position id of every token."""
+        positions = positions_from_mask(attention_mask, tokens.shape[1]).to(tokens.device)
+        if self.cfg.use_hook_tokens:
+            tokens = self.hook_tokens(tokens)
+        residual = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional_embedding_type == "standard":
+            if tokens.shape[1] > self.cfg.n_ctx:
+                raise ValueError(
+                    f"Input has {tokens.shape[1]} tokens but this model's learned positions end "
+                    f"at n_ctx={self.cfg.n_ctx}; shorten the input."
+                )
+            residual = residual + self.hook_pos_embed(self.pos_embed(positions))
+        return residual, positions
+
+    def loss_fn(
+        self,
+        logits: Tensor,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        per_token: bool = False,
+    ) -> Tensor:
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+
+    # --- opt-in hooks ------------------------------------------------------------------------
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Turn on ``blocks.{i}.attn.hook_result`` (per-head outputs, [b, p, h, d_model])."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Turn on ``blocks.{i}.hook_{q,k,v}_input`` (a separate input per head)."""
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Turn on ``blocks.{i}.hook_attn_in`` (one per-head input shared by q, k and v)."""
+        if use_attn_in and self.cfg.is_grouped_query:
+            raise ValueError(
+                "use_attn_in is undefined for grouped-query attention; use "
+                "set_use_split_qkv_input(True)."
+            )
+        self.cfg.use_attn_in = use_attn_in
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Turn on ``blocks.{i}.hook_mlp_in``."""
+        if use_hook_mlp_in and self.cfg.attn_only:
+            raise ValueError("This model is attention-only: it has no MLP input to hook.")
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    def set_use_hook_tokens(self, use_hook_tokens: bool) -> None:
+        """Turn on ``hook_tokens`` (the input ids)."""
+        self.cfg.use_hook_tokens = use_hook_tokens
+
+    # --- weight views, stacked over layers ---------------------------------------------------
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Tensor:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Tensor:
+        return self.unembed.b_U
+
+    @property
+    def W_pos(self) -> Tensor:
+        if self.cfg.positional_embedding_type != "standard":
+            raise AttributeError(
+                f"This model uses {self.cfg.positional_embedding_type} positions; "
+                "it has no learned W_pos."
+            )
+        return self.pos_embed.W_pos
+
+    @property
+    def W_E_pos(self) -> Tensor:
+        """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model]."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    def _stack(self, module: str, attr: str) -> Tensor:
+        return torch.stack([getattr(getattr(b, module), attr) for b in self.blocks], dim=0)
+
+    @property
+    def W_Q(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head] (repeated under GQA)
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> Tensor:
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> Tensor:  # [n_layers, n_heads, d_head, d_model]
+        return self._stack("attn", "W_O")
+
+    @property
+    def b_Q(self) -> Tensor:
+        return self._stack("attn", "b_Q")
+
+    @property
+    def b_K(self) -> Tensor:
+        return self._stack("attn", "b_K")
+
+    @property
+    def b_V(self) -> Tensor:
+        return self._stack("attn", "b_V")
+
+    @property
+    def b_O(self) -> Tensor:
+        return self._stack("attn", "b_O")
+
+    def _require_mlp(self) -> None:
+        if self.cfg.attn_only:
+            raise AttributeError("This model is attention-only: it has no MLP weights.")
+
+    @property
+    def W_in(self) -> Tensor:  # [n_layers, d_model, d_mlp]
+        self._require_mlp()
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_gate(self) -> Tensor:
+        self._require_mlp()
+        if not self.cfg.gated_mlp:
+            raise AttributeError("This model's MLPs are not gated: it has no W_gate.")
+        return self._stack("mlp", "W_gate")
+
+    @property
+    def W_out(self) -> Tensor:  # [n_layers, d_mlp, d_model]
+        self._require_mlp()
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> Tensor:
+        self._require_mlp()
+        return self._stack("mlp", "b_in")
+
+    @property
+    def b_out(self) -> Tensor:
+        self._require_mlp()
+        return self._stack("mlp", "b_out")
+
+    def all_head_labels(self) -> list[str]:
+        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
+
+    def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
+        """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        if isinstance(tokens, int):
+            return self.W_U[:, tokens]
+        return self.W_U[:, torch.as_tensor(tokens)].movedim(0, -1)
+
+    # --- weight processing -------------------------------------------------------------------
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        """Apply the classic weight processing in place (see `anatomist.loading.processing`)."""
+        from anatomist.loading import processing
+
+        processing.process_weights(
+            self,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        )
+
+    def fold_layer_norm(self, fold_biases: bool = True, center_weights: bool = True) -> None:
+        from anatomist.loading import processing
+
+        processing.fold_layer_norm(self, fold_biases=fold_biases, center_weights=center_weights)
+
+    def center_writing_weights(self) -> None:
+        from anatomist.loading import processing
+
+        processing.center_writing_weights(self)
+
+    def center_unembed(self) -> None:
+        from anatomist.loading import processing
+
+        processing.center_unembed(self)
+
+    def fold_value_biases(self) -> None:
+        from anatomist.loading import processing
+
+        processing.fold_value_biases(self)
+
+    def refactor_factored_attn_matrices(self) -> None:
+        from anatomist.loading import processing
+
+        processing.refactor_factored_attn_matrices(self)
+
+    # --- misc --------------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        return self.cfg.n_params
+
+    def set_layer_norm_type(self, normalization_type: str | None) -> None:
+        """Swap every norm for the given type (used after folding), keeping hook names."""
+        self.cfg.normalization_type = normalization_type
+        for block in self.blocks:
+            block.ln1 = make_norm(self.cfg).to(self.embed.W_E.device)
+            if not self.cfg.attn_only:
+                block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
+        self.ln_final = make_norm(self.cfg).to(self.embed.W_E.device)
+        self.setup()
+
+    def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
+        result = super().to(*args, **kwargs)
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            self.cfg.device = str(device)
+        if dtype is not None:
+            self.cfg.dtype = dtype
+        return result  # type: ignore[return-value]
+
+
+def _normalize_mask(mask: Tensor | None, device: torch.device | None = None) -> Tensor | None:
+    """None for no padding; otherwise a long ``[b, p]`` mask on `device`."""
+    if mask is None:
+        return None
+    if mask.dim() != 2:
+        raise ValueError(f"attention_mask must be [batch, pos], got shape {tuple(mask.shape)}.")
+    mask = mask.to(device) if device is not None else mask
+    return None if bool(mask.all()) else mask.long()
+
+
+def _block_mask(attention_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
+    """Boolean ``[b, 1, q, k]`` attention mask (causal and padding), or None for plain causal."""
+    if attention_mask is None:
+        return None
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    # A padding query with no real key to its left would get an all-masked row (NaN in SDPA);
+    # let it see everything instead: its output is never read by a real token.
+    return mask | ~mask.any(-1, keepdim=True)

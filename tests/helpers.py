@@ -1,0 +1,70 @@
+"""Builders for tiny Hugging Face models and the comparisons the parity tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import anatomist
+
+
+def save_tiny(model: Any, folder: Path) -> Path:
+    """Randomise every parameter (biases and norm weights too, so nothing hides behind a
+    zero or a one) and save the model as a safetensors folder."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name or "ln" in name else 0.0))
+            else:
+                p.normal_(0, 0.2)
+    model.eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+def tiny_gpt2(folder: Path, **overrides: Any) -> transformers.PreTrainedModel:
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=101, **overrides
+    )
+    model = transformers.GPT2LMHeadModel(cfg)
+    save_tiny(model, folder)
+    return model
+
+
+def tiny_llama(folder: Path, **overrides: Any) -> transformers.PreTrainedModel:
+    settings: dict[str, Any] = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=48,
+        vocab_size=101,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings))
+    save_tiny(model, folder)
+    return model
+
+
+def random_tokens(vocab: int, batch: int = 2, pos: int = 12, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, pos), generator=gen)
+
+
+def hf_logits(hf: Any, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(tokens, **kwargs).logits
+
+
+def load(folder: Path, processing: bool = False, **kwargs: Any) -> anatomist.HookedTransformer:
+    loader = (
+        anatomist.HookedTransformer.from_pretrained
+        if processing
+        else anatomist.HookedTransformer.from_pretrained_no_processing
+    )
+    return loader(folder, progress=False, **kwargs)
