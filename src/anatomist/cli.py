@@ -1,0 +1,96 @@
+"""The `anatomist` command: `anatomist demo` and `anatomist inspect NAME`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anatomist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="next-token predictions, logit lens, induction heads")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="name, alias, folder or .gguf file")
+    demo.add_argument("--prompt", default="The capital of France is")
+    demo.add_argument("--answer", default=" Paris", help="the token whose rank the lens tracks")
+    demo.add_argument("--seq-len", type=int, default=40, help="length of each random repeat")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    inspect = commands.add_parser("inspect", help="print a model's config and hook points")
+    inspect.add_argument("model")
+    inspect.add_argument("--no-progress", action="store_true")
+
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.command == "demo":
+        run_demo(args.model, args.prompt, args.answer, args.seq_len, not args.no_progress)
+    else:
+        run_inspect(args.model, not args.no_progress)
+    return 0
+
+
+def _load(name: str, progress: bool):  # type: ignore[no-untyped-def]
+    from anatomist import HookedTransformer
+
+    start = time.perf_counter()
+    model = HookedTransformer.from_pretrained(name, progress=progress)
+    cfg = model.cfg
+    print(
+        f"Loaded {cfg.model_name} in {time.perf_counter() - start:.1f}s: {cfg.n_layers} layers, "
+        f"d_model {cfg.d_model}, {cfg.n_heads} heads ({cfg.n_kv_heads} key/value), "
+        f"vocab {cfg.d_vocab}."
+    )
+    return model
+
+
+def run_demo(name: str, prompt: str, answer: str, seq_len: int, progress: bool) -> None:
+    from anatomist.analysis.evals import induction_scores
+    from anatomist.analysis.logit_lens import logit_lens_ranks, top_predictions
+
+    model = _load(name, progress)
+
+    print(f"\n1. Top next-token predictions for {prompt!r}")
+    for token, prob in top_predictions(model, prompt, k=5):
+        print(f"   {token!r:>16}  {prob:6.2%}")
+
+    print(f"\n2. Logit lens: rank of {answer!r} after each layer (0 = top prediction)")
+    ranks = logit_lens_ranks(model, prompt, answer)
+    for label, rank in ranks:
+        bar = "#" * max(0, 20 - min(20, rank.bit_length() * 2))
+        print(f"   {label:>14}  rank {rank:>6}  {bar}")
+
+    print(f"\n3. Induction heads on a random sequence of {seq_len} tokens, repeated once")
+    result = induction_scores(model, seq_len=seq_len)
+    top = result.top_heads(10)
+    print("   strongest heads (score = attention to the token after the previous occurrence):")
+    for layer, head, score in top:
+        print(f"   L{layer:<2}H{head:<2}  {score:.3f}")
+    print("   per head (rows: layers, columns: heads):")
+    header = "".join(f"{h:>6}" for h in range(result.scores.shape[1]))
+    print(f"         {header}")
+    for layer, row in enumerate(result.scores.tolist()):
+        print(f"   L{layer:<4} " + "".join(f"{s:6.2f}" for s in row))
+    print(
+        f"   mean loss per token: first repeat {result.loss_first:.3f}, "
+        f"second repeat {result.loss_second:.3f} (lower = the model copies from context)"
+    )
+
+
+def run_inspect(name: str, progress: bool) -> None:
+    model = _load(name, progress)
+    print(model.cfg)
+    names = list(model.hook_dict)
+    print(f"{len(names)} hook points, for example:")
+    for hook_name in names[:12]:
+        print("  ", hook_name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
