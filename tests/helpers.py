@@ -68,3 +68,28 @@ def load(folder: Path, processing: bool = False, **kwargs: Any) -> anatomist.Hoo
         else anatomist.HookedTransformer.from_pretrained_no_processing
     )
     return loader(folder, progress=False, **kwargs)
+
+
+WORDS = (
+    "the a cat dog sat on mat and ran to house big small red blue when mary john went store "
+    "gave drink bottle milk of in is was"
+).split()
+
+
+def tiny_tokenizer(vocab_size: int = 101) -> Any:
+    """A word-level fast tokenizer (no download): <bos>=0, <eos>=1, <pad>=2, then words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, "<unk>": 3}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    assert len(vocab) <= vocab_size
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
