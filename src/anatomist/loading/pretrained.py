@@ -223,7 +223,7 @@ def fill_weights(
                     f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}."
                 )
             weight = value.to(cfg.dtype).contiguous()
-            if weight.data_ptr() == tensor.data_ptr():
+            if weight.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
                 # Still the source's memory (a memory-mapped file or the user's HF model):
                 # take our own copy, since weight processing edits weights in place.
                 weight = weight.clone()
