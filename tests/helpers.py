@@ -17,7 +17,9 @@ def save_tiny(model: Any, folder: Path) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name or "ln" in name else 0.0))
+                p.copy_(
+                    torch.randn_like(p) * 0.1 + (1.0 if "norm" in name or "ln" in name else 0.0)
+                )
             else:
                 p.normal_(0, 0.2)
     model.eval()
@@ -70,10 +72,7 @@ def load(folder: Path, processing: bool = False, **kwargs: Any) -> anatomist.Hoo
     return loader(folder, progress=False, **kwargs)
 
 
-WORDS = (
-    "the a cat dog sat on mat and ran to house big small red blue when mary john went store "
-    "gave drink bottle milk of in is was"
-).split()
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house", "big", "small", "red", "blue", "when", "mary", "john", "went", "store", "gave", "drink", "bottle", "milk", "of", "in", "is", "was"]
 
 
 def tiny_tokenizer(vocab_size: int = 101) -> Any:

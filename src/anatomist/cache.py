@@ -16,6 +16,13 @@ from torch import Tensor
 from anatomist.utils import Slice, get_act_name
 
 
+class MissingActivationError(KeyError):
+    """A cache lookup named an activation this cache does not hold."""
+
+    def __str__(self) -> str:  # KeyError repr-quotes its message; show it plainly.
+        return str(self.args[0])
+
+
 class ActivationCache:
     def __init__(self, cache_dict: dict[str, Tensor], model: Any, has_batch_dim: bool = True) -> None:
         self.cache_dict = cache_dict
@@ -46,7 +53,7 @@ class ActivationCache:
 
             close = difflib.get_close_matches(name, list(self.cache_dict), n=5, cutoff=0.5)
             hint = f" Closest cached names: {', '.join(close)}." if close else ""
-            raise KeyError(
+            raise MissingActivationError(
                 f"{name!r} is not in this cache.{hint} (Was it excluded by names_filter, or is it "
                 "an opt-in hook that was off?)"
             )

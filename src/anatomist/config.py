@@ -113,9 +113,7 @@ class TransformerConfig:
                 f"got {self.positional_embedding_type!r}."
             )
         if not self.attn_only and self.act_fn not in ACTIVATION_FUNCTIONS:
-            raise ValueError(
-                f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}."
-            )
+            raise ValueError(f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}.")
 
     @property
     def n_kv_heads(self) -> int:
@@ -131,7 +129,9 @@ class TransformerConfig:
         """Parameters in attention and MLP weight matrices (the classic count: no embeddings)."""
         attn = self.n_heads * self.d_head * self.d_model * 2
         attn += self.n_kv_heads * self.d_head * self.d_model * 2
-        mlp = 0 if self.attn_only else (3 if self.gated_mlp else 2) * self.d_model * (self.d_mlp or 0)
+        mlp = (
+            0 if self.attn_only else (3 if self.gated_mlp else 2) * self.d_model * (self.d_mlp or 0)
+        )
         return self.n_layers * (attn + mlp)
 
     def to_dict(self) -> dict[str, Any]:

@@ -74,6 +74,13 @@ class HookPoint(nn.Module):
         self.bwd_hooks: list[HookHandle] = []
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bwd_hooks and isinstance(x, Tensor) and x.requires_grad:
+            # Give this hook point its own autograd node. Consecutive hook points often pass the
+            # very same tensor along (``blocks.0.hook_resid_post`` -> ``blocks.1.hook_resid_pre``);
+            # gradient hooks registered on one shared tensor would run in forward order, so a
+            # downstream hook's replacement gradient would not reach the upstream hook. With an
+            # alias per hook point they run in backward order, like the activations' own grads.
+            return x.view_as(x)
         return x
 
     @property
@@ -324,11 +331,14 @@ class HookedRootModule(nn.Module):
         """
         self.context_level += 1
         level = self.context_level
+        # Hooks that outlive the block are not tied to its level: a later sibling block reuses
+        # the level number and must not remove them when it exits.
+        hook_level = level if reset_hooks_end else None
         try:
             for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd", level=level)
+                self.add_hook(name, fn, dir="fwd", level=hook_level)
             for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd", level=level)
+                self.add_hook(name, fn, dir="bwd", level=hook_level)
             yield self
         finally:
             if reset_hooks_end:
@@ -346,15 +356,10 @@ class HookedRootModule(nn.Module):
     ) -> Any:
         """Run the model once with the given hooks, then remove them.
 
-        Backward hooks fire when you call ``.backward()`` on the result; to let them, pass
-        ``reset_hooks_end=False`` and call ``reset_hooks()`` afterwards.
+        Backward hooks attach to the activations of this run as they are computed, so they fire
+        when you call ``.backward()`` on this run's result, even though they are removed from the
+        model when the call returns (later runs do not see them).
         """
-        if bwd_hooks and reset_hooks_end:
-            raise ValueError(
-                "Backward hooks would be removed before .backward() runs. Pass "
-                "reset_hooks_end=False and call model.reset_hooks() after the backward pass, "
-                "or use `with model.hooks(bwd_hooks=...)`."
-            )
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
 

@@ -36,7 +36,7 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     """
     if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
-    match = re.fullmatch(r"([a-z_]+?)(\d+)([a-z_]*\d*)", name)
+    match = re.fullmatch(r"([a-z_]+?)(\d+)([a-z][a-z0-9_]*)?", name)
     if match is not None and layer is None:
         name, layer, layer_type = match.group(1), int(match.group(2)), match.group(3) or None
     name = _ACT_NAME_ALIASES.get(name, name)
@@ -109,7 +109,7 @@ def lm_cross_entropy_loss(
         return nll if per_token else nll.mean()
     mask = attention_mask.to(logits.device).bool()
     valid = mask[:, 1:] & mask[:, :-1]
-    nll = nll * valid
+    nll = torch.where(valid, nll, torch.zeros_like(nll))  # not nll * valid: NaN * 0 is NaN
     return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
 
 

@@ -34,7 +34,9 @@ CASES: dict[str, tuple[Any, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Path]:
     builder, overrides = CASES[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)

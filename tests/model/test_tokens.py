@@ -97,7 +97,9 @@ def test_string_helpers(model: anatomist.HookedTransformer) -> None:
 def test_both_returns_logits_and_loss(model: anatomist.HookedTransformer) -> None:
     out = model("the cat sat", return_type="both")
     assert isinstance(out, anatomist.Output)
-    expected = torch.nn.functional.cross_entropy(out.logits[0, :-1], model.to_tokens("the cat sat")[0, 1:])
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[0, :-1], model.to_tokens("the cat sat")[0, 1:]
+    )
     assert torch.allclose(out.loss, expected, atol=1e-6)
 
 

@@ -20,7 +20,9 @@ class InductionResult:
         flat = self.scores.flatten()
         top = flat.topk(min(k, flat.numel()))
         n_heads = self.scores.shape[1]
-        return [(i // n_heads, i % n_heads, float(s)) for s, i in zip(top.values, top.indices.tolist())]
+        return [
+            (i // n_heads, i % n_heads, float(s)) for s, i in zip(top.values, top.indices.tolist())
+        ]
 
 
 def repeated_random_tokens(model: Any, seq_len: int, batch: int = 1, seed: int = 0) -> Tensor:
@@ -35,7 +37,9 @@ def repeated_random_tokens(model: Any, seq_len: int, batch: int = 1, seed: int =
     return tokens
 
 
-def induction_scores(model: Any, seq_len: int = 40, batch: int = 1, seed: int = 0) -> InductionResult:
+def induction_scores(
+    model: Any, seq_len: int = 40, batch: int = 1, seed: int = 0
+) -> InductionResult:
     """Score every head for induction and measure the per-token loss on each repeat."""
     tokens = repeated_random_tokens(model, seq_len, batch, seed)
     offset = tokens.shape[1] - 2 * seq_len  # 1 with BOS, else 0

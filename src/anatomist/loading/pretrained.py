@@ -79,7 +79,9 @@ def load_pretrained(
     progress bar.
     """
     if n_devices != 1:
-        raise NotImplementedError("Loading across several devices (n_devices > 1) is not supported.")
+        raise NotImplementedError(
+            "Loading across several devices (n_devices > 1) is not supported."
+        )
     if checkpoint_index is not None or checkpoint_value is not None:
         raise NotImplementedError(
             "Training checkpoints (checkpoint_index / checkpoint_value) are not supported yet; "
@@ -108,7 +110,9 @@ def load_pretrained(
         model = cls(cfg, move_to_device=False, init_weights=False)
     fill_weights(model, family, source.tensors, source.label, progress=progress)
     model.cfg.from_checkpoint = True
-    model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer, default_padding_side)
+    model.set_tokenizer(
+        tokenizer if tokenizer is not None else source.tokenizer, default_padding_side
+    )
 
     model.process_weights_(
         fold_ln=fold_ln,
@@ -149,8 +153,13 @@ def _open_source(
     name = str(model_name)
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
-        return _Source(name, f"the given {type(hf_model).__name__}", hf_config,
-                       hf_model.state_dict().items(), None)
+        return _Source(
+            name,
+            f"the given {type(hf_model).__name__}",
+            hf_config,
+            hf_model.state_dict().items(),
+            None,
+        )
 
     from anatomist.loading.resolve import resolve_checkpoint
 
@@ -171,7 +180,9 @@ def _open_source(
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"Cannot read {config_path}: {error}") from error
     tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
-    return _Source(resolved.name, str(folder), hf_config, iter_checkpoint_tensors(folder), tokenizer)
+    return _Source(
+        resolved.name, str(folder), hf_config, iter_checkpoint_tensors(folder), tokenizer
+    )
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -187,7 +198,7 @@ def _folder_tokenizer(folder: Path) -> Any:
 
 
 def fill_weights(
-    model: nn.Module,
+    model: Any,
     family: Family,
     tensors: Iterable[tuple[str, Tensor]],
     label: str,
@@ -215,7 +226,9 @@ def fill_weights(
             if key not in expected:
                 if _beyond_last_layer(key, cfg.n_layers):
                     continue
-                raise CheckpointError(f"{label}: tensor {hf_name!r} maps to unknown weight {key!r}.")
+                raise CheckpointError(
+                    f"{label}: tensor {hf_name!r} maps to unknown weight {key!r}."
+                )
             want = expected[key].shape
             if value.shape != want:
                 raise CheckpointError(
@@ -257,7 +270,14 @@ def _progress(
 ) -> Iterator[tuple[str, Tensor]]:
     total = len(tensors) if hasattr(tensors, "__len__") else None  # type: ignore[arg-type]
     name = Path(label).name or label
-    yield from tqdm(tensors, total=total, desc=f"Loading {name}", unit="tensor", disable=not enabled, leave=False)
+    yield from tqdm(
+        tensors,
+        total=total,
+        desc=f"Loading {name}",
+        unit="tensor",
+        disable=not enabled,
+        leave=False,
+    )
 
 
 def _beyond_last_layer(key: str, n_layers: int) -> bool:

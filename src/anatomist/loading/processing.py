@@ -17,19 +17,16 @@ tests/loading/test_processing.py proves it on every family.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from anatomist.model.transformer import HookedTransformer
 
 _LAYER_NORMS = ("LN", "LNPre")
 
 
 def process_weights(
-    model: HookedTransformer,
+    model: Any,
     fold_ln: bool = True,
     center_writing_weights: bool = True,
     center_unembed: bool = True,
@@ -56,9 +53,7 @@ def process_weights(
 
 
 @torch.no_grad()
-def fold_layer_norm(
-    model: HookedTransformer, fold_biases: bool = True, center_weights: bool = True
-) -> None:
+def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool = True) -> None:
     """Fold norm weights into the next layer's weights; norms become weightless (LNPre/RMSPre)."""
     cfg = model.cfg
     if cfg.normalization_type not in ("LN", "RMS"):
@@ -89,7 +84,7 @@ def fold_layer_norm(
     model.cfg.processing["fold_ln"] = True
 
 
-def _fold_into_heads(W: Tensor, b: Tensor, norm: torch.nn.Module, fold_bias: bool, center: bool) -> None:
+def _fold_into_heads(W: Tensor, b: Tensor, norm: Any, fold_bias: bool, center: bool) -> None:
     # W: [heads, d_model, d_head], b: [heads, d_head]
     if fold_bias:
         b += torch.einsum("d,hde->he", norm.b, W)
@@ -99,7 +94,7 @@ def _fold_into_heads(W: Tensor, b: Tensor, norm: torch.nn.Module, fold_bias: boo
 
 
 def _fold_into_matrix(
-    W: Tensor, b: Tensor | None, norm: torch.nn.Module, fold_bias: bool, center: bool
+    W: Tensor, b: Tensor | None, norm: Any, fold_bias: bool, center: bool
 ) -> None:
     # W: [d_model, out], b: [out]
     if fold_bias and b is not None:
@@ -110,7 +105,7 @@ def _fold_into_matrix(
 
 
 @torch.no_grad()
-def center_writing_weights(model: HookedTransformer) -> None:
+def center_writing_weights(model: Any) -> None:
     """Make every write to the residual stream zero-mean along d_model (LayerNorm models)."""
     if model.cfg.normalization_type not in _LAYER_NORMS:
         raise ValueError(
@@ -134,7 +129,7 @@ def _center_last(t: Tensor) -> None:
 
 
 @torch.no_grad()
-def center_unembed(model: HookedTransformer) -> None:
+def center_unembed(model: Any) -> None:
     """Zero-mean ``W_U`` rows and ``b_U`` over the vocabulary (softmax is shift-invariant)."""
     _center_last(model.unembed.W_U)
     _center_last(model.unembed.b_U)
@@ -142,7 +137,7 @@ def center_unembed(model: HookedTransformer) -> None:
 
 
 @torch.no_grad()
-def fold_value_biases(model: HookedTransformer) -> None:
+def fold_value_biases(model: Any) -> None:
     """Move each layer's value bias into its output bias: ``b_O += sum_h b_V[h] @ W_O[h]``."""
     for block in model.blocks:
         attn = block.attn
@@ -153,7 +148,7 @@ def fold_value_biases(model: HookedTransformer) -> None:
     model.cfg.processing["fold_value_biases"] = True
 
 
-def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
+def refactor_factored_attn_matrices(model: Any) -> None:
     raise NotImplementedError(
         "refactor_factored_attn_matrices is not available yet; it arrives with the weight-space "
         "analysis (FactoredMatrix). Load with refactor_factored_attn_matrices=False."

@@ -137,20 +137,20 @@ class GroupedQueryAttention(Attention):
     def _repeat(self, t: Tensor) -> Tensor:
         return t.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0)
 
-    @property  # type: ignore[override]
-    def W_K(self) -> Tensor:
+    @property
+    def W_K(self) -> Tensor:  # type: ignore[override]
         return self._repeat(self._W_K)
 
-    @property  # type: ignore[override]
-    def W_V(self) -> Tensor:
+    @property
+    def W_V(self) -> Tensor:  # type: ignore[override]
         return self._repeat(self._W_V)
 
-    @property  # type: ignore[override]
-    def b_K(self) -> Tensor:
+    @property
+    def b_K(self) -> Tensor:  # type: ignore[override]
         return self._repeat(self._b_K)
 
-    @property  # type: ignore[override]
-    def b_V(self) -> Tensor:
+    @property
+    def b_V(self) -> Tensor:  # type: ignore[override]
         return self._repeat(self._b_V)
 
 

@@ -38,7 +38,9 @@ class TransformerBlock(nn.Module):
     def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(*self._attention_inputs(resid_pre), positions, mask))
+        attn_out = self.hook_attn_out(
+            self.attn(*self._attention_inputs(resid_pre), positions, mask)
+        )
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         if cfg.parallel_attn_mlp:

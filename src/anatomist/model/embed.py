@@ -30,4 +30,6 @@ class Unembed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(x)
-        return self.hook_out(torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(*x.shape[:-1], -1))
+        return self.hook_out(
+            torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(*x.shape[:-1], -1)
+        )

@@ -114,13 +114,13 @@ class TokenizerMixin:
         """Each token as its own string. A list of strings or a 2-D batch gives a list per row."""
         tok = self._require_tokenizer()
         if isinstance(input, list) and input and isinstance(input[0], str):
-            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc]
+            return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc,return-value]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos, padding_side, move_to_device=False)[0]
         else:
             ids = torch.as_tensor(input)
             if ids.dim() == 2 and ids.shape[0] > 1:
-                return [self.to_str_tokens(row) for row in ids]  # type: ignore[misc]
+                return [self.to_str_tokens(row) for row in ids]  # type: ignore[misc,return-value]
             ids = ids.reshape(-1)
         return [tok.decode([t], clean_up_tokenization_spaces=False) for t in ids.tolist()]
 
@@ -133,7 +133,9 @@ class TokenizerMixin:
         return int(ids[0])
 
     def to_single_str_token(self, int_token: int) -> str:
-        return self._require_tokenizer().decode([int(int_token)], clean_up_tokenization_spaces=False)
+        return self._require_tokenizer().decode(
+            [int(int_token)], clean_up_tokenization_spaces=False
+        )
 
     def get_token_position(
         self,
@@ -154,7 +156,9 @@ class TokenizerMixin:
             if tokens.shape[0] != 1:
                 raise ValueError(f"Expected one row of tokens, got a batch of {tokens.shape[0]}.")
             tokens = tokens[0]
-        token = self.to_single_token(single_token) if isinstance(single_token, str) else single_token
+        token = (
+            self.to_single_token(single_token) if isinstance(single_token, str) else single_token
+        )
         hits = (tokens.cpu() == int(token)).nonzero().flatten()
         if hits.numel() == 0:
             raise ValueError(f"Token {single_token!r} does not occur in the input.")

@@ -339,7 +339,11 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
         return self._stack("mlp", "b_out")
 
     def all_head_labels(self) -> list[str]:
-        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
+        return [
+            f"L{layer}H{head}"
+            for layer in range(self.cfg.n_layers)
+            for head in range(self.cfg.n_heads)
+        ]
 
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
         """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else."""
