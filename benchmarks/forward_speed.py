@@ -52,8 +52,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
         ours = anatomist.HookedTransformer.from_pretrained_no_processing(folder, progress=False)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"threads {torch.get_num_threads()}, attn {hf.config._attn_implementation}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"threads {torch.get_num_threads()}, attn {hf.config._attn_implementation}"
+    )
     print(f"{'case':<28}{'HF ms':>10}{'anatomist ms':>14}{'ratio':>8}")
     with torch.inference_mode():
         for batch, pos in ((1, 16), (1, 128), (4, 256)):

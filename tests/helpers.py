@@ -72,7 +72,36 @@ def load(folder: Path, processing: bool = False, **kwargs: Any) -> anatomist.Hoo
     return loader(folder, progress=False, **kwargs)
 
 
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house", "big", "small", "red", "blue", "when", "mary", "john", "went", "store", "gave", "drink", "bottle", "milk", "of", "in", "is", "was"]
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "and",
+    "ran",
+    "to",
+    "house",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "when",
+    "mary",
+    "john",
+    "went",
+    "store",
+    "gave",
+    "drink",
+    "bottle",
+    "milk",
+    "of",
+    "in",
+    "is",
+    "was",
+]
 
 
 def tiny_tokenizer(vocab_size: int = 101) -> Any:

@@ -24,7 +24,9 @@ class MissingActivationError(KeyError):
 
 
 class ActivationCache:
-    def __init__(self, cache_dict: dict[str, Tensor], model: Any, has_batch_dim: bool = True) -> None:
+    def __init__(
+        self, cache_dict: dict[str, Tensor], model: Any, has_batch_dim: bool = True
+    ) -> None:
         self.cache_dict = cache_dict
         self.model = model
         self.has_batch_dim = has_batch_dim
@@ -117,7 +119,9 @@ class ActivationCache:
     def toggle_autodiff(self, mode: bool = False) -> None:
         torch.set_grad_enabled(mode)
 
-    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> Tensor:
+    def stack_activation(
+        self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
+    ) -> Tensor:
         """One activation from every layer below `layer`, stacked on a new leading axis."""
         n = self.model.cfg.n_layers if layer == -1 else layer
         return torch.stack([self[(activation_name, i, sublayer_type)] for i in range(n)], dim=0)

@@ -238,7 +238,15 @@ class HookedRootModule(nn.Module):
         )
 
     def _unknown_hook(self, name: str) -> UnknownHookError:
+        from anatomist.utils import get_act_name
+
         close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
+        try:  # a shorthand ("k6", "scale4ln1") names a hook point: suggest its full name first
+            full = get_act_name(name)
+        except Exception:
+            full = name
+        if full != name and full in self.hook_dict:
+            close = [full, *(c for c in close if c != full)][:5]
         hint = f" Closest hook names: {', '.join(close)}." if close else ""
         return UnknownHookError(
             f"No hook point named {name!r}.{hint} model.hook_dict lists them all; "

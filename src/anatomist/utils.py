@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_LAYER_TYPE_ALIASES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
+_LAYER_TYPE_ALIASES = {
+    "a": "attn",
+    "m": "mlp",
+    "b": "",
+    "block": "",
+    "blocks": "",
+    "attention": "attn",
+}
 _ACT_NAME_ALIASES = {
     "attn": "pattern",
     "attn_logits": "attn_scores",
@@ -62,6 +69,10 @@ class Slice:
     def __init__(self, input_slice: Any = None) -> None:
         if isinstance(input_slice, Slice):
             input_slice = input_slice.slice
+        if isinstance(input_slice, np.integer) or (
+            isinstance(input_slice, Tensor) and input_slice.dim() == 0
+        ):
+            input_slice = int(input_slice)  # a numpy or 0-d tensor index selects like an int
         if isinstance(input_slice, tuple):
             input_slice = slice(*input_slice)
         elif isinstance(input_slice, list | np.ndarray):
@@ -175,7 +186,9 @@ def test_prompt(
         text = model.to_single_str_token(token)
         results.append((text, float(row[token]), rank))
         if print_details:
-            print(f"Performance on answer token {text!r}: rank {rank}, prob {float(row[token]):.2%}")
+            print(
+                f"Performance on answer token {text!r}: rank {rank}, prob {float(row[token]):.2%}"
+            )
             top = row.topk(top_k)
             for r, (p, t) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
                 print(f"  top {r}: {model.to_single_str_token(t)!r} {p:.2%}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
@@ -31,7 +32,7 @@ class TransformerBlock(nn.Module):
         if not cfg.attn_only:
             self.hook_mlp_in = HookPoint("use_hook_mlp_in")  # [b, p, d_model]
             self.hook_mlp_out = HookPoint()  # [b, p, d_model]
-        if not cfg.parallel_attn_mlp:
+        if not (cfg.parallel_attn_mlp or cfg.attn_only):
             self.hook_resid_mid = HookPoint()  # [b, p, d_model]
         self.hook_resid_post = HookPoint()  # [b, p, d_model]
 
@@ -53,13 +54,17 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
     def _attention_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalized query, key and value inputs, per head when an opt-in hook asks for it."""
+        """Normalized query, key and value inputs, per head when an opt-in hook asks for it.
+
+        With per-head inputs, ln1 runs once over all of them (concatenated along the head axis),
+        so its hooks fire once, with shape ``[b, p, n_heads + 2 * n_kv_heads, ...]`` under
+        use_split_qkv_input.
+        """
         cfg = self.cfg
-        if cfg.use_split_qkv_input:
-            q_in = self.hook_q_input(_per_head(resid_pre, cfg.n_heads))
-            k_in = self.hook_k_input(_per_head(resid_pre, cfg.n_kv_heads))
-            v_in = self.hook_v_input(_per_head(resid_pre, cfg.n_kv_heads))
-            return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
+        if not (cfg.use_split_qkv_input or cfg.use_attn_in):
+            normalized = self.ln1(resid_pre)
+            return normalized, normalized, normalized
+        source = resid_pre
         if cfg.use_attn_in:
             if cfg.is_grouped_query:
                 raise ValueError(
@@ -67,12 +72,23 @@ class TransformerBlock(nn.Module):
                     "shared key/value heads of grouped-query attention; use "
                     "model.set_use_split_qkv_input(True) instead."
                 )
-            attn_in = self.ln1(self.hook_attn_in(_per_head(resid_pre, cfg.n_heads)))
-            return attn_in, attn_in, attn_in
-        normalized = self.ln1(resid_pre)
-        return normalized, normalized, normalized
+            attn_in = self.hook_attn_in(_per_head(resid_pre, cfg.n_heads))
+            if not cfg.use_split_qkv_input:
+                normalized = self.ln1(attn_in)
+                return normalized, normalized, normalized
+            source = attn_in
+        q_in = self.hook_q_input(_per_head(source, cfg.n_heads))
+        k_in = self.hook_k_input(_per_head(source, cfg.n_kv_heads))
+        v_in = self.hook_v_input(_per_head(source, cfg.n_kv_heads))
+        normalized = self.ln1(torch.cat([q_in, k_in, v_in], dim=2))
+        q, k, v = normalized.split([cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads], dim=2)
+        return q, k, v
 
 
 def _per_head(x: Tensor, n_heads: int) -> Tensor:
-    """``[b, p, d]`` -> ``[b, p, n_heads, d]``: a separate copy per head, so hooks can edit one."""
+    """A separate copy per head, so hooks can edit one: ``[b, p, d]`` -> ``[b, p, n_heads, d]``.
+
+    Already per-head input (``hook_attn_in``, MHA only) is copied head for head."""
+    if x.dim() == 4:
+        return x.clone()
     return x.unsqueeze(2).expand(-1, -1, n_heads, -1).clone()

@@ -196,6 +196,7 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
     def _embed(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Token (and learned position) embeddings, and the position id of every token."""
         positions = positions_from_mask(attention_mask, tokens.shape[1]).to(tokens.device)
+        positions = positions.expand(tokens.shape[0], -1)  # [b, p]: hooks see full batches
         if self.cfg.use_hook_tokens:
             tokens = self.hook_tokens(tokens)
         residual = self.hook_embed(self.embed(tokens))
