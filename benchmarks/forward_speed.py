@@ -62,8 +62,8 @@ def main() -> None:
             tokens = torch.randint(0, config.vocab_size, (batch, pos))
             hf_times, our_times = [], []
             for _ in range(2):  # interleave to share the machine's noise fairly
-                hf_times += timed(lambda: hf(tokens).logits, args.repeats // 2)
-                our_times += timed(lambda: ours(tokens), args.repeats // 2)
+                hf_times += timed(lambda t=tokens: hf(t).logits, args.repeats // 2)
+                our_times += timed(lambda t=tokens: ours(t), args.repeats // 2)
             h, o = statistics.median(hf_times), statistics.median(our_times)
             print(f"{f'forward {batch}x{pos}':<28}{h * 1e3:>10.1f}{o * 1e3:>14.1f}{o / h:>8.2f}")
         tokens = torch.randint(0, config.vocab_size, (1, 128))
