@@ -71,7 +71,7 @@ def run_demo(name: str, prompt: str, answer: str, seq_len: int, progress: bool) 
     top = result.top_heads(10)
     print("   strongest heads (score = attention to the token after the previous occurrence):")
     for layer, head, score in top:
-        print(f"   L{layer:<2}H{head:<2}  {score:.3f}")
+        print(f"   {f'L{layer}H{head}':<7} {score:.3f}")
     print("   per head (rows: layers, columns: heads):")
     header = "".join(f"{h:>6}" for h in range(result.scores.shape[1]))
     print(f"         {header}")
@@ -87,9 +87,11 @@ def run_inspect(name: str, progress: bool) -> None:
     model = _load(name, progress)
     print(model.cfg)
     names = list(model.hook_dict)
-    print(f"{len(names)} hook points, for example:")
-    for hook_name in names[:12]:
-        print("  ", hook_name)
+    shown = [n for n in names if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+    print(f"{len(names)} hook points; outside blocks and in block 0 (blocks 1.. alike):")
+    for hook_name in shown:
+        opt_in = model.hook_dict[hook_name].opt_in
+        print(f"   {hook_name}" + (f"   (opt-in: cfg.{opt_in})" if opt_in else ""))
 
 
 if __name__ == "__main__":

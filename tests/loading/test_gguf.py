@@ -8,7 +8,6 @@ which dequantizes GGUF files itself.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,24 +255,9 @@ def smollm2() -> GGUFCheckpoint:
 
 
 @pytest.fixture(scope="module")
-def hf_model() -> Iterator[torch.nn.Module]:
-    """transformers' own GGUF loading of the same file, as the reference."""
-    assert SMOLLM2 is not None
-    transformers = pytest.importorskip("transformers")
-    import transformers.modeling_utils as modeling_utils
-
-    with pytest.MonkeyPatch.context() as mp:
-        if importlib.util.find_spec("accelerate") is None and hasattr(
-            modeling_utils, "is_accelerate_available"
-        ):
-            # transformers refuses GGUF files without accelerate installed, though its GGUF path
-            # on CPU does not use it (checked with transformers 5.24); lift that gate only.
-            mp.setattr(modeling_utils, "is_accelerate_available", lambda: True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(SMOLLM2.parent), gguf_file=SMOLLM2.name, dtype=torch.float32
-        )
-    model.eval()
-    yield model
+def hf_model(hf_smollm2: torch.nn.Module) -> torch.nn.Module:
+    """transformers' own GGUF loading of the same file, as the reference (see conftest)."""
+    return hf_smollm2
 
 
 @pytest.mark.slow

@@ -1,0 +1,38 @@
+"""The `anatomist` command on a tiny local model (the packaged-model run is in test_smollm2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anatomist.cli import main
+from tests.helpers import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli")
+    tiny_llama(path, num_key_value_heads=2)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_demo_prints_the_three_results(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["demo", "--model", str(folder), "--prompt", "the cat sat on the", "--answer", "mat"]
+    assert main([*args, "--seq-len", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1. Top next-token predictions" in out
+    assert "2. Logit lens" in out and "after L1" in out
+    assert "3. Induction heads" in out and "second repeat" in out
+    assert "L1H" in out or "L0H" in out
+
+
+def test_inspect_lists_hooks(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(folder), "--no-progress"]) == 0
+    assert "blocks.0.hook_resid_pre" in capsys.readouterr().out
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="Closest known names"):
+        main(["demo", "--model", "gpt2-smal", "--no-progress"])
