@@ -121,3 +121,50 @@ def tiny_tokenizer(vocab_size: int = 101) -> Any:
         pad_token="<pad>",
         unk_token="<unk>",
     )
+
+
+# --- native random-init models (no Hugging Face involved) ---------------------------------------
+
+
+def randomize_small_params(model: torch.nn.Module, seed: int = 123) -> None:
+    """Random biases and norm weights, so nothing hides behind a zero or a one."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1].lstrip("_")
+            if leaf == "b" or leaf.startswith("b_"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif leaf == "w":
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def gpt2_like() -> anatomist.HookedTransformer:
+    cfg = anatomist.TransformerConfig(
+        n_layers=2, d_model=32, n_ctx=32, d_head=8, d_vocab=50, act_fn="gelu_new", seed=0
+    )
+    model = anatomist.HookedTransformer(cfg)
+    randomize_small_params(model)
+    return model
+
+
+def llama_like() -> anatomist.HookedTransformer:
+    cfg = anatomist.TransformerConfig(
+        n_layers=2,
+        d_model=32,
+        n_ctx=32,
+        d_head=8,
+        n_heads=4,
+        d_vocab=50,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        n_key_value_heads=2,
+        seed=0,
+    )
+    model = anatomist.HookedTransformer(cfg)
+    randomize_small_params(model)
+    return model
+
+
+BUILDERS = {"gpt2": gpt2_like, "llama": llama_like}

@@ -5,55 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import anatomist
 from anatomist import ActivationCache, HookDisabledError, UnknownHookError
+from tests.helpers import BUILDERS, gpt2_like
 
 # --- builders -----------------------------------------------------------------------------------
-
-
-def randomize_small_params(model: nn.Module) -> None:
-    gen = torch.Generator().manual_seed(321)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1].lstrip("_")
-            if leaf == "b" or leaf.startswith("b_"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif leaf == "w":
-                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
-
-
-def gpt2_like() -> anatomist.HookedTransformer:
-    cfg = anatomist.TransformerConfig(
-        n_layers=2, d_model=32, n_ctx=32, d_head=8, d_vocab=50, act_fn="gelu_new", seed=0
-    )
-    model = anatomist.HookedTransformer(cfg)
-    randomize_small_params(model)
-    return model
-
-
-def llama_like() -> anatomist.HookedTransformer:
-    cfg = anatomist.TransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_vocab=50,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        n_key_value_heads=2,
-        seed=0,
-    )
-    model = anatomist.HookedTransformer(cfg)
-    randomize_small_params(model)
-    return model
-
-
-BUILDERS = {"gpt2": gpt2_like, "llama": llama_like}
 
 
 def tokens(batch: int = 2, pos: int = 7, seed: int = 1) -> Tensor:

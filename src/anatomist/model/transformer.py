@@ -424,6 +424,12 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
             self.cfg.dtype = dtype
         return result  # type: ignore[return-value]
 
+    def cuda(self, device: int | torch.device | None = None) -> HookedTransformer:
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+
+    def cpu(self) -> HookedTransformer:
+        return self.to("cpu")
+
 
 def _normalize_mask(mask: Tensor | None, device: torch.device | None = None) -> Tensor | None:
     """None for no padding; otherwise a long ``[b, p]`` mask on `device`."""
