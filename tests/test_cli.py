@@ -36,3 +36,10 @@ def test_inspect_lists_hooks(folder: Path, capsys: pytest.CaptureFixture[str]) -
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="Closest known names"):
         main(["demo", "--model", "gpt2-smal", "--no-progress"])
+
+
+def test_main_leaves_autograd_as_it_was(folder: Path) -> None:
+    import torch
+
+    main(["inspect", str(folder), "--no-progress"])
+    assert torch.is_grad_enabled()

@@ -28,11 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect.add_argument("--no-progress", action="store_true")
 
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    if args.command == "demo":
-        run_demo(args.model, args.prompt, args.answer, args.seq_len, not args.no_progress)
-    else:
-        run_inspect(args.model, not args.no_progress)
+    with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
+        if args.command == "demo":
+            run_demo(args.model, args.prompt, args.answer, args.seq_len, not args.no_progress)
+        else:
+            run_inspect(args.model, not args.no_progress)
     return 0
 
 

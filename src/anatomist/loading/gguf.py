@@ -10,7 +10,10 @@ returns a :class:`GGUFCheckpoint` whose
   ``state_dict`` of the corresponding ``transformers`` model,
 * ``tokenizer()`` builds the tokenizer stored in the file.
 
-The file is memory-mapped; only one dequantized tensor is materialized at a time.
+The header is parsed here (:class:`_GGUFFile`), straight from a memory map of the file: a
+vocabulary of ~100k strings takes a few hundredths of a second, where ``gguf.GGUFReader``, which
+builds a numpy view per string, takes seconds. The tensor data stays memory-mapped; only one
+dequantized tensor is materialized at a time.
 
 Architectures are described by small tables (:data:`_ARCHITECTURES`): which metadata keys become
 which config entries, and which GGUF tensor names become which Hugging Face parameter names.
@@ -21,7 +24,9 @@ matter of adding a table entry.
 from __future__ import annotations
 
 import math
+import mmap
 import os
+import struct
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +39,6 @@ import torch
 from anatomist.loading.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from gguf import GGUFReader, ReaderField, ReaderTensor
     from transformers import PreTrainedTokenizerBase
 
 __all__ = ["GGUFCheckpoint", "read_gguf"]
@@ -127,8 +131,323 @@ _ARCHITECTURES: dict[str, _ArchSpec] = {"llama": _LLAMA}
 
 
 # --------------------------------------------------------------------------------------------
+# Parsing the file
+# --------------------------------------------------------------------------------------------
+
+_SUPPORTED_VERSIONS = (2, 3)  # v1 counted in 32 bits and is long gone
+_DEFAULT_ALIGNMENT = 32
+
+# Metadata value types (GGUF spec numbering).
+_FLOAT32, _STRING, _ARRAY = 6, 8, 9
+_SCALARS: dict[int, struct.Struct] = {
+    value_type: struct.Struct(fmt)
+    for value_type, fmt in {
+        0: "<B",
+        1: "<b",
+        2: "<H",
+        3: "<h",
+        4: "<I",
+        5: "<i",
+        6: "<f",
+        7: "<?",
+        10: "<Q",
+        11: "<q",
+        12: "<d",
+    }.items()
+}
+_ARRAY_DTYPES: dict[int, np.dtype[Any]] = {
+    value_type: np.dtype(dtype)
+    for value_type, dtype in {
+        0: "u1",
+        1: "i1",
+        2: "<u2",
+        3: "<i2",
+        4: "<u4",
+        5: "<i4",
+        6: "<f4",
+        7: "?",
+        10: "<u8",
+        11: "<i8",
+        12: "<f8",
+    }.items()
+}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_PREAMBLE = struct.Struct("<4sIQQ")  # magic, version, tensor count, metadata count
+_ARRAY_HEAD = struct.Struct("<IQ")  # item type, item count
+_TENSOR_TAIL = struct.Struct("<IQ")  # ggml type, offset into the data section
+
+# ggml tensor types stored as plain values (typed numpy views, like gguf.GGUFReader's); every
+# other type is stored in blocks and is viewed as bytes.
+_PLAIN_TENSOR_DTYPES: dict[int, np.dtype[Any]] = {
+    ggml_type: np.dtype(dtype)
+    for ggml_type, dtype in {
+        0: "<f4",  # F32
+        1: "<f2",  # F16
+        24: "i1",  # I8
+        25: "<i2",  # I16
+        26: "<i4",  # I32
+        27: "<i8",  # I64
+        28: "<f8",  # F64
+    }.items()
+}
+
+
+class _Malformed(Exception):
+    """The header contradicts itself or the file's length; the message says where."""
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    """One entry of the tensor table."""
+
+    name: str
+    dims: tuple[int, ...]  # GGUF order: fastest-varying first (the reverse of numpy's shape)
+    ggml_type: int
+    offset: int  # from the start of the data section
+    n_elements: int
+    n_bytes: int
+    data_offset: int  # from the start of the file
+
+
+class _HeaderParser:
+    """Walks a GGUF header in a bytes-like buffer, checking every read against its length."""
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+        self.size = len(buffer)
+        self.pos = 0
+        self.undecodable = False  # set when a string value is not valid UTF-8
+
+    def need(self, n_bytes: int, what: str) -> None:
+        if self.pos + n_bytes > self.size:
+            raise _Malformed(
+                f"{what} at byte {self.pos} needs {n_bytes} bytes but only "
+                f"{self.size - self.pos} remain"
+            )
+
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[Any, ...]:
+        self.need(layout.size, what)
+        values = layout.unpack_from(self.buffer, self.pos)
+        self.pos += layout.size
+        return values
+
+    def raw_string(self, what: str) -> bytes:
+        (length,) = self.unpack(_U64, what)
+        self.need(length, what)
+        start = self.pos
+        self.pos += length
+        return bytes(self.buffer[start : self.pos])
+
+    def name(self, what: str) -> str:
+        """A key or tensor name: must be UTF-8."""
+        raw = self.raw_string(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _Malformed(f"{what} {raw[:40]!r} is not valid UTF-8 ({error})") from error
+
+    def string(self, what: str) -> str | bytes:
+        """A string value; kept as bytes (and flagged) when it is not valid UTF-8."""
+        raw = self.raw_string(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.undecodable = True
+            return raw
+
+    def strings(self, count: int, what: str) -> list[str | bytes]:
+        """``count`` strings in a row: the vocabulary and merges, ~100k strings, hence the
+        tight loop (a length read and a slice per string)."""
+        buffer, size, start = self.buffer, self.size, self.pos
+        unpack = _U64.unpack_from
+        values: list[str | bytes] = []
+        append = values.append
+        pos = start
+        try:
+            for _ in range(count):
+                (length,) = unpack(buffer, pos)
+                end = pos + 8 + length
+                if end > size:
+                    break
+                append(str(buffer[pos + 8 : end], "utf-8"))
+                pos = end
+            else:
+                self.pos = pos
+                return values
+        except struct.error:
+            pass  # a length cut off by the end of the file
+        except UnicodeDecodeError:
+            self.pos = start  # some string is not UTF-8: walk again, keeping those as bytes
+            return [self.string(what) for _ in range(count)]
+        self.pos = pos
+        raise _Malformed(
+            f"{what}: string {len(values)} of {count} at byte {pos} runs past the end of the file"
+        )
+
+    def value(self, value_type: int, what: str) -> tuple[Any, tuple[int, ...]]:
+        """``(value, types)``: ``types`` as ``gguf.GGUFReader`` lists them: ``(type,)`` for a
+        scalar, ``(9, item type...)`` for a non-empty array and ``(9,)`` for an empty one."""
+        scalar = _SCALARS.get(value_type)
+        if scalar is not None:
+            return self.unpack(scalar, what)[0], (value_type,)
+        if value_type == _STRING:
+            return self.string(what), (_STRING,)
+        if value_type != _ARRAY:
+            raise _Malformed(f"{what} has unknown value type {value_type}")
+
+        item_type, count = self.unpack(_ARRAY_HEAD, what)
+        dtype = _ARRAY_DTYPES.get(item_type)
+        if dtype is not None:
+            n_bytes = count * dtype.itemsize
+            self.need(n_bytes, f"{what} ({count} values of type {item_type})")
+            array = np.frombuffer(self.buffer, dtype=dtype, count=count, offset=self.pos).copy()
+            self.pos += n_bytes
+            return array, ((_ARRAY, item_type) if count else (_ARRAY,))
+        if item_type == _STRING:
+            return self.strings(count, what), ((_ARRAY, _STRING) if count else (_ARRAY,))
+        if item_type == _ARRAY:
+            items: list[Any] = []
+            types: tuple[int, ...] = (_ARRAY,)
+            for index in range(count):
+                item, item_types = self.value(_ARRAY, what)
+                if index == 0:
+                    types = (_ARRAY, *item_types)
+                items.append(item)
+            return items, types
+        raise _Malformed(f"{what} is an array of unknown value type {item_type}")
+
+
+class _GGUFFile:
+    """A GGUF file's parsed header, with its tensor data memory-mapped.
+
+    Attributes:
+        path: The file.
+        size: Its length in bytes.
+        version: The GGUF version (2 or 3).
+        metadata: Every key-value pair, in file order. Scalars are Python ``int``, ``float``,
+            ``bool`` or ``str``; arrays of numbers are numpy arrays (little-endian dtypes),
+            arrays of strings are lists of ``str``, arrays of arrays are lists. A string that
+            is not valid UTF-8 is kept as ``bytes`` and its key listed in ``undecodable``.
+        types: For each key, its value types as ``gguf.GGUFReader``'s ``ReaderField.types``.
+        tensors: The tensor table, in file order.
+        alignment: ``general.alignment`` (32 when absent).
+        data_start: Where the data section begins.
+    """
+
+    def __init__(self, path: Path, buffer: Any) -> None:
+        self.path = path
+        self._buffer = buffer
+        self.size = len(buffer)
+        parser = _HeaderParser(buffer)
+        magic, self.version, tensor_count, kv_count = parser.unpack(_PREAMBLE, "the file header")
+        if magic != _GGUF_MAGIC:
+            raise _Malformed(f"it starts with {magic!r}, not {_GGUF_MAGIC!r}")
+        if self.version not in _SUPPORTED_VERSIONS:
+            hint = " (a big-endian file?)" if self.version & 0xFFFF == 0 else ""
+            raise _Malformed(
+                f"its header says GGUF version {self.version}{hint}; anatomist reads versions "
+                + " and ".join(map(str, _SUPPORTED_VERSIONS))
+            )
+
+        self.metadata: dict[str, Any] = {}
+        self.types: dict[str, tuple[int, ...]] = {}
+        self.undecodable: set[str] = set()
+        for index in range(kv_count):
+            key = parser.name(f"the key of metadata entry {index}")
+            if key in self.metadata:
+                raise _Malformed(f"metadata key {key!r} appears twice")
+            (value_type,) = parser.unpack(_U32, f"the type of metadata key {key!r}")
+            parser.undecodable = False
+            value, types = parser.value(value_type, f"the value of metadata key {key!r}")
+            self.metadata[key], self.types[key] = value, types
+            if parser.undecodable:
+                self.undecodable.add(key)
+
+        self.alignment = _DEFAULT_ALIGNMENT
+        if "general.alignment" in self.metadata:
+            if self.types["general.alignment"] != (4,):
+                raise _Malformed("general.alignment is not a uint32")
+            self.alignment = self.metadata["general.alignment"]
+            if self.alignment <= 0 or self.alignment & (self.alignment - 1):
+                raise _Malformed(f"general.alignment {self.alignment} is not a power of two")
+
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        entries = []
+        seen: set[str] = set()
+        for index in range(tensor_count):
+            name = parser.name(f"the name of tensor {index}")
+            if name in seen:
+                raise _Malformed(f"tensor {name!r} appears twice")
+            seen.add(name)
+            (n_dims,) = parser.unpack(_U32, f"the rank of tensor {name!r}")
+            parser.need(8 * n_dims, f"the shape of tensor {name!r}")
+            dims = parser.unpack(struct.Struct(f"<{n_dims}Q"), f"the shape of tensor {name!r}")
+            ggml_type, offset = parser.unpack(_TENSOR_TAIL, f"the type of tensor {name!r}")
+            try:
+                block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+            except (ValueError, KeyError) as error:
+                raise _Malformed(f"tensor {name!r} has unknown ggml type {ggml_type}") from error
+            row = dims[0] if dims else 1
+            if row % block_size:
+                raise _Malformed(
+                    f"tensor {name!r} has rows of {row} values, not a multiple of the "
+                    f"{block_size}-value blocks of its type {GGMLQuantizationType(ggml_type).name}"
+                )
+            n_elements = math.prod(dims)
+            entries.append(
+                (name, dims, ggml_type, offset, n_elements, n_elements // block_size * type_size)
+            )
+
+        # The data section starts at the first alignment boundary after the tensor table.
+        self.data_start = -(-parser.pos // self.alignment) * self.alignment
+        self.tensors = [
+            _TensorInfo(
+                name, dims, ggml_type, offset, n_elements, n_bytes, self.data_start + offset
+            )
+            for name, dims, ggml_type, offset, n_elements, n_bytes in entries
+        ]
+
+    def tensor_data(self, info: _TensorInfo) -> np.ndarray:
+        """The stored values of a tensor, a read-only view of the memory map shaped as
+        ``gguf.GGUFReader`` shapes ``ReaderTensor.data``: typed and in numpy order for plain
+        types, bytes with rows of whole blocks for block-quantized ones."""
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import quant_shape_to_byte_shape
+
+        shape = tuple(reversed(info.dims))
+        dtype = _PLAIN_TENSOR_DTYPES.get(info.ggml_type)
+        if dtype is not None:
+            data = np.frombuffer(
+                self._buffer, dtype=dtype, count=info.n_elements, offset=info.data_offset
+            )
+            return data.reshape(shape)
+        data = np.frombuffer(
+            self._buffer, dtype=np.uint8, count=info.n_bytes, offset=info.data_offset
+        )
+        return data.reshape(quant_shape_to_byte_shape(shape, GGMLQuantizationType(info.ggml_type)))
+
+
+# --------------------------------------------------------------------------------------------
 # The checkpoint
 # --------------------------------------------------------------------------------------------
+
+
+class _TensorStream(Iterator[tuple[str, torch.Tensor]]):
+    """An iterator that knows how many items it has left (``len``), for progress bars."""
+
+    def __init__(self, items: Iterator[tuple[str, torch.Tensor]], count: int) -> None:
+        self._items = items
+        self._left = count
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        item = next(self._items)
+        self._left -= 1
+        return item
+
+    def __len__(self) -> int:
+        return max(self._left, 0)
 
 
 @dataclass
@@ -144,12 +463,19 @@ class GGUFCheckpoint:
 
     path: Path
     hf_config: dict[str, Any]
-    _reader: GGUFReader | None = field(default=None, repr=False, compare=False)
+    _file: _GGUFFile | None = field(default=None, repr=False, compare=False)
 
-    def _open(self) -> GGUFReader:
-        if self._reader is None:
-            self._reader = _open_reader(self.path)
-        return self._reader
+    def _open(self) -> _GGUFFile:
+        if self._file is None:
+            self._file = _open_file(self.path)
+        return self._file
+
+    @property
+    def tensor_count(self) -> int:
+        """How many tensors :meth:`tensors` yields (the file's, less the ignored ones)."""
+        gguf_file = self._open()
+        spec = _ARCHITECTURES[_architecture(gguf_file, self.path)]
+        return sum(info.name not in spec.ignored_tensors for info in gguf_file.tensors)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(hf_parameter_name, tensor)`` for every weight in the file, one at a time.
@@ -160,20 +486,25 @@ class GGUFCheckpoint:
         file without it has ``hf_config["tie_word_embeddings"] == True``). Each tensor owns its
         memory; nothing aliases the memory-mapped file.
 
+        The iterator supports ``len()`` (the tensors it has left to yield, initially
+        :attr:`tensor_count`), so that progress bars can show a total.
+
         Raises:
             CheckpointError: a tensor has an unexpected name, an unsupported quantization
                 type, the wrong size, or non-finite values.
         """
-        reader = self._open()
-        arch = _architecture(reader, self.path)
-        spec = _ARCHITECTURES[arch]
+        return _TensorStream(self._iter_tensors(), self.tensor_count)
+
+    def _iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        gguf_file = self._open()
+        spec = _ARCHITECTURES[_architecture(gguf_file, self.path)]
         n_head = int(self.hf_config["num_attention_heads"])
         n_kv_head = int(self.hf_config["num_key_value_heads"])
-        for tensor in reader.tensors:
-            if tensor.name in spec.ignored_tensors:
+        for info in gguf_file.tensors:
+            if info.name in spec.ignored_tensors:
                 continue
-            hf_name, role = _hf_tensor_name(spec, tensor.name, self.path)
-            array = _dequantize(tensor, self.path)
+            hf_name, role = _hf_tensor_name(spec, info.name, self.path)
+            array = _dequantize(gguf_file, info, self.path)
             if spec.permute_qk and role == "attn_q":
                 array = _unpermute_rows(array, n_head)
             elif spec.permute_qk and role == "attn_k":
@@ -185,7 +516,7 @@ class GGUFCheckpoint:
             # than an elementwise check, which runs only to confirm.
             if not math.isfinite(float(result.sum())) and not bool(torch.isfinite(result).all()):
                 raise CheckpointError(
-                    f"GGUF file {self.path} is damaged: tensor {tensor.name!r} contains "
+                    f"GGUF file {self.path} is damaged: tensor {info.name!r} contains "
                     "non-finite values"
                 )
             yield hf_name, result
@@ -193,10 +524,42 @@ class GGUFCheckpoint:
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """Build the tokenizer stored in the GGUF file (a fast ``transformers`` tokenizer).
 
-        Uses ``transformers``' own GGUF tokenizer conversion, offline. The result is the same
-        tokenizer ``AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)`` returns,
-        built without first re-deriving the model config (about ten times faster).
+        Uses ``transformers``' own GGUF tokenizer conversion, offline, on the metadata already
+        parsed (the file is not read again). The result is the tokenizer
+        ``PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name)`` builds,
+        and encodes as ``AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)``
+        does. With a ``transformers`` whose GGUF tokenizer code is laid out otherwise (4.x has
+        no ``transformers.integrations.gguf``), it falls back to that ``from_pretrained`` call.
+
+        Raises:
+            CheckpointError: the file's tokenizer metadata is missing or inconsistent.
         """
+        convert_gguf_tokenizer = _gguf_tokenizer_converter()
+        if convert_gguf_tokenizer is None:
+            return self._tokenizer_from_pretrained()
+
+        gguf_file = self._open()
+        try:
+            architecture, tokenizer_dict, tokenizer_config = _tokenizer_inputs(gguf_file)
+            backend, extra_kwargs = convert_gguf_tokenizer(architecture, tokenizer_dict)
+        except (KeyError, IndexError, TypeError, UnicodeDecodeError) as error:
+            raise CheckpointError(
+                f"could not build the tokenizer stored in GGUF file {self.path}: {error!r}"
+            ) from error
+        # The keyword arguments from_pretrained(path.parent, gguf_file=path.name,
+        # local_files_only=True) hands the class, in the same order (it ends up in init_kwargs).
+        kwargs: dict[str, Any] = {
+            "vocab_file": None,
+            "name_or_path": str(self.path.parent),
+            "is_local": True,
+            "local_files_only": True,
+            "added_tokens_decoder": {},
+            **tokenizer_config,
+            **extra_kwargs,
+        }
+        return _fast_tokenizer(backend, kwargs)
+
+    def _tokenizer_from_pretrained(self) -> PreTrainedTokenizerBase:
         from transformers import PreTrainedTokenizerFast
 
         try:
@@ -220,16 +583,16 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
             holds an architecture anatomist cannot map (the message names the supported ones).
     """
     path = Path(path)
-    reader = _open_reader(path)
-    arch = _architecture(reader, path)
-    hf_config = _hf_config(reader, _ARCHITECTURES[arch], arch, path)
-    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+    gguf_file = _open_file(path)
+    arch = _architecture(gguf_file, path)
+    hf_config = _hf_config(gguf_file, _ARCHITECTURES[arch], arch, path)
+    if any(t.name == "rope_freqs.weight" for t in gguf_file.tensors):
         warnings.warn(
             f"GGUF file {path} stores rope frequency factors (rope_freqs.weight); they are not "
             "reflected in hf_config['rope_scaling'].",
             stacklevel=2,
         )
-    return GGUFCheckpoint(path=path, hf_config=hf_config, _reader=reader)
+    return GGUFCheckpoint(path=path, hf_config=hf_config, _file=gguf_file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,22 +600,25 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_reader(path: Path) -> GGUFReader:
-    """Memory-map ``path`` with gguf's reader, turning every failure into a CheckpointError."""
-    from gguf import GGUFReader
-
+def _open_file(path: Path) -> _GGUFFile:
+    """Memory-map ``path`` and parse its header, turning every failure into a CheckpointError."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(len(_GGUF_MAGIC))
             size = os.fstat(handle.fileno()).st_size
+            buffer = (
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                if magic == _GGUF_MAGIC
+                else None
+            )
     except FileNotFoundError as error:
         raise CheckpointError(f"GGUF file not found: {path}") from error
     except IsADirectoryError as error:
         raise CheckpointError(f"expected a GGUF file but {path} is a directory") from error
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read GGUF file {path}: {error}") from error
 
-    if magic != _GGUF_MAGIC:
+    if buffer is None:
         if len(magic) < len(_GGUF_MAGIC):
             raise CheckpointError(
                 f"GGUF file {path} is damaged or truncated: it is only {size} bytes long"
@@ -262,62 +628,47 @@ def _open_reader(path: Path) -> GGUFReader:
         )
 
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as error:  # gguf raises ValueError, IndexError, struct errors, ...
+        gguf_file = _GGUFFile(path, buffer)
+    except _Malformed as error:
         raise CheckpointError(
-            f"GGUF file {path} is damaged or truncated ({size} bytes); reading its header "
-            f"failed with {type(error).__name__}: {error}"
+            f"GGUF file {path} is damaged or truncated ({size} bytes): {error}"
         ) from error
 
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if int(tensor.data_offset) < 0 or end > size:
+    for info in gguf_file.tensors:
+        end = info.data_offset + info.n_bytes
+        if end > gguf_file.size:
             raise CheckpointError(
-                f"GGUF file {path} is damaged or truncated: tensor {tensor.name!r} needs bytes "
-                f"{tensor.data_offset}..{end} but the file has {size}"
+                f"GGUF file {path} is damaged or truncated: tensor {info.name!r} needs bytes "
+                f"{info.data_offset}..{end} but the file has {gguf_file.size}"
             )
-    return reader
-
-
-def _field_value(entry: ReaderField) -> Any:
-    """The value of a scalar or string metadata field; the length of an array field."""
-    from gguf import GGUFValueType
-
-    if not entry.types:
-        return None
-    kind = entry.types[0]
-    if kind == GGUFValueType.ARRAY:
-        return len(entry.data)
-    part = entry.parts[entry.data[0]]
-    if kind == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8")
-    value = part[0].item() if hasattr(part[0], "item") else part[0]
-    if kind == GGUFValueType.FLOAT32:
-        # Shortest decimal that round-trips in float32: 9.999999747378752e-06 -> 1e-05.
-        return float(str(np.float32(value)))
-    if kind == GGUFValueType.BOOL:
-        return bool(value)
-    return value
+    return gguf_file
 
 
 def _metadata(
-    reader: GGUFReader, key: str, default: Any = _REQUIRED, path: Path | None = None
+    gguf_file: _GGUFFile, key: str, default: Any = _REQUIRED, path: Path | None = None
 ) -> Any:
-    entry = reader.fields.get(key)
-    if entry is None:
+    """A scalar or string metadata value (float32 values as their shortest decimal); the
+    length of an array."""
+    if key not in gguf_file.metadata:
         if default is _REQUIRED:
             raise CheckpointError(f"GGUF file {path} lacks the metadata key {key!r}")
         return default
-    try:
-        return _field_value(entry)
-    except (IndexError, UnicodeDecodeError) as error:
+    if key in gguf_file.undecodable:
         raise CheckpointError(
-            f"GGUF file {path} is damaged: metadata key {key!r} cannot be read ({error})"
-        ) from error
+            f"GGUF file {path} is damaged: metadata key {key!r} cannot be read (not UTF-8)"
+        )
+    value = gguf_file.metadata[key]
+    kind = gguf_file.types[key][0]
+    if kind == _ARRAY:
+        return len(value)
+    if kind == _FLOAT32:
+        # Shortest decimal that round-trips in float32: 9.999999747378752e-06 -> 1e-05.
+        return float(str(np.float32(value)))
+    return value
 
 
-def _architecture(reader: GGUFReader, path: Path) -> str:
-    arch = _metadata(reader, "general.architecture", path=path)
+def _architecture(gguf_file: _GGUFFile, path: Path) -> str:
+    arch = _metadata(gguf_file, "general.architecture", path=path)
     if arch not in _ARCHITECTURES:
         supported = ", ".join(sorted(_ARCHITECTURES))
         raise CheckpointError(
@@ -328,65 +679,177 @@ def _architecture(reader: GGUFReader, path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------------
+
+# Special tokens -> the ``tokenizer.ggml.*`` key of their id (as transformers reads them).
+_SPECIAL_TOKEN_IDS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
+
+
+def _gguf_tokenizer_converter() -> Any:
+    """transformers' ``convert_gguf_tokenizer``, where its GGUF tokenizer code has the layout
+    :func:`_tokenizer_inputs` mirrors (5.x); None otherwise."""
+    try:
+        from transformers.integrations.gguf import (  # noqa: F401 (checks the layout)
+            GGUF_TOKENIZER_MAPPING,
+            convert_gguf_tokenizer,
+            get_gguf_tokenizer,
+        )
+    except ImportError:
+        return None
+    return convert_gguf_tokenizer
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays as lists of Python numbers, as transformers' own GGUF reader gives them."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _tokenizer_inputs(gguf_file: _GGUFFile) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(architecture, tokenizer_dict, tokenizer_config)`` from the parsed metadata, as
+    ``transformers.integrations.gguf.get_gguf_tokenizer(path)`` returns them from the file
+    (the tests hold the two equal)."""
+    from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING
+
+    metadata = gguf_file.metadata
+    for key in gguf_file.undecodable:
+        if key.startswith("tokenizer."):
+            raise CheckpointError(
+                f"GGUF file {gguf_file.path} is damaged: metadata key {key!r} holds a string "
+                "that is not UTF-8"
+            )
+    grouped = {
+        group: {
+            name: _plain(metadata[f"tokenizer.{key}"])
+            for key, name in renames.items()
+            if f"tokenizer.{key}" in metadata
+        }
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    tokenizer, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    tokenizer_type = tokenizer.get("tokenizer_type")
+    if tokenizer_type == "llama":
+        # No flag in older files, and llama.cpp adds BOS to such sentencepiece vocabularies.
+        tokenizer_config.setdefault("add_bos_token", True)
+    elif tokenizer_type == "gemma4":
+        tokenizer_config["add_bos_token"] = False  # its chat template writes <bos> itself
+    for name, key in _SPECIAL_TOKEN_IDS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+    return metadata["general.architecture"], tokenizer, tokenizer_config
+
+
+class _Handover:
+    """Hands a freshly built backend tokenizer to ``PreTrainedTokenizerFast(tokenizer_object=)``
+    without the defensive ``copy.deepcopy`` it makes (~0.2 s for a 50k vocabulary): the
+    backend is ours alone, so its "copy" can be itself."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self.backend
+
+
+def _fast_tokenizer(backend: Any, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        built = PreTrainedTokenizerFast(tokenizer_object=_Handover(backend), **kwargs)
+        if isinstance(built.backend_tokenizer, Tokenizer):
+            return built
+    except AttributeError:
+        pass  # a transformers that does not deep-copy tokenizer_object: let it copy
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # Metadata -> hf_config
 # --------------------------------------------------------------------------------------------
 
 
-def _rope_scaling(reader: GGUFReader, arch: str, path: Path) -> dict[str, Any] | None:
+def _rope_scaling(gguf_file: _GGUFFile, arch: str, path: Path) -> dict[str, Any] | None:
     """Hugging Face's ``rope_scaling`` from ``{arch}.rope.scaling.*``, or None if unscaled."""
-    kind = _metadata(reader, f"{arch}.rope.scaling.type", None, path)
-    factor = _metadata(reader, f"{arch}.rope.scaling.factor", None, path)
+    kind = _metadata(gguf_file, f"{arch}.rope.scaling.type", None, path)
+    factor = _metadata(gguf_file, f"{arch}.rope.scaling.factor", None, path)
     if kind is None:
-        legacy = _metadata(reader, f"{arch}.rope.scale_linear", None, path)
+        legacy = _metadata(gguf_file, f"{arch}.rope.scale_linear", None, path)
         if legacy is None or legacy == 1.0:
             return None
         kind, factor = "linear", legacy
     if kind == "none" or factor is None:
         return None
+    original = _metadata(gguf_file, f"{arch}.rope.scaling.original_context_length", None, path)
+    if (
+        not isinstance(kind, str)
+        or not _is_number(factor)
+        or not (original is None or _is_number(original))
+    ):
+        raise CheckpointError(
+            f"GGUF file {path} has invalid rope scaling metadata: type {kind!r}, factor "
+            f"{factor!r}, original context length {original!r}"
+        )
     scaling: dict[str, Any] = {"rope_type": kind, "factor": float(factor)}
-    original = _metadata(reader, f"{arch}.rope.scaling.original_context_length", None, path)
     if original is not None:
         scaling["original_max_position_embeddings"] = int(original)
     return scaling
 
 
-def _hf_config(reader: GGUFReader, spec: _ArchSpec, arch: str, path: Path) -> dict[str, Any]:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _hf_config(gguf_file: _GGUFFile, spec: _ArchSpec, arch: str, path: Path) -> dict[str, Any]:
     config: dict[str, Any] = {
         "architectures": [spec.hf_architecture],
         "model_type": spec.model_type,
     }
     for hf_key, meta in spec.config.items():
-        config[hf_key] = _metadata(reader, meta.key.format(arch=arch), meta.default, path)
+        config[hf_key] = _metadata(gguf_file, meta.key.format(arch=arch), meta.default, path)
     config.update(spec.constants)
 
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        _check_positive_int(config, key, path)
+    for key in ("num_key_value_heads", "head_dim"):
+        if config[key] is not None:
+            _check_positive_int(config, key, path)
     if config["num_key_value_heads"] is None:
         config["num_key_value_heads"] = config["num_attention_heads"]
     if config["head_dim"] is None:
         config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
-    config["rope_scaling"] = _rope_scaling(reader, arch, path)
+    config["rope_scaling"] = _rope_scaling(gguf_file, arch, path)
 
-    names = {t.name: t for t in reader.tensors}
+    names = {t.name: t for t in gguf_file.tensors}
     if config["vocab_size"] is None:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        tokens = gguf_file.metadata.get("tokenizer.ggml.tokens")
         if tokens is not None:
-            config["vocab_size"] = len(tokens.data)
+            config["vocab_size"] = len(tokens)
         elif "token_embd.weight" in names:
-            config["vocab_size"] = int(names["token_embd.weight"].shape[-1])
+            config["vocab_size"] = int(names["token_embd.weight"].dims[-1])
         else:
             raise CheckpointError(f"GGUF file {path} records no vocabulary size")
     config["tie_word_embeddings"] = "output.weight" not in names
     config["attention_bias"] = "blk.0.attn_q.bias" in names
     config["mlp_bias"] = "blk.0.ffn_up.bias" in names
 
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-        if not isinstance(config[key], int) or config[key] <= 0:
-            raise CheckpointError(f"GGUF file {path} has an invalid {key}: {config[key]!r}")
     if config["num_attention_heads"] % config["num_key_value_heads"]:
         raise CheckpointError(
             f"GGUF file {path}: {config['num_attention_heads']} attention heads are not a "
             f"multiple of {config['num_key_value_heads']} key/value heads"
         )
     return config
+
+
+def _check_positive_int(config: dict[str, Any], key: str, path: Path) -> None:
+    value = config[key]
+    if not _is_number(value) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"GGUF file {path} has an invalid {key}: {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,27 +874,62 @@ def _hf_tensor_name(spec: _ArchSpec, name: str, path: Path) -> tuple[str, str]:
     )
 
 
-def _dequantize(tensor: ReaderTensor, path: Path) -> np.ndarray:
+def _dequantize(gguf_file: _GGUFFile, info: _TensorInfo, path: Path) -> np.ndarray:
     """The tensor as float32 in numpy (row-major, GGUF dims reversed = HF shape)."""
-    from gguf.quants import dequantize
+    from gguf.constants import GGMLQuantizationType
 
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    qtype = GGMLQuantizationType(info.ggml_type)
+    shape = tuple(reversed(info.dims))
+    data = gguf_file.tensor_data(info)
     try:
-        array = dequantize(tensor.data, tensor.tensor_type)
+        array = _dequantize_data(data, qtype)
     except NotImplementedError as error:
-        if tensor.data.dtype == np.uint8:  # a block-quantized type gguf cannot decode
+        if data.dtype == np.uint8:  # a block-quantized type gguf cannot decode
             raise CheckpointError(
-                f"GGUF file {path}: tensor {tensor.name!r} uses quantization type "
-                f"{tensor.tensor_type.name}, which the installed gguf package cannot dequantize"
+                f"GGUF file {path}: tensor {info.name!r} uses quantization type "
+                f"{qtype.name}, which the installed gguf package cannot dequantize"
             ) from error
-        array = tensor.data  # plain numeric types (F64, I8, ...) are already typed
+        array = data  # plain numeric types (F64, I8, ...) are already typed
     try:
         return np.asarray(array, dtype=np.float32).reshape(shape)
     except ValueError as error:
         raise CheckpointError(
-            f"GGUF file {path} is damaged: tensor {tensor.name!r} has {np.size(array)} values, "
+            f"GGUF file {path} is damaged: tensor {info.name!r} has {np.size(array)} values, "
             f"not the {int(np.prod(shape))} its shape {list(shape)} needs"
         ) from error
+
+
+# Values per call into gguf.quants: enough to amortize its per-call overhead, few enough that
+# its temporaries stay a few megabytes.
+_DEQUANTIZE_CHUNK = 1 << 18
+
+
+def _dequantize_data(data: np.ndarray, qtype: Any) -> np.ndarray:
+    """``gguf.quants.dequantize(data, qtype)``, bit for bit, about twice as fast.
+
+    gguf decodes block-quantized data 16 rows per call, so a 49152-row embedding takes 3072
+    rounds of numpy calls. Decoding is elementwise per block, so feeding gguf's own
+    ``dequantize_rows`` bigger row groups gives the same numbers with far less overhead.
+    Anything other than block-quantized bytes goes to ``gguf.quants.dequantize`` itself.
+    """
+    import gguf.quants
+
+    quant: Any = getattr(gguf.quants, qtype.name, None)
+    if (
+        data.dtype != np.uint8
+        or data.size == 0
+        or getattr(quant, "qtype", None) != qtype
+        or not hasattr(quant, "dequantize_rows")
+    ):
+        return gguf.quants.dequantize(data, qtype)
+    quant.init_grid()
+    out_shape = gguf.quants.quant_shape_from_byte_shape(data.shape, qtype)
+    rows = data.reshape(-1, data.shape[-1])
+    out = np.empty((rows.shape[0], out_shape[-1]), dtype=np.float32)
+    step = max(1, _DEQUANTIZE_CHUNK // max(1, out_shape[-1]))
+    for start in range(0, rows.shape[0], step):
+        out[start : start + step] = quant.dequantize_rows(rows[start : start + step])
+    return out.reshape(out_shape)
 
 
 def _unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:

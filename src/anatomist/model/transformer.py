@@ -425,7 +425,9 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
         return result  # type: ignore[return-value]
 
     def cuda(self, device: int | torch.device | None = None) -> HookedTransformer:
-        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+        return self.to(
+            torch.device("cuda", device) if isinstance(device, int) else device or "cuda"
+        )
 
     def cpu(self) -> HookedTransformer:
         return self.to("cpu")
