@@ -20,17 +20,16 @@ import pytest
 import torch
 
 from anatomist.loading import gguf as gguf_module
+from anatomist.loading import gguf_file as gguf_file_module
 from anatomist.loading.errors import CheckpointError
 from anatomist.loading.gguf import (
     GGUFCheckpoint,
-    _dequantize_data,
-    _GGUFFile,
     _metadata,
-    _open_file,
     _tokenizer_inputs,
     _unpermute_rows,
     read_gguf,
 )
+from anatomist.loading.gguf_file import GGUFFile, dequantize_data, open_gguf_file
 
 gguf = pytest.importorskip("gguf")
 
@@ -349,10 +348,10 @@ def _flatten(value: Any) -> list[Any]:
     return value
 
 
-def _assert_header_matches_reader(path: Path, check_data: bool = True) -> _GGUFFile:
+def _assert_header_matches_reader(path: Path, check_data: bool = True) -> GGUFFile:
     """Our parse of ``path`` equals gguf.GGUFReader's: every field's types and value, the
     alignment, the data offset, and every tensor's name, shape, type, offset and bytes."""
-    ours = _open_file(path)
+    ours = open_gguf_file(path)
     reader = gguf.GGUFReader(path)
     fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert ours.version == int(reader.fields["GGUF.version"].parts[0][0])
@@ -435,7 +434,7 @@ def test_parser_handles_a_large_vocabulary_quickly(tmp_path: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
     start = time.perf_counter()
-    ours = _open_file(path)
+    ours = open_gguf_file(path)
     elapsed = time.perf_counter() - start
     assert ours.metadata["tokenizer.ggml.tokens"] == tokens
     assert ours.metadata["tokenizer.ggml.token_type"].tolist() == [1] * len(tokens)
@@ -444,8 +443,8 @@ def test_parser_handles_a_large_vocabulary_quickly(tmp_path: Path) -> None:
 
 
 def test_dequantize_is_bit_identical_to_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
-    """_dequantize_data feeds gguf bigger row groups; the numbers must not change."""
-    monkeypatch.setattr(gguf_module, "_DEQUANTIZE_CHUNK", 1000)  # several chunks per array
+    """dequantize_data feeds gguf bigger row groups; the numbers must not change."""
+    monkeypatch.setattr(gguf_file_module, "_DEQUANTIZE_CHUNK", 1000)  # several chunks per array
     rng = np.random.default_rng(0)
     checked = []
     for qtype in QT:
@@ -461,14 +460,14 @@ def test_dequantize_is_bit_identical_to_gguf(monkeypatch: pytest.MonkeyPatch) ->
                 expected = gguf.quants.dequantize(data, qtype)
             except NotImplementedError:
                 continue
-            got = _dequantize_data(data, qtype)
+            got = dequantize_data(data, qtype)
         assert got.dtype == expected.dtype == np.float32, qtype.name
         assert got.shape == expected.shape, qtype.name
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), qtype.name
         checked.append(qtype.name)
     assert {"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K", "BF16"} <= set(checked), checked
     plain = rng.standard_normal((3, 4)).astype(np.float32)
-    assert np.array_equal(_dequantize_data(plain, QT.F32), plain)
+    assert np.array_equal(dequantize_data(plain, QT.F32), plain)
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +646,7 @@ def test_undecodable_strings_are_kept_until_used(tmp_path: Path) -> None:
     assert len(dict(ckpt.tensors())) == ckpt.tensor_count
 
 
-def _cut_points(gguf_file: _GGUFFile, per_header: int = 20) -> list[int]:
+def _cut_points(gguf_file: GGUFFile, per_header: int = 20) -> list[int]:
     """About every 1/20th of the header (up to the data section), around the start of the data,
     and into it."""
     header, size = gguf_file.data_start, gguf_file.size
@@ -669,7 +668,7 @@ def _assert_truncations_fail(source: Path, cuts: list[int], tmp_path: Path) -> N
 
 def test_truncated_at_every_byte_of_the_header(tmp_path: Path) -> None:
     path = _write_tiny_gguf(tmp_path / "t.gguf", _tiny_hf_weights(True))
-    gguf_file = _open_file(path)
+    gguf_file = open_gguf_file(path)
     cuts = list(range(gguf_file.data_start + 1)) + _cut_points(gguf_file)
     _assert_truncations_fail(path, sorted(set(cuts)), tmp_path)
 
@@ -678,7 +677,7 @@ def test_corrupted_bytes_give_checkpoint_errors(tmp_path: Path) -> None:
     """Random byte flips in the header either still parse or raise CheckpointError."""
     path = _write_tiny_gguf(tmp_path / "c.gguf", _tiny_hf_weights(True))
     data = bytearray(path.read_bytes())
-    header = _open_file(path).data_start
+    header = open_gguf_file(path).data_start
     rng = np.random.default_rng(1)
     bad = tmp_path / "bad.gguf"
     for _ in range(300):
@@ -938,7 +937,7 @@ def test_smollm2_dequantization_is_unchanged(smollm2: GGUFCheckpoint) -> None:
     gguf_file = smollm2._open()
     for info, tensor in zip(gguf_file.tensors, reader.tensors):
         expected = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        got = _dequantize_data(gguf_file.tensor_data(info), tensor.tensor_type)
+        got = dequantize_data(gguf_file.tensor_data(info), tensor.tensor_type)
         assert got.shape == expected.shape, info.name
         assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), info.name
 
