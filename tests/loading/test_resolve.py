@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import anatomist.loading.hub as hub_module
 import anatomist.loading.resolve as resolve_module
 from anatomist.loading.errors import UnknownModelError
 from anatomist.loading.resolve import (
@@ -64,8 +65,8 @@ def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_env: None)
     def no_network(*args: object, **kwargs: object) -> Any:
         raise AssertionError("the Hub was consulted while offline")
 
-    monkeypatch.setattr(resolve_module, "_hub_repo_files", no_network)
-    monkeypatch.setattr(resolve_module, "_hub_download", no_network)
+    monkeypatch.setattr(hub_module, "_hub_repo_files", no_network)
+    monkeypatch.setattr(hub_module, "_hub_download", no_network)
     return cache
 
 
@@ -299,7 +300,7 @@ def test_local_files_only_never_consults_hub(
     def no_network(*args: object, **kwargs: object) -> Any:
         raise AssertionError("the Hub was consulted with local_files_only=True")
 
-    monkeypatch.setattr(resolve_module, "_hub_repo_files", no_network)
+    monkeypatch.setattr(hub_module, "_hub_repo_files", no_network)
     with pytest.raises(UnknownModelError, match="local_files_only=True"):
         resolve_checkpoint("tiny-org/not-cached", local_files_only=True)
 
@@ -340,7 +341,7 @@ def test_online_miss_when_hub_unreachable(
     def unreachable(*args: object, **kwargs: object) -> Any:
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(resolve_module, "_hub_repo_files", unreachable)
+    monkeypatch.setattr(hub_module, "_hub_repo_files", unreachable)
     with pytest.raises(UnknownModelError) as info:
         resolve_checkpoint("tiny-org/not-cached")
     message = str(info.value)
@@ -398,7 +399,7 @@ def test_online_miss_does_not_hang_on_silent_hub(
     else:
         empty: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
         monkeypatch.setattr(_detect_agent, "_registry", empty, raising=False)
-    monkeypatch.setattr(resolve_module, "HUB_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(hub_module, "HUB_TIMEOUT_S", 0.5)
     start = time.monotonic()
     with pytest.raises(UnknownModelError, match="ReadTimeout|timed out"):
         resolve_checkpoint("tiny-org/not-cached")
@@ -443,8 +444,8 @@ def test_online_download_prefers_safetensors(
         requested.append(patterns)
         return downloaded
 
-    monkeypatch.setattr(resolve_module, "_hub_repo_files", fake_files)
-    monkeypatch.setattr(resolve_module, "_hub_download", fake_download)
+    monkeypatch.setattr(hub_module, "_hub_repo_files", fake_files)
+    monkeypatch.setattr(hub_module, "_hub_download", fake_download)
     resolved = resolve_checkpoint("tiny-org/online-model")
     assert resolved == ResolvedCheckpoint(
         "hf_dir", downloaded, "tiny-org/online-model", "GPT2LMHeadModel"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import glob
 import importlib.util
 import json
 import os
@@ -34,7 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from anatomist.loading.errors import CheckpointError, UnknownModelError
+from anatomist.loading.errors import UnknownModelError
+from anatomist.loading.hub import HUB_TIMEOUT_S, env_offline, from_cache, from_hub, hf_cache_dir
 
 __all__ = [
     "HUB_TIMEOUT_S",
@@ -47,33 +47,6 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-#: Seconds to wait for the Hugging Face Hub to answer the first request before declaring it
-#: unreachable. The first request also decides which files to fetch, so it stays short.
-HUB_TIMEOUT_S = 10.0
-
-#: Files fetched from a Hugging Face repo besides the weights: configuration and tokenizer.
-CONFIG_AND_TOKENIZER_PATTERNS: tuple[str, ...] = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-
-#: Weight files, most preferred first: a single file, then a sharded index.
-SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-BIN_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-_ENV_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REGISTRY_PACKAGE = "anatomist.families"
 _REGISTRY_FILE = "model_names.json"
@@ -330,209 +303,6 @@ def _resolve_packaged(packaged: PackagedModel) -> ResolvedCheckpoint:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face cache and Hub
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in _ENV_TRUE
-
-
-def _env_offline() -> bool:
-    """Whether the environment asks for offline mode, read now (not at import time)."""
-    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache folder, honouring ``HF_HUB_CACHE`` and ``HF_HOME`` as set now.
-
-    ``huggingface_hub`` reads these variables once at import; reading them here as well means a
-    change made later in the process (as tests do) still takes effect.
-    """
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        value = os.environ.get(variable)
-        if value:
-            return Path(os.path.expandvars(os.path.expanduser(value)))
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def _weights_present(folder: Path) -> bool:
-    """Whether ``folder`` holds complete weights that :mod:`.safetensors` can read."""
-    from anatomist.loading.safetensors import checkpoint_files
-
-    try:
-        checkpoint_files(folder)
-    except CheckpointError:
-        return False
-    return True
-
-
-def _from_cache(repo_id: str, revision: str | None, cache_dir: Path) -> tuple[Path | None, str]:
-    """Look ``repo_id`` up in the local HF cache without any network access.
-
-    Returns the snapshot folder, or ``None`` and a sentence saying why it is not usable.
-    """
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(
-            snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=True,
-                allow_patterns=list(CONFIG_AND_TOKENIZER_PATTERNS),
-            )
-        )
-    except ValueError as error:  # HFValidationError: malformed repo id or revision
-        raise UnknownModelError(
-            f"{repo_id!r} is not a valid Hugging Face repo id or revision ({error}). "
-            f"{_closest_sentence(repo_id)}"
-        ) from error
-    except Exception as error:  # LocalEntryNotFoundError, IncompleteSnapshotError, OSError
-        if type(error).__name__ == "IncompleteSnapshotError":
-            return None, f"its cached snapshot is incomplete ({error})"
-        return None, "it is not in the local Hugging Face cache"
-    if not (folder / "config.json").is_file():
-        return None, f"its cached snapshot {str(folder)!r} has no config.json"
-    if not _weights_present(folder):
-        return None, f"its cached snapshot {str(folder)!r} has no complete weights"
-    return folder, ""
-
-
-def _network_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the Hub could not be reached" across huggingface_hub versions."""
-    types: list[type[BaseException]] = [OSError, TimeoutError]
-    try:
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-        types += [HfHubHTTPError, OfflineModeIsEnabled]
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        pass
-    for module, attribute in (
-        ("httpx2", "TransportError"),
-        ("httpx", "TransportError"),
-        ("requests", "RequestException"),
-    ):
-        try:
-            imported = __import__(module)
-        except ImportError:
-            continue
-        error_type = getattr(imported, attribute, None)
-        if isinstance(error_type, type) and issubclass(error_type, BaseException):
-            types.append(error_type)
-    return tuple(types)
-
-
-def _hub_repo_files(repo_id: str, revision: str | None) -> list[str]:
-    """List the files of a Hub repo, failing within :data:`HUB_TIMEOUT_S` when unreachable."""
-    from huggingface_hub import HfApi
-
-    info = HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
-    return [sibling.rfilename for sibling in info.siblings or []]
-
-
-def _hub_download(repo_id: str, revision: str | None, cache_dir: Path, patterns: list[str]) -> Path:
-    """Download the files matching ``patterns`` into the HF cache and return the snapshot folder."""
-    from huggingface_hub import snapshot_download
-
-    return Path(
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=patterns,
-            etag_timeout=HUB_TIMEOUT_S,
-        )
-    )
-
-
-def _hub_read_index(repo_id: str, revision: str | None, cache_dir: Path, index: str) -> list[str]:
-    """Download a sharded-checkpoint index and return the shard file names it lists."""
-    from huggingface_hub import hf_hub_download
-
-    index_path = hf_hub_download(
-        repo_id, index, revision=revision, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT_S
-    )
-    try:
-        weight_map = json.loads(Path(index_path).read_text(encoding="utf-8"))["weight_map"]
-        return sorted({str(shard) for shard in weight_map.values()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(
-            f"The index {index!r} of Hugging Face repo {repo_id!r} (cached at {index_path}) "
-            f"is damaged: {error}"
-        ) from error
-
-
-def _hub_weight_files(
-    repo_id: str, revision: str | None, cache_dir: Path, repo_files: list[str]
-) -> list[str]:
-    """Pick the weight files to fetch: safetensors when the repo has them, else ``.bin``."""
-    available = set(repo_files)
-    for single, index in (SAFETENSORS_WEIGHTS, BIN_WEIGHTS):
-        if single in available:
-            return [single]
-        if index in available:
-            return [index, *_hub_read_index(repo_id, revision, cache_dir, index)]
-    shown = ", ".join(sorted(repo_files)[:20]) or "no files"
-    raise CheckpointError(
-        f"Hugging Face repo {repo_id!r} has no weights anatomist can read: looked for "
-        f"{', '.join(SAFETENSORS_WEIGHTS + BIN_WEIGHTS)}; it holds {shown}."
-    )
-
-
-def _from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = "") -> Path:
-    """Fetch config, tokenizer and weights of ``repo_id`` from the Hub into the HF cache.
-
-    ``hint`` (a sentence or empty) is added to the error raised when the Hub cannot help.
-    """
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    unreachable = (
-        f"Model {repo_id!r} is not in the local Hugging Face cache ({cache_dir}) and the "
-        "Hugging Face Hub could not be reached"
-    )
-    advice = (
-        "Download it on a machine with network access, set HF_HUB_CACHE/HF_HOME to a cache that "
-        "holds it, or pass a local folder or .gguf file."
-    )
-    try:
-        repo_files = _hub_repo_files(repo_id, revision)
-        weights = _hub_weight_files(repo_id, revision, cache_dir, repo_files)
-        patterns = [glob.escape(f) for f in (*CONFIG_AND_TOKENIZER_PATTERNS, *weights)]
-        return _hub_download(repo_id, revision, cache_dir, patterns)
-    except RevisionNotFoundError as error:
-        raise UnknownModelError(
-            f"Hugging Face repo {repo_id!r} has no revision {revision!r}."
-        ) from error
-    except GatedRepoError as error:
-        raise UnknownModelError(
-            f"Hugging Face repo {repo_id!r} is gated: accept its licence on the Hub and log in "
-            f"(`hf auth login`), or pass a local folder. ({error})"
-        ) from error
-    except RepositoryNotFoundError as error:
-        raise UnknownModelError(
-            f"Unknown model {repo_id!r}: it is not in the local Hugging Face cache ({cache_dir}) "
-            f"and the Hugging Face Hub has no such repo (or it is private).{hint} "
-            "Pass a local folder, a .gguf file, or a Hugging Face repo id."
-        ) from error
-    except CheckpointError:
-        raise
-    except _network_error_types() as error:
-        raise UnknownModelError(
-            f"{unreachable} ({type(error).__name__}: {error}).{hint} {advice}"
-        ) from error
-
-
-# ---------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -603,12 +373,12 @@ def resolve_checkpoint(
 
     # 4. Local Hugging Face cache, offline.
     cache_dir = hf_cache_dir()
-    folder, why = _from_cache(repo_id, revision, cache_dir)
+    folder, why = from_cache(repo_id, revision, cache_dir)
     if folder is None:
         # 5. The Hub, unless offline.
         note = f" Note: {entry.note}." if entry is not None and entry.note else ""
         close = "" if canonical is not None else f" {_closest_sentence(text)}"
-        if bool(local_files_only) or _env_offline():
+        if bool(local_files_only) or env_offline():
             reason = (
                 "local_files_only=True"
                 if local_files_only
@@ -620,7 +390,7 @@ def resolve_checkpoint(
                 f"{note}{close} Pass a local folder or .gguf file, or point HF_HUB_CACHE/HF_HOME "
                 "at a cache that holds it."
             )
-        folder = _from_hub(repo_id, revision, cache_dir, hint=f"{note}{close}")
+        folder = from_hub(repo_id, revision, cache_dir, hint=f"{note}{close}")
     if architecture is None:
         architecture = _config_architecture(folder)
     return ResolvedCheckpoint("hf_dir", folder, repo_id, architecture)
