@@ -42,12 +42,17 @@ class TransformerConfig:
     use_attn_scale: bool = True  # divide attention scores by attn_scale
     attn_scale: float = -1.0  # -1 means sqrt(d_head)
     scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 option: scores also / (layer + 1)
+    sliding_window: int | None = None  # a query sees only the last `sliding_window` keys ...
+    layer_types: list[str] | None = None  # ... in layers marked "sliding_attention" (None: all)
+    qk_norm: bool = False  # RMSNorm over d_head on each head's q and k before rotary (Qwen3)
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
 
     # Positions.
     positional_embedding_type: str = "standard"  # standard (learned) | rotary | none
     rotary_dim: int | None = None  # rotated width per head; None means d_head
     rotary_base: float = 10000.0  # rope theta
     rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)
+    rotary_adjacent_pairs: bool = False  # GPT-J pairs features (0,1),(2,3)...; else halves
 
     # Opt-in hook points (off by default: they cost memory or compute).
     use_attn_result: bool = False  # blocks.i.attn.hook_result, per-head outputs [b, p, h, d]
@@ -114,6 +119,14 @@ class TransformerConfig:
             )
         if not self.attn_only and self.act_fn not in ACTIVATION_FUNCTIONS:
             raise ValueError(f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}.")
+
+    def window_for_layer(self, layer: int) -> int | None:
+        """The sliding-window size of `layer`'s attention, or None for full attention."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
     @property
     def n_kv_heads(self) -> int:

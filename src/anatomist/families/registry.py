@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from typing import Any
 
-from anatomist.families import gpt2, llama
+import anatomist.families
 from anatomist.families.base import Family
 
-FAMILIES: tuple[Family, ...] = (gpt2.FAMILY, llama.FAMILY)
+
+def _discover() -> tuple[Family, ...]:
+    """Every `FAMILY` defined by a module of this package (one file per family)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(anatomist.families.__path__), key=lambda m: m.name):
+        if info.name in ("base", "registry"):
+            continue
+        module = importlib.import_module(f"anatomist.families.{info.name}")
+        family = getattr(module, "FAMILY", None)
+        if isinstance(family, Family):
+            found.append(family)
+    return tuple(found)
+
+
+FAMILIES: tuple[Family, ...] = _discover()
 
 _BY_ARCHITECTURE = {arch: f for f in FAMILIES for arch in f.architectures}
 _BY_MODEL_TYPE = {mt: f for f in FAMILIES for mt in f.model_types}

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
+from anatomist.model.norm import RMSNorm
 from anatomist.model.positions import Rotary
 
 
@@ -37,6 +38,10 @@ class Attention(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             self.scale *= layer_idx + 1
         self.rotary = Rotary(cfg) if cfg.positional_embedding_type == "rotary" else None
+        self.window = cfg.window_for_layer(layer_idx)
+        if cfg.qk_norm:  # per-head RMSNorm of queries and keys (Qwen3)
+            self.q_norm = RMSNorm(cfg, length=dh)
+            self.k_norm = RMSNorm(cfg, length=dh)
 
         self.hook_q = HookPoint()  # [b, p, n_heads, d_head]
         self.hook_k = HookPoint()  # [b, p, n_kv_heads, d_head]
@@ -80,12 +85,16 @@ class Attention(nn.Module):
         q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))  # [b, p, h, dh]
         k = self.hook_k(_project(key_input, W_K, b_K))  # [b, p, kv, dh]
         v = self.hook_v(_project(value_input, W_V, b_V))  # [b, p, kv, dh]
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(positions, q.dtype)
             q = self.hook_rot_q(self.rotary(q, cos, sin))
             k = self.hook_rot_k(self.rotary(k, cos, sin))
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
+        if self.window is not None and kh.shape[-2] > self.window:
+            mask = _within_window(mask, qh.shape[-2], kh.shape[-2], self.window, q.device)
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask)
         else:
@@ -167,6 +176,17 @@ def _project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     flat = W.permute(1, 0, 2).reshape(d, heads * e)
     out = torch.addmm(b.reshape(-1), x.reshape(-1, d), flat)
     return out.view(*x.shape[:-1], heads, e)
+
+
+def _within_window(
+    mask: Tensor | None, q_len: int, k_len: int, window: int, device: torch.device
+) -> Tensor:
+    """`mask` (or plain causal) narrowed so query i sees only keys j with i - j < window."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    band = (q_pos - k_pos < window)[None, None]
+    base = causal_mask(q_len, k_len, device) if mask is None else mask
+    return base & band
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor:

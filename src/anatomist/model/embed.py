@@ -16,7 +16,8 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
 
     def forward(self, tokens: Tensor) -> Tensor:  # [b, p] -> [b, p, d_model]
-        return self.W_E[tokens]
+        embedded = self.W_E[tokens]
+        return embedded if self.cfg.embed_scale == 1.0 else embedded * self.cfg.embed_scale
 
 
 class Unembed(nn.Module):

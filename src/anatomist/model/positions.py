@@ -68,12 +68,17 @@ def _llama3_inverse_frequencies(inv_freq: Tensor, scaling: dict[str, Any]) -> Te
 
 
 class Rotary(nn.Module):
-    """Rotates the first `rotary_dim` features of each head (the half-split pairing of HF Llama)."""
+    """Rotates the first `rotary_dim` features of each head.
+
+    Features are paired as halves (``i`` with ``i + rotary_dim / 2``, HF Llama and NeoX) or, with
+    ``cfg.rotary_adjacent_pairs``, as neighbours (``2i`` with ``2i + 1``, GPT-J).
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.rotary_dim = cfg.rotary_dim or cfg.d_head
+        self.adjacent = cfg.rotary_adjacent_pairs
         self.register_buffer("inv_freq", rotary_inverse_frequencies(cfg), persistent=False)
 
     def reset_buffers(self) -> None:
@@ -83,12 +88,18 @@ class Rotary(nn.Module):
     def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and sin for positions ``[b, p]``, each ``[b, p, 1, rotary_dim]``."""
         freqs = positions.to(self.inv_freq.device).float()[..., None] * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [b, p, 1, rotary_dim]
+        if self.adjacent:
+            emb = freqs.repeat_interleave(2, dim=-1)[:, :, None, :]  # [b, p, 1, rotary_dim]
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # x: [b, p, h, d_head]
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        half = self.rotary_dim // 2
-        rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-        rot = rot * cos + rotated_half * sin
+        if self.adjacent:  # (x0, x1) -> (-x1, x0) for each neighbouring pair
+            rotated = torch.stack((-rot[..., 1::2], rot[..., 0::2]), dim=-1).flatten(-2)
+        else:  # (first half, second half) -> (-second half, first half)
+            half = self.rotary_dim // 2
+            rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        rot = rot * cos + rotated * sin
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot

@@ -1,0 +1,120 @@
+"""The parity checks every family passes, against Hugging Face computing the same thing.
+
+A family contributes cases in ``tests/families/cases/<family>.py``: a dict ``CASES`` mapping a
+case name to a `Case` (the HF model class and a tiny config). test_parity.py runs every check
+below on every case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import anatomist
+from tests.helpers import hf_logits, load, random_tokens, save_tiny
+
+
+@dataclass(frozen=True)
+class Case:
+    model_class: Callable[[Any], Any]  # e.g. transformers.GPTNeoXForCausalLM
+    config: Any  # a tiny transformers config instance
+    processing: bool = True  # whether default weight processing applies
+    seq_len: int = 12
+    # Extra keyword arguments the HF forward needs for padded batches (besides the mask).
+    hf_pads_with_position_ids: bool = True
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def build(case: Case, folder: Path) -> Any:
+    torch.manual_seed(0)
+    hf = case.model_class(case.config)
+    save_tiny(hf, folder)
+    return hf
+
+
+def check_logits(hf: Any, folder: Path, case: Case) -> None:
+    model = load(folder)
+    tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
+    assert (model(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-5
+
+
+def check_processed_log_probs(hf: Any, folder: Path, case: Case) -> None:
+    model = load(folder, processing=case.processing)
+    tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
+    ours = model(tokens).log_softmax(-1)
+    assert (ours - hf_logits(hf, tokens).log_softmax(-1)).abs().max() <= 1e-4
+
+
+def check_hidden_states(hf: Any, folder: Path, case: Case) -> None:
+    model = load(folder)
+    tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    with torch.no_grad():
+        hidden = hf(tokens, output_hidden_states=True).hidden_states
+    n = model.cfg.n_layers
+    assert len(hidden) == n + 1
+    for layer in range(n - 1):
+        assert (cache["resid_post", layer] - hidden[layer + 1]).abs().max() <= 1e-5, layer
+    # HF's last hidden state is taken after the final norm in most models, before it in some.
+    last = cache["resid_post", n - 1]
+    diff = min((last - hidden[n]).abs().max(), (model.ln_final(last) - hidden[n]).abs().max())
+    assert diff <= 1e-5
+
+
+def check_padded_batch(hf: Any, folder: Path, case: Case, side: str) -> None:
+    model = load(folder)
+    lengths = [5, 9, case.seq_len]
+    rows = [random_tokens(model.cfg.d_vocab, 1, n, seed=n)[0] for n in lengths]
+    width = max(lengths)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    spans = []
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        tokens[i, span], mask[i, span] = row, 1
+        spans.append(span)
+    batched = model(tokens, attention_mask=mask)
+    kwargs: dict[str, Any] = {"attention_mask": mask}
+    if case.hf_pads_with_position_ids:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    theirs = hf_logits(hf, tokens, **kwargs)
+    for i, row in enumerate(rows):
+        alone = model(row[None])[0]
+        assert (batched[i, spans[i]] - alone).abs().max() <= 1e-5
+        assert (theirs[i, spans[i]] - alone).abs().max() <= 1e-5
+
+
+def check_invariants(folder: Path, case: Case) -> None:
+    """DESIGN.md's invariants, and every hook firing exactly once."""
+    model = load(folder)
+    model.set_use_attn_result(True)
+    tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
+    calls: dict[str, int] = {}
+
+    def count(tensor: torch.Tensor, hook: anatomist.HookPoint) -> None:
+        calls[hook.name or ""] = calls.get(hook.name or "", 0) + 1
+
+    with model.hooks(fwd_hooks=[(lambda name: True, count)]):
+        _, cache = model.run_with_cache(tokens)
+    enabled = model.resolve_hook_names(None)
+    assert sorted(calls) == sorted(enabled) and set(calls.values()) == {1}
+    cfg = model.cfg
+    for i in range(cfg.n_layers):
+        pre, attn_out = cache["resid_pre", i], cache["attn_out", i]
+        post = cache["resid_post", i]
+        result, b_O = cache["result", i], model.blocks[i].attn.b_O
+        assert (attn_out - (result.sum(-2) + b_O)).abs().max() <= 1e-5
+        pattern, scores = cache["pattern", i], cache["attn_scores", i]
+        assert (pattern - scores.softmax(-1)).abs().max() <= 1e-6
+        if cfg.attn_only:
+            assert (post - (pre + attn_out)).abs().max() <= 1e-5
+        elif cfg.parallel_attn_mlp:
+            assert (post - (pre + attn_out + cache["mlp_out", i])).abs().max() <= 1e-5
+        else:
+            mid = cache["resid_mid", i]
+            assert (mid - (pre + attn_out)).abs().max() <= 1e-5
+            assert (post - (mid + cache["mlp_out", i])).abs().max() <= 1e-5
