@@ -39,6 +39,10 @@ class TransformerConfig:
     normalization_type: str | None = "LN"  # LN | LNPre | RMS | RMSPre | None (Pre = folded weights)
     eps: float = 1e-5  # normalization epsilon
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
+    pre_norm: bool = True  # normalize attention/MLP inputs (ln1, ln2); False: OLMo2
+    post_norm_type: str | None = None  # also normalize their outputs (ln1_post, ln2_post): Gemma 2/3
+    attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     use_attn_scale: bool = True  # divide attention scores by attn_scale
     attn_scale: float = -1.0  # -1 means sqrt(d_head)
     scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 option: scores also / (layer + 1)
@@ -53,6 +57,7 @@ class TransformerConfig:
     rotary_base: float = 10000.0  # rope theta
     rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)
     rotary_adjacent_pairs: bool = False  # GPT-J pairs features (0,1),(2,3)...; else halves
+    rotary_base_local: float | None = None  # rope theta of sliding-window layers, unscaled (Gemma 3)
 
     # Opt-in hook points (off by default: they cost memory or compute).
     use_attn_result: bool = False  # blocks.i.attn.hook_result, per-head outputs [b, p, h, d]
@@ -107,6 +112,10 @@ class TransformerConfig:
             self.init_range = 0.8 / math.sqrt(self.d_model)
         if isinstance(self.dtype, str):
             self.dtype = getattr(torch, self.dtype)
+        if self.post_norm_type not in NORMALIZATION_TYPES:
+            raise ValueError(
+                f"post_norm_type must be one of {NORMALIZATION_TYPES}, got {self.post_norm_type!r}."
+            )
         if self.normalization_type not in NORMALIZATION_TYPES:
             raise ValueError(
                 f"normalization_type must be one of {NORMALIZATION_TYPES}, "

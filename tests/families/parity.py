@@ -107,7 +107,11 @@ def check_invariants(folder: Path, case: Case) -> None:
         pre, attn_out = cache["resid_pre", i], cache["attn_out", i]
         post = cache["resid_post", i]
         result, b_O = cache["result", i], model.blocks[i].attn.b_O
-        assert (attn_out - (result.sum(-2) + b_O)).abs().max() <= 1e-5
+        if cfg.post_norm_type is None:  # a post-norm sits between the heads and attn_out
+            assert (attn_out - (result.sum(-2) + b_O)).abs().max() <= 1e-5
+        else:
+            ln1_post = model.blocks[i].ln1_post
+            assert (attn_out - ln1_post(result.sum(-2) + b_O)).abs().max() <= 1e-5
         pattern, scores = cache["pattern", i], cache["attn_scores", i]
         assert (pattern - scores.softmax(-1)).abs().max() <= 1e-6
         if cfg.attn_only:

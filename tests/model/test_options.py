@@ -91,3 +91,53 @@ def test_embed_scale() -> None:
     toks = tokens()
     _, cache = model.run_with_cache(toks)
     assert torch.allclose(cache["hook_embed"], model.W_E[toks] * 4.0)
+
+
+def test_soft_caps_bound_scores_and_logits() -> None:
+    model = make(attn_scores_soft_cap=2.0, output_logits_soft_cap=3.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20)  # large weights push raw scores and logits far past the caps
+    logits, cache = model.run_with_cache(tokens())
+    assert 2.5 < logits.abs().max() <= 3.0  # tanh saturates to exactly the cap in float32
+    q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
+    raw = torch.einsum("bqhe,bkhe->bhqk", q, k) / model.cfg.attn_scale
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    expected = 2.0 * torch.tanh(raw / 2.0)
+    assert (cache["attn_scores", 0][..., causal] - expected[..., causal]).abs().max() <= 1e-4
+    # Soft-capped scores cannot go through the fused kernel: same logits without hooks.
+    assert (model(tokens()) - logits).abs().max() <= 1e-5
+
+
+def test_post_norms_and_no_pre_norms() -> None:
+    model = make(normalization_type="RMS", post_norm_type="RMS", pre_norm=False)
+    assert isinstance(model.blocks[0].ln1, torch.nn.Identity)
+    _, cache = model.run_with_cache(tokens())
+    attn = model.blocks[0].attn
+    z = cache["blocks.0.attn.hook_z"]
+    before_norm = torch.einsum("bphe,hed->bpd", z, attn.W_O) + attn.b_O
+    expected = model.blocks[0].ln1_post(before_norm)
+    assert (cache["attn_out", 0] - expected).abs().max() <= 1e-5
+    assert "blocks.0.ln2_post.hook_scale" in cache
+    # Processing folds only the final norm; the post-norms keep their weights.
+    reference = model(tokens()).log_softmax(-1)
+    model.process_weights_()
+    assert model.cfg.normalization_type == "RMSPre"
+    assert isinstance(model.blocks[0].ln1_post.w, torch.nn.Parameter)
+    assert (model(tokens()).log_softmax(-1) - reference).abs().max() <= 1e-4
+
+
+def test_local_layers_use_their_own_rope_base() -> None:
+    from anatomist.model.positions import rotary_inverse_frequencies
+
+    cfg = anatomist.TransformerConfig(
+        n_layers=2, d_model=32, n_ctx=32, d_head=8, d_vocab=50, positional_embedding_type="rotary",
+        rotary_base=1e6, rotary_base_local=1e4, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )  # fmt: skip
+    model = anatomist.HookedTransformer(cfg)
+    local, glob = (block.attn.rotary.inv_freq for block in model.blocks)
+    assert torch.allclose(local, 1.0 / 1e4 ** (torch.arange(0, 8, 2).float() / 8))
+    assert torch.allclose(glob, rotary_inverse_frequencies(cfg))
+    assert torch.allclose(glob, 1.0 / 1e6 ** (torch.arange(0, 8, 2).float() / 8) / 8.0)

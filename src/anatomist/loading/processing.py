@@ -63,7 +63,7 @@ def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool =
         )
     is_ln = cfg.normalization_type == "LN"
     center = center_weights and is_ln
-    for block in model.blocks:
+    for block in model.blocks if cfg.pre_norm else ():  # no pre-norms: only ln_final folds
         attn = block.attn
         W_K, b_K, W_V, b_V = attn.kv_weights
         for W, b in ((attn.W_Q, attn.b_Q), (W_K, b_K), (W_V, b_V)):

@@ -37,8 +37,9 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:
             self.scale *= layer_idx + 1
-        self.rotary = Rotary(cfg) if cfg.positional_embedding_type == "rotary" else None
         self.window = cfg.window_for_layer(layer_idx)
+        rotary = cfg.positional_embedding_type == "rotary"
+        self.rotary = Rotary(cfg, local=self.window is not None) if rotary else None
         if cfg.qk_norm:  # per-head RMSNorm of queries and keys (Qwen3)
             self.q_norm = RMSNorm(cfg, length=dh)
             self.k_norm = RMSNorm(cfg, length=dh)
@@ -67,7 +68,13 @@ class Attention(nn.Module):
 
     @property
     def needs_pattern(self) -> bool:
-        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        """Whether to compute the pattern explicitly: a hook wants it, or soft-capped scores,
+        which the fused kernel cannot compute."""
+        return (
+            self.hook_attn_scores.has_hooks
+            or self.hook_pattern.has_hooks
+            or self.cfg.attn_scores_soft_cap is not None
+        )
 
     def forward(
         self,
@@ -122,6 +129,9 @@ class Attention(nn.Module):
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         scores = q @ k.transpose(-1, -2) / self.scale  # [b, h, q, k]
+        cap = self.cfg.attn_scores_soft_cap
+        if cap is not None:  # Gemma 2: bound the scores smoothly to (-cap, cap) before masking
+            scores = cap * torch.tanh(scores / cap)
         if mask is None:
             mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)

@@ -17,11 +17,15 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
-        self.ln1 = make_norm(cfg)
+        self.ln1 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.attn = make_attention(cfg, layer_idx)
+        if cfg.post_norm_type is not None:  # norms on the outputs too (Gemma 2/3, OLMo2)
+            self.ln1_post = make_norm(cfg, kind=cfg.post_norm_type)
         if not cfg.attn_only:
-            self.ln2 = make_norm(cfg)
+            self.ln2 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
             self.mlp = make_mlp(cfg)
+            if cfg.post_norm_type is not None:
+                self.ln2_post = make_norm(cfg, kind=cfg.post_norm_type)
 
         self.hook_resid_pre = HookPoint()  # [b, p, d_model]
         self.hook_attn_in = HookPoint("use_attn_in")  # [b, p, n_heads, d_model]
@@ -39,19 +43,24 @@ class TransformerBlock(nn.Module):
     def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(
-            self.attn(*self._attention_inputs(resid_pre), positions, mask)
-        )
+        attn_out = self.attn(*self._attention_inputs(resid_pre), positions, mask)
+        if cfg.post_norm_type is not None:
+            attn_out = self.ln1_post(attn_out)
+        attn_out = self.hook_attn_out(attn_out)
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         if cfg.parallel_attn_mlp:
             mlp_in = self.hook_mlp_in(resid_pre) if cfg.use_hook_mlp_in else resid_pre
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+            mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_in = self.hook_mlp_in(resid_mid) if cfg.use_hook_mlp_in else resid_mid
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+        mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _mlp(self, mlp_in: Tensor) -> Tensor:
+        out = self.mlp(self.ln2(mlp_in))
+        return self.ln2_post(out) if self.cfg.post_norm_type is not None else out
 
     def _attention_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalized query, key and value inputs, per head when an opt-in hook asks for it.

@@ -31,6 +31,9 @@ class Unembed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.hook_in(x)
-        return self.hook_out(
-            torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U).view(*x.shape[:-1], -1)
-        )
+        logits = torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U)
+        logits = logits.view(*x.shape[:-1], -1)
+        cap = self.cfg.output_logits_soft_cap
+        if cap is not None:  # Gemma 2: bound the logits smoothly to (-cap, cap)
+            logits = cap * torch.tanh(logits / cap)
+        return self.hook_out(logits)

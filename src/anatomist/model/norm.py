@@ -91,9 +91,11 @@ NORMS: dict[str | None, type[nn.Module] | None] = {
 }
 
 
-def make_norm(cfg: TransformerConfig, length: int | None = None) -> nn.Module:
-    """The normalization layer `cfg.normalization_type` names, or an identity."""
-    cls = NORMS[cfg.normalization_type]
+def make_norm(
+    cfg: TransformerConfig, length: int | None = None, kind: str | None = "cfg"
+) -> nn.Module:
+    """The normalization layer `kind` names (default: `cfg.normalization_type`), or an identity."""
+    cls = NORMS[cfg.normalization_type if kind == "cfg" else kind]
     if cls is None:
         return nn.Identity()
     return cls(cfg, length)  # type: ignore[call-arg]

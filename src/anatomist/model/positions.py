@@ -35,11 +35,15 @@ class PosEmbed(nn.Module):
         return self.W_pos[positions]
 
 
-def rotary_inverse_frequencies(cfg: TransformerConfig) -> Tensor:
-    """Inverse frequencies for RoPE, with the checkpoint's rope scaling applied."""
+def rotary_inverse_frequencies(cfg: TransformerConfig, local: bool = False) -> Tensor:
+    """Inverse frequencies for RoPE, with the checkpoint's rope scaling applied.
+
+    `local` layers (sliding-window layers of models with `rotary_base_local`) use that base and
+    no scaling."""
     dim = cfg.rotary_dim or cfg.d_head
-    inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    scaling = cfg.rope_scaling or {}
+    base = cfg.rotary_base_local if local and cfg.rotary_base_local else cfg.rotary_base
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = {} if local and cfg.rotary_base_local else (cfg.rope_scaling or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq
@@ -74,16 +78,17 @@ class Rotary(nn.Module):
     ``cfg.rotary_adjacent_pairs``, as neighbours (``2i`` with ``2i + 1``, GPT-J).
     """
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: TransformerConfig, local: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.local = local
         self.rotary_dim = cfg.rotary_dim or cfg.d_head
         self.adjacent = cfg.rotary_adjacent_pairs
-        self.register_buffer("inv_freq", rotary_inverse_frequencies(cfg), persistent=False)
+        self.register_buffer("inv_freq", rotary_inverse_frequencies(cfg, local), persistent=False)
 
     def reset_buffers(self) -> None:
         """Recompute the frequencies (after building the model on the meta device)."""
-        self.inv_freq = rotary_inverse_frequencies(self.cfg)
+        self.inv_freq = rotary_inverse_frequencies(self.cfg, self.local)
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and sin for positions ``[b, p]``, each ``[b, p, 1, rotary_dim]``."""

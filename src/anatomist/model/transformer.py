@@ -408,7 +408,7 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
     def set_layer_norm_type(self, normalization_type: str | None) -> None:
         """Swap every norm for the given type (used after folding), keeping hook names."""
         self.cfg.normalization_type = normalization_type
-        for block in self.blocks:
+        for block in self.blocks if self.cfg.pre_norm else ():
             block.ln1 = make_norm(self.cfg).to(self.embed.W_E.device)
             if not self.cfg.attn_only:
                 block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
