@@ -105,8 +105,9 @@ def test_soft_caps_bound_scores_and_logits() -> None:
     causal = torch.ones(12, 12, dtype=torch.bool).tril()
     expected = 2.0 * torch.tanh(raw / 2.0)
     assert (cache["attn_scores", 0][..., causal] - expected[..., causal]).abs().max() <= 1e-4
-    # Soft-capped scores cannot go through the fused kernel: same logits without hooks.
-    assert (model(tokens()) - logits).abs().max() <= 1e-5
+    # Soft-capped scores cannot go through the fused kernel: same logits without hooks (up to
+    # float error, which the x20 weights amplify; a missing cap would differ by O(1)).
+    assert (model(tokens()) - logits).abs().max() <= 1e-3
 
 
 def test_post_norms_and_no_pre_norms() -> None:
