@@ -36,7 +36,8 @@ def process_weights(
     """Apply the classic processing steps in their classic order.
 
     Steps that are not valid for the model are skipped: folding when there is nothing to fold,
-    centering the writing weights when the model does not use LayerNorm.
+    centering the writing weights when the model does not use LayerNorm, centering the
+    unembedding when the logits are soft-capped.
     """
     # The arguments shadow the step functions' names, hence the _STEPS table.
     norm = model.cfg.normalization_type
@@ -44,7 +45,7 @@ def process_weights(
         _STEPS["fold_ln"](model, center_weights=norm == "LN")
     if center_writing_weights and model.cfg.normalization_type in _LAYER_NORMS:
         _STEPS["center_writing_weights"](model)
-    if center_unembed:
+    if center_unembed and model.cfg.output_logits_soft_cap is None:
         _STEPS["center_unembed"](model)
     if fold_value_biases:
         _STEPS["fold_value_biases"](model)
@@ -131,6 +132,10 @@ def _center_last(t: Tensor) -> None:
 @torch.no_grad()
 def center_unembed(model: Any) -> None:
     """Zero-mean ``W_U`` rows and ``b_U`` over the vocabulary (softmax is shift-invariant)."""
+    if model.cfg.output_logits_soft_cap is not None:
+        raise ValueError(
+            "center_unembed is not valid with soft-capped logits: tanh is not shift-invariant."
+        )
     _center_last(model.unembed.W_U)
     _center_last(model.unembed.b_U)
     model.cfg.processing["center_unembed"] = True
