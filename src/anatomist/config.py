@@ -43,6 +43,7 @@ class TransformerConfig:
     post_norm_type: str | None = None  # also normalize their outputs (ln1_post, ln2_post): Gemma 2/3
     attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    causal: bool = True  # each position attends only to itself and earlier ones (False: BERT)
     use_attn_scale: bool = True  # divide attention scores by attn_scale
     attn_scale: float = -1.0  # -1 means sqrt(d_head)
     scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 option: scores also / (layer + 1)

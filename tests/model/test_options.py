@@ -142,3 +142,10 @@ def test_local_layers_use_their_own_rope_base() -> None:
     assert torch.allclose(local, 1.0 / 1e4 ** (torch.arange(0, 8, 2).float() / 8))
     assert torch.allclose(glob, rotary_inverse_frequencies(cfg))
     assert torch.allclose(glob, 1.0 / 1e6 ** (torch.arange(0, 8, 2).float() / 8) / 8.0)
+
+
+def test_non_causal_attention_sees_the_future() -> None:
+    model = make(causal=False, positional_embedding_type="rotary")
+    logits, cache = model.run_with_cache(tokens())
+    assert cache["pattern", 0][..., 0, -1].abs().min() > 0  # first query sees the last key
+    assert (model(tokens()) - logits).abs().max() <= 1e-5  # fused path agrees

@@ -86,7 +86,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Inputs are ``[b, p, d_model]``, or ``[b, p, heads, d_model]`` (one input per head).
 
-        `mask` is a boolean ``[b, 1, q, k]`` (True = may attend) or None for plain causal.
+        `mask` is a boolean ``[b, 1, q, k]`` (True = may attend, broadcastable), or None: plain
+        causal attention (or full attention when ``cfg.causal`` is False).
         """
         W_K, b_K, W_V, b_V = self.kv_weights
         q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))  # [b, p, h, dh]
@@ -101,6 +102,8 @@ class Attention(nn.Module):
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
         if self.window is not None and kh.shape[-2] > self.window:
+            if not self.cfg.causal:
+                raise NotImplementedError("Sliding windows are only supported in causal models.")
             mask = _within_window(mask, qh.shape[-2], kh.shape[-2], self.window, q.device)
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask)
@@ -110,7 +113,7 @@ class Attention(nn.Module):
                 kh,
                 vh,
                 attn_mask=mask,
-                is_causal=mask is None and qh.shape[-2] > 1,
+                is_causal=self.cfg.causal and mask is None and qh.shape[-2] > 1,
                 scale=1.0 / self.scale,
                 enable_gqa=self.cfg.is_grouped_query,
             )
@@ -132,9 +135,10 @@ class Attention(nn.Module):
         cap = self.cfg.attn_scores_soft_cap
         if cap is not None:  # Gemma 2: bound the scores smoothly to (-cap, cap) before masking
             scores = cap * torch.tanh(scores / cap)
-        if mask is None:
+        if mask is None and self.cfg.causal:
             mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return pattern @ v  # [b, h, q, dh]
