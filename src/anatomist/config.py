@@ -40,7 +40,9 @@ class TransformerConfig:
     eps: float = 1e-5  # normalization epsilon
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
     pre_norm: bool = True  # normalize attention/MLP inputs (ln1, ln2); False: OLMo2
-    post_norm_type: str | None = None  # also normalize their outputs (ln1_post, ln2_post): Gemma 2/3
+    post_norm_type: str | None = (
+        None  # also normalize their outputs (ln1_post, ln2_post): Gemma 2/3
+    )
     attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # each position attends only to itself and earlier ones (False: BERT)
@@ -50,6 +52,7 @@ class TransformerConfig:
     sliding_window: int | None = None  # a query sees only the last `sliding_window` keys ...
     layer_types: list[str] | None = None  # ... in layers marked "sliding_attention" (None: all)
     qk_norm: bool = False  # RMSNorm over d_head on each head's q and k before rotary (Qwen3)
+    qk_norm_over_heads: bool = False  # ... over all heads' q (and k) together instead (OLMo2)
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
 
     # Positions.
@@ -58,7 +61,9 @@ class TransformerConfig:
     rotary_base: float = 10000.0  # rope theta
     rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)
     rotary_adjacent_pairs: bool = False  # GPT-J pairs features (0,1),(2,3)...; else halves
-    rotary_base_local: float | None = None  # rope theta of sliding-window layers, unscaled (Gemma 3)
+    rotary_base_local: float | None = (
+        None  # rope theta of sliding-window layers, unscaled (Gemma 3)
+    )
 
     # Opt-in hook points (off by default: they cost memory or compute).
     use_attn_result: bool = False  # blocks.i.attn.hook_result, per-head outputs [b, p, h, d]

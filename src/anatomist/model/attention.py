@@ -40,9 +40,10 @@ class Attention(nn.Module):
         self.window = cfg.window_for_layer(layer_idx)
         rotary = cfg.positional_embedding_type == "rotary"
         self.rotary = Rotary(cfg, local=self.window is not None) if rotary else None
-        if cfg.qk_norm:  # per-head RMSNorm of queries and keys (Qwen3)
-            self.q_norm = RMSNorm(cfg, length=dh)
-            self.k_norm = RMSNorm(cfg, length=dh)
+        if cfg.qk_norm:  # RMSNorm of queries and keys, per head (Qwen3) or over all (OLMo2)
+            wide = cfg.qk_norm_over_heads
+            self.q_norm = RMSNorm(cfg, length=dh * h if wide else dh)
+            self.k_norm = RMSNorm(cfg, length=dh * kv if wide else dh)
 
         self.hook_q = HookPoint()  # [b, p, n_heads, d_head]
         self.hook_k = HookPoint()  # [b, p, n_kv_heads, d_head]
@@ -94,7 +95,7 @@ class Attention(nn.Module):
         k = self.hook_k(_project(key_input, W_K, b_K))  # [b, p, kv, dh]
         v = self.hook_v(_project(value_input, W_V, b_V))  # [b, p, kv, dh]
         if self.cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = _norm_heads(self.q_norm, q, self.cfg), _norm_heads(self.k_norm, k, self.cfg)
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(positions, q.dtype)
             q = self.hook_rot_q(self.rotary(q, cos, sin))
@@ -190,6 +191,13 @@ def _project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     flat = W.permute(1, 0, 2).reshape(d, heads * e)
     out = torch.addmm(b.reshape(-1), x.reshape(-1, d), flat)
     return out.view(*x.shape[:-1], heads, e)
+
+
+def _norm_heads(norm: nn.Module, x: Tensor, cfg: TransformerConfig) -> Tensor:
+    """Apply a QK norm to ``[b, p, heads, d_head]``: per head, or over all heads at once."""
+    if not cfg.qk_norm_over_heads:
+        return norm(x)
+    return norm(x.flatten(-2)).view(x.shape)
 
 
 def _within_window(

@@ -1,0 +1,122 @@
+"""GPT-NeoX (GPTNeoXForCausalLM; Pythia, GPT-NeoX-20B): LayerNorm, partial rotary, GELU MLP.
+
+What differs from GPT-2: rotary positions (halves pairing, as Llama) on only the first
+``rotary_pct`` of each head, a parallel block by default (``use_parallel_residual``: attention
+and MLP both read resid_pre, each through its own LayerNorm), and one fused ``query_key_value``
+projection whose output rows are grouped per head as ``[head][q|k|v][d_head]``. The output
+embedding is untied by default and stored as ``embed_out`` (older checkpoints) or ``lm_head``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import Family, WeightRule, rope_settings, same, transpose
+
+SUPPORTED_ROPE_TYPES = ("linear", "llama3")
+
+
+def partial_rotary(
+    hf: dict[str, Any], d_head: int, legacy_factor_key: str, legacy_theta_key: str, default: float
+) -> tuple[int, float, dict[str, Any] | None]:
+    """(rotary_dim, theta, rope_scaling) for a partial-rotary family, from either config style:
+    transformers 5 keeps ``partial_rotary_factor`` and ``rope_theta`` in ``rope_parameters``,
+    older files keep them at the top level under the family's own names."""
+    params = hf.get("rope_parameters") or {}
+    factor = params.get("partial_rotary_factor", hf.get(legacy_factor_key, default))
+    theta, scaling = rope_settings(hf)
+    if "rope_theta" not in params and "rope_theta" not in hf and legacy_theta_key in hf:
+        theta = float(hf[legacy_theta_key])
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise NotImplementedError(
+                f"rope scaling type {kind!r} is not supported (supported: default, "
+                f"{', '.join(SUPPORTED_ROPE_TYPES)})."
+            )
+    return int(d_head * float(factor)), theta, scaling
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    d_head = d_model // n_heads
+    rotary_dim, theta, scaling = partial_rotary(hf, d_head, "rotary_pct", "rotary_emb_base", 0.25)
+    return TransformerConfig(
+        n_layers=hf["num_hidden_layers"],
+        d_model=d_model,
+        n_ctx=hf.get("max_position_embeddings", 2048),
+        d_head=d_head,
+        n_heads=n_heads,
+        d_mlp=hf["intermediate_size"],
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("hidden_act", "gelu"),
+        normalization_type="LN",
+        eps=hf.get("layer_norm_eps", 1e-5),
+        parallel_attn_mlp=hf.get("use_parallel_residual", True),
+        positional_embedding_type="rotary",
+        rotary_dim=rotary_dim,
+        rotary_base=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        original_architecture="GPTNeoXForCausalLM",
+    )
+
+
+def split_qkv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    # [n_heads * 3 * d_head, d_model], rows per head q|k|v -> three [n_heads, d_model, d_head]
+    w = t.view(cfg.n_heads, 3, cfg.d_head, cfg.d_model)
+    return tuple(w[:, j].transpose(1, 2) for j in range(3))
+
+
+def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    b = t.view(cfg.n_heads, 3, cfg.d_head)
+    return tuple(b[:, j] for j in range(3))
+
+
+def attn_out_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    # dense.weight [d_model, n_heads * d_head] -> W_O [n_heads, d_head, d_model]
+    return (t.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model),)
+
+
+_L = r"(?:gpt_neox\.)?layers\.(?P<i>\d+)\."
+_A = "blocks.{i}.attn."
+
+FAMILY = Family(
+    name="gpt_neox",
+    architectures=("GPTNeoXForCausalLM",),
+    model_types=("gpt_neox",),
+    build_config=build_config,
+    rules=(
+        WeightRule(r"(?:gpt_neox\.)?embed_in\.weight", ("embed.W_E",), same),
+        WeightRule(_L + r"input_layernorm\.weight", ("blocks.{i}.ln1.w",), same),
+        WeightRule(_L + r"input_layernorm\.bias", ("blocks.{i}.ln1.b",), same),
+        WeightRule(
+            _L + r"attention\.query_key_value\.weight",
+            (_A + "W_Q", _A + "W_K", _A + "W_V"),
+            split_qkv_weight,
+        ),
+        WeightRule(
+            _L + r"attention\.query_key_value\.bias",
+            (_A + "b_Q", _A + "b_K", _A + "b_V"),
+            split_qkv_bias,
+        ),
+        WeightRule(_L + r"attention\.dense\.weight", (_A + "W_O",), attn_out_weight),
+        WeightRule(_L + r"attention\.dense\.bias", (_A + "b_O",), same),
+        WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln2.w",), same),
+        WeightRule(_L + r"post_attention_layernorm\.bias", ("blocks.{i}.ln2.b",), same),
+        WeightRule(_L + r"mlp\.dense_h_to_4h\.weight", ("blocks.{i}.mlp.W_in",), transpose),
+        WeightRule(_L + r"mlp\.dense_h_to_4h\.bias", ("blocks.{i}.mlp.b_in",), same),
+        WeightRule(_L + r"mlp\.dense_4h_to_h\.weight", ("blocks.{i}.mlp.W_out",), transpose),
+        WeightRule(_L + r"mlp\.dense_4h_to_h\.bias", ("blocks.{i}.mlp.b_out",), same),
+        WeightRule(r"(?:gpt_neox\.)?final_layer_norm\.weight", ("ln_final.w",), same),
+        WeightRule(r"(?:gpt_neox\.)?final_layer_norm\.bias", ("ln_final.b",), same),
+        WeightRule(r"(?:embed_out|lm_head)\.weight", ("unembed.W_U",), transpose),
+    ),
+    ignore=(
+        _L + r"attention\.(?:masked_)?bias",
+        _L + r"attention\.rotary_emb\.inv_freq",
+    ),
+)

@@ -1,0 +1,46 @@
+"""OLMo 2 (Olmo2ForCausalLM): Llama with norms on the outputs instead of the inputs.
+
+Differs from Llama: no norm before attention or the MLP; RMSNorms on their outputs
+(``post_attention_layernorm`` -> ``ln1_post``, ``post_feedforward_layernorm`` -> ``ln2_post``);
+RMSNorm over all heads' queries and over all keys (``q_norm``/``k_norm``) before rotary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families import llama
+from anatomist.families.base import Family, WeightRule, same
+
+_L = llama._L
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    if hf.get("clip_qkv") is not None:
+        raise NotImplementedError("OLMo 2 with clip_qkv is not supported.")
+    cfg = llama.build_config(hf)
+    cfg.pre_norm = False
+    cfg.post_norm_type = "RMS"
+    cfg.qk_norm = True
+    cfg.qk_norm_over_heads = True
+    cfg.original_architecture = "Olmo2ForCausalLM"
+    return cfg
+
+
+POST_NORM_RULES = (
+    WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln1_post.w",), same),
+    WeightRule(_L + r"post_feedforward_layernorm\.weight", ("blocks.{i}.ln2_post.w",), same),
+    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
+    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
+)
+RULES = POST_NORM_RULES + tuple(r for r in llama.RULES if "layernorm" not in r.pattern)
+
+FAMILY = Family(
+    name="olmo2",
+    architectures=("Olmo2ForCausalLM", "Olmo2Model"),
+    model_types=("olmo2",),
+    build_config=build_config,
+    rules=RULES,
+    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+)

@@ -1,0 +1,104 @@
+"""OPT (OPTForCausalLM): GPT-2's block (pre-LayerNorm, learned positions) with separate projections.
+
+What differs from GPT-2: q/k/v/out are separate ``nn.Linear`` layers, the MLP is ReLU by
+default, embeddings are tied by default, and the learned position table has two extra leading
+rows (fairseq's padding offset: position p reads row p + 2), which we drop. LayerNorms without
+weights (``layer_norm_elementwise_affine=False``) load as ``LNPre``.
+
+Not supported, and refused by `build_config`: post-LayerNorm blocks (``do_layer_norm_before=False``)
+and the ``word_embed_proj_dim`` projections ``project_in``/``project_out`` (both used by opt-350m),
+and checkpoints without the final LayerNorm (``_remove_final_layer_norm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import (
+    Family,
+    WeightRule,
+    output_weight,
+    query_bias,
+    query_weight,
+    same,
+    transpose,
+)
+
+POSITION_OFFSET = 2
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if not hf.get("do_layer_norm_before", True):
+        raise NotImplementedError(
+            "OPT with do_layer_norm_before=False (post-LayerNorm blocks, e.g. opt-350m) is not "
+            "supported: the native block normalizes before attention and MLP, not after."
+        )
+    if (hf.get("word_embed_proj_dim") or d_model) != d_model:
+        raise NotImplementedError(
+            f"OPT with word_embed_proj_dim={hf['word_embed_proj_dim']} != hidden_size={d_model} "
+            "(project_in/project_out around the blocks, e.g. opt-350m) is not supported."
+        )
+    if hf.get("_remove_final_layer_norm", False):
+        raise NotImplementedError(
+            "OPT with _remove_final_layer_norm=True (no final LayerNorm) is not supported."
+        )
+    affine = hf.get("layer_norm_elementwise_affine", True)
+    return TransformerConfig(
+        n_layers=hf["num_hidden_layers"],
+        d_model=d_model,
+        n_ctx=hf.get("max_position_embeddings", 2048),
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        d_mlp=hf["ffn_dim"],
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("activation_function", "relu"),
+        normalization_type="LN" if affine else "LNPre",
+        eps=1e-5,  # nn.LayerNorm's default; OPT's config has no epsilon
+        positional_embedding_type="standard",
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+        original_architecture="OPTForCausalLM",
+    )
+
+
+def positions_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    # [max_positions + 2, d_model]: the first two rows are never read by a real token.
+    return (t[POSITION_OFFSET:],)
+
+
+_D = r"(?:model\.)?(?:decoder\.)?"
+_L = _D + r"layers\.(?P<i>\d+)\."
+_A = "blocks.{i}.attn."
+
+FAMILY = Family(
+    name="opt",
+    architectures=("OPTForCausalLM",),
+    model_types=("opt",),
+    build_config=build_config,
+    rules=(
+        WeightRule(_D + r"embed_tokens\.weight", ("embed.W_E",), same),
+        WeightRule(_D + r"embed_positions\.weight", ("pos_embed.W_pos",), positions_weight),
+        WeightRule(_L + r"self_attn_layer_norm\.weight", ("blocks.{i}.ln1.w",), same),
+        WeightRule(_L + r"self_attn_layer_norm\.bias", ("blocks.{i}.ln1.b",), same),
+        WeightRule(_L + r"self_attn\.q_proj\.weight", (_A + "W_Q",), query_weight),
+        WeightRule(_L + r"self_attn\.k_proj\.weight", (_A + "W_K",), query_weight),
+        WeightRule(_L + r"self_attn\.v_proj\.weight", (_A + "W_V",), query_weight),
+        WeightRule(_L + r"self_attn\.q_proj\.bias", (_A + "b_Q",), query_bias),
+        WeightRule(_L + r"self_attn\.k_proj\.bias", (_A + "b_K",), query_bias),
+        WeightRule(_L + r"self_attn\.v_proj\.bias", (_A + "b_V",), query_bias),
+        WeightRule(_L + r"self_attn\.out_proj\.weight", (_A + "W_O",), output_weight),
+        WeightRule(_L + r"self_attn\.out_proj\.bias", (_A + "b_O",), same),
+        WeightRule(_L + r"final_layer_norm\.weight", ("blocks.{i}.ln2.w",), same),
+        WeightRule(_L + r"final_layer_norm\.bias", ("blocks.{i}.ln2.b",), same),
+        WeightRule(_L + r"fc1\.weight", ("blocks.{i}.mlp.W_in",), transpose),
+        WeightRule(_L + r"fc1\.bias", ("blocks.{i}.mlp.b_in",), same),
+        WeightRule(_L + r"fc2\.weight", ("blocks.{i}.mlp.W_out",), transpose),
+        WeightRule(_L + r"fc2\.bias", ("blocks.{i}.mlp.b_out",), same),
+        WeightRule(_D + r"final_layer_norm\.weight", ("ln_final.w",), same),
+        WeightRule(_D + r"final_layer_norm\.bias", ("ln_final.b",), same),
+        WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
+    ),
+)
