@@ -71,14 +71,9 @@ def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool =
             _fold_into_heads(W, b, block.ln1, is_ln and fold_biases, center)
         if not cfg.attn_only:
             mlp = block.mlp
-            if cfg.gated_mlp and is_ln and fold_biases and bool(block.ln2.b.any()):
-                raise NotImplementedError(
-                    "Folding a LayerNorm bias into a gated MLP needs a gate bias, which this "
-                    "model has no slot for; load with fold_ln=False."
-                )
             _fold_into_matrix(mlp.W_in, mlp.b_in, block.ln2, is_ln and fold_biases, center)
             if cfg.gated_mlp:
-                _fold_into_matrix(mlp.W_gate, None, block.ln2, False, center)
+                _fold_into_matrix(mlp.W_gate, mlp.b_gate, block.ln2, is_ln and fold_biases, center)
     unembed = model.unembed
     _fold_into_matrix(unembed.W_U, unembed.b_U, model.ln_final, is_ln and fold_biases, center)
     model.set_layer_norm_type("LNPre" if is_ln else "RMSPre")

@@ -46,10 +46,12 @@ class GatedMLP(MLP):
         super().__init__(cfg)
         assert cfg.d_mlp is not None
         self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
+        # Zero in every released gated model; it receives a LayerNorm bias folded into the gate.
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.hook_pre_linear = HookPoint()  # [b, p, d_mlp], the ungated branch x W_in + b_in
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.hook_pre(torch.matmul(x, self.W_gate))  # gate pre-activation
+        pre = self.hook_pre(_linear(x, self.W_gate, self.b_gate))  # gate pre-activation
         pre_linear = self.hook_pre_linear(_linear(x, self.W_in, self.b_in))
         post = self.hook_post(self.act(pre) * pre_linear)
         return _linear(post, self.W_out, self.b_out)
