@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "none")
+POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi", "none")
 ACTIVATION_FUNCTIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 
 
@@ -36,6 +36,10 @@ class TransformerConfig:
     # What the blocks compute.
     act_fn: str | None = "gelu_new"  # MLP nonlinearity (see ACTIVATION_FUNCTIONS)
     gated_mlp: bool = False  # SwiGLU-style: act(x W_gate) * (x W_in)
+    num_experts: int | None = None  # mixture of experts: experts per MLP (None: one dense MLP)
+    experts_per_token: int | None = None  # ... experts each token is routed to (top-k)
+    norm_topk_prob: bool = False  # ... rescale the top-k routing weights to sum to 1 (Mixtral)
+    d_mlp_shared: int | None = None  # ... width of an always-on, sigmoid-gated shared expert
     normalization_type: str | None = "LN"  # LN | LNPre | RMS | RMSPre | None (Pre = folded weights)
     eps: float = 1e-5  # normalization epsilon
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
@@ -54,9 +58,10 @@ class TransformerConfig:
     qk_norm: bool = False  # RMSNorm over d_head on each head's q and k before rotary (Qwen3)
     qk_norm_over_heads: bool = False  # ... over all heads' q (and k) together instead (OLMo2)
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
+    post_embedding_norm: bool = False  # a norm (ln_embed) right after the embedding (BLOOM)
 
     # Positions.
-    positional_embedding_type: str = "standard"  # standard (learned) | rotary | none
+    positional_embedding_type: str = "standard"  # standard (learned) | rotary | alibi | none
     rotary_dim: int | None = None  # rotated width per head; None means d_head
     rotary_base: float = 10000.0  # rope theta
     rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)

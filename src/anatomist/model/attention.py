@@ -18,10 +18,12 @@ from torch import Tensor, nn
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
 from anatomist.model.norm import RMSNorm
-from anatomist.model.positions import Rotary
+from anatomist.model.positions import Rotary, alibi_bias, alibi_slopes
 
 
 class Attention(nn.Module):
+    alibi_slopes: Tensor  # [n_heads], ALiBi models only
+
     def __init__(self, cfg: TransformerConfig, layer_idx: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -40,6 +42,8 @@ class Attention(nn.Module):
         self.window = cfg.window_for_layer(layer_idx)
         rotary = cfg.positional_embedding_type == "rotary"
         self.rotary = Rotary(cfg, local=self.window is not None) if rotary else None
+        if cfg.positional_embedding_type == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(h), persistent=False)
         if cfg.qk_norm:  # RMSNorm of queries and keys, per head (Qwen3) or over all (OLMo2)
             wide = cfg.qk_norm_over_heads
             self.q_norm = RMSNorm(cfg, length=dh * h if wide else dh)
@@ -106,15 +110,24 @@ class Attention(nn.Module):
             if not self.cfg.causal:
                 raise NotImplementedError("Sliding windows are only supported in causal models.")
             mask = _within_window(mask, qh.shape[-2], kh.shape[-2], self.window, q.device)
+        bias = None
+        if self.cfg.positional_embedding_type == "alibi":
+            bias = alibi_bias(self.alibi_slopes, positions).to(qh.dtype)  # [b, h, 1, k]
         if self.needs_pattern:
-            z = self._explicit_attention(qh, kh, vh, mask)
+            z = self._explicit_attention(qh, kh, vh, mask, bias)
         else:
+            attn_mask: Tensor | None = mask
+            if bias is not None:  # SDPA takes the bias as a float mask, -inf where masked
+                allowed = mask
+                if allowed is None and self.cfg.causal:
+                    allowed = causal_mask(qh.shape[-2], kh.shape[-2], q.device)
+                attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
             z = F.scaled_dot_product_attention(
                 qh,
                 kh,
                 vh,
-                attn_mask=mask,
-                is_causal=self.cfg.causal and mask is None and qh.shape[-2] > 1,
+                attn_mask=attn_mask,
+                is_causal=self.cfg.causal and attn_mask is None and qh.shape[-2] > 1,
                 scale=1.0 / self.scale,
                 enable_gqa=self.cfg.is_grouped_query,
             )
@@ -127,12 +140,16 @@ class Attention(nn.Module):
         out = torch.addmm(self.b_O, z.reshape(b * p, h * dh), self.W_O.reshape(h * dh, -1))
         return out.view(b, p, -1)
 
-    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _explicit_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None = None
+    ) -> Tensor:
         group = self.cfg.n_heads // self.cfg.n_kv_heads
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         scores = q @ k.transpose(-1, -2) / self.scale  # [b, h, q, k]
+        if bias is not None:  # ALiBi
+            scores = scores + bias
         cap = self.cfg.attn_scores_soft_cap
         if cap is not None:  # Gemma 2: bound the scores smoothly to (-cap, cap) before masking
             scores = cap * torch.tanh(scores / cap)

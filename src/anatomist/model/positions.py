@@ -108,3 +108,23 @@ class Rotary(nn.Module):
             rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
         rot = rot * cos + rotated * sin
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
+
+
+def alibi_slopes(n_heads: int) -> Tensor:
+    """ALiBi's per-head slopes (Press et al. 2022): a geometric sequence from 2^(-8/n); head
+    counts that are not a power of two take every other slope of the next power of two."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = base ** torch.arange(1, 1 + closest, dtype=torch.float32)
+    if closest != n_heads:
+        extra_base = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        remaining = min(closest, n_heads - closest)
+        extra = extra_base ** torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.float32)
+        slopes = torch.cat([slopes, extra])
+    return slopes
+
+
+def alibi_bias(slopes: Tensor, key_positions: Tensor) -> Tensor:
+    """``[b, h, 1, k]``: slope_h * position of key k. (ALiBi penalises distance, -slope * (q - k);
+    the query term is constant along each row, which softmax ignores.)"""
+    return slopes[None, :, None, None] * key_positions[:, None, None, :].float()

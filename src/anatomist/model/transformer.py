@@ -50,6 +50,8 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
         self.embed = Embed(cfg)
         self.hook_tokens = HookPoint("use_hook_tokens")  # [b, p] token ids
         self.hook_embed = HookPoint()  # [b, p, d_model]
+        if cfg.post_embedding_norm:  # BLOOM; keeps its weights through processing
+            self.ln_embed = make_norm(cfg, kind=cfg.normalization_type)
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [b, p, d_model]
@@ -200,6 +202,8 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
         if self.cfg.use_hook_tokens:
             tokens = self.hook_tokens(tokens)
         residual = self.hook_embed(self.embed(tokens))
+        if self.cfg.post_embedding_norm:
+            residual = self.ln_embed(residual)
         if self.cfg.positional_embedding_type == "standard":
             if tokens.shape[1] > self.cfg.n_ctx:
                 raise ValueError(
