@@ -51,7 +51,7 @@ class Family:
             if match is None:
                 continue
             values = rule.transform(tensor, cfg)
-            fill = {"i": match.groupdict().get("i", ""), "kv": "_" if cfg.is_grouped_query else ""}
+            fill = {"i": "", **match.groupdict(), "kv": "_" if cfg.is_grouped_query else ""}
             return {target.format(**fill): v for target, v in zip(rule.targets, values)}
         if any(re.fullmatch(p, name) for p in self.ignore):
             return {}

@@ -52,6 +52,10 @@ def family_for_architecture(architecture: str) -> Family:
 
 def family_for_config(hf_config: dict[str, Any]) -> Family:
     """The family for a Hugging Face config.json dict (architectures first, then model_type)."""
+    from anatomist.families import lens
+
+    if lens.is_lens_config(hf_config):
+        return lens.FAMILY
     for arch in hf_config.get("architectures") or []:
         if arch in _BY_ARCHITECTURE:
             return _BY_ARCHITECTURE[arch]

@@ -102,7 +102,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
     """The weight files of a Hugging Face model folder, in reading order.
 
     Looks for, in this order: ``model.safetensors``, ``model.safetensors.index.json`` (the
-    shards it names), ``pytorch_model.bin``, ``pytorch_model.bin.index.json``. Safetensors are
+    shards it names), ``pytorch_model.bin``, ``pytorch_model.bin.index.json``, and last a single
+    ``*.pth``/``*.pt`` state dict (classic HookedTransformer checkpoints). Safetensors are
     preferred whenever both formats are present.
 
     Raises:
@@ -116,7 +117,11 @@ def checkpoint_files(folder: Path) -> list[Path]:
             return [folder / single]
         if (folder / index).is_file():
             return _shards_from_index(folder, folder / index)
-    looked_for = ", ".join((SAFETENSORS_SINGLE, SAFETENSORS_INDEX, BIN_SINGLE, BIN_INDEX))
+    # The classic HookedTransformer checkpoints (toy models) ship one pickled state dict.
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".pt") and p.is_file())
+    if len(pickled) == 1:
+        return pickled
+    looked_for = ", ".join((SAFETENSORS_SINGLE, SAFETENSORS_INDEX, BIN_SINGLE, BIN_INDEX, "*.pth"))
     present = sorted(p.name for p in folder.iterdir())
     shown = ", ".join(present[:15]) + (", ..." if len(present) > 15 else "")
     raise CheckpointError(

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
+from anatomist.model.norm import LayerNorm
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
@@ -18,6 +19,8 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
+    # SoLU (Elhage et al. 2022): x * softmax(x), followed by a LayerNorm inside the MLP.
+    "solu_ln": lambda x: x * F.softmax(x, dim=-1),
 }
 
 
@@ -34,10 +37,17 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[cfg.act_fn]
         self.hook_pre = HookPoint()  # [b, p, d_mlp], before the nonlinearity
         self.hook_post = HookPoint()  # [b, p, d_mlp], after it
+        self.solu_ln = cfg.act_fn.endswith("_ln")
+        if self.solu_ln:  # SoLU: the activation, then a LayerNorm over d_mlp
+            self.hook_mid = HookPoint()  # [b, p, d_mlp], between the activation and the norm
+            self.ln = LayerNorm(cfg, cfg.d_mlp)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.hook_pre(_linear(x, self.W_in, self.b_in))
-        post = self.hook_post(self.act(pre))
+        if self.solu_ln:
+            post = self.hook_post(self.ln(self.hook_mid(self.act(pre))))
+        else:
+            post = self.hook_post(self.act(pre))
         return _linear(post, self.W_out, self.b_out)
 
 
@@ -63,5 +73,10 @@ def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return out.view(*x.shape[:-1], W.shape[-1])
 
 
-def make_mlp(cfg: TransformerConfig) -> MLP:
+def make_mlp(cfg: TransformerConfig) -> nn.Module:
+    """The MLP `cfg` describes: a mixture of experts (cfg.num_experts), gated, or standard."""
+    if cfg.num_experts is not None:
+        from anatomist.model.moe import MoE  # deferred: moe.py imports this module
+
+        return MoE(cfg)
     return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
