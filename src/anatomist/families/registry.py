@@ -38,8 +38,27 @@ def supported_architectures() -> list[str]:
     return sorted(_BY_ARCHITECTURE)
 
 
+# Architectures users ask for (shared/data/model_names.json) that no family loads, and why.
+UNSUPPORTED: dict[str, str] = {
+    "QWenLMHeadModel": "the first Qwen generation ships only remote code (trust_remote_code), "
+    "which anatomist never runs; Qwen1.5 and later load as Qwen2",
+    "GPT2LMHeadCustomModel": "a remote-code GPT-2 variant (trust_remote_code), which anatomist "
+    "never runs",
+    "Wav2Vec2Model": "an audio encoder, not a language model",
+    "HubertModel": "an audio encoder, not a language model",
+    "T5ForConditionalGeneration": "encoder-decoder models (HookedEncoderDecoder) are not "
+    "implemented yet",
+    "ApertusForCausalLM": "needs the xIELU activation, which the native model does not have yet",
+    "GptOssForCausalLM": "needs attention sinks and its mixture-of-experts, not implemented yet",
+}
+
+
 def family_for_architecture(architecture: str) -> Family:
     family = _BY_ARCHITECTURE.get(architecture)
+    if family is None and architecture in UNSUPPORTED:
+        raise UnsupportedArchitectureError(
+            f"Architecture {architecture!r} is not supported: {UNSUPPORTED[architecture]}."
+        )
     if family is None:
         close = difflib.get_close_matches(architecture, list(_BY_ARCHITECTURE), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
