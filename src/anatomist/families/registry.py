@@ -15,7 +15,7 @@ def _discover() -> tuple[Family, ...]:
     """Every `FAMILY` defined by a module of this package (one file per family)."""
     found = []
     for info in sorted(pkgutil.iter_modules(anatomist.families.__path__), key=lambda m: m.name):
-        if info.name in ("base", "registry"):
+        if info.name in ("base", "registry", "catalog"):
             continue
         module = importlib.import_module(f"anatomist.families.{info.name}")
         family = getattr(module, "FAMILY", None)
