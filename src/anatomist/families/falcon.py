@@ -1,0 +1,137 @@
+"""Falcon (FalconForCausalLM; Falcon-7B/40B/180B, Falcon2-11B): rotary models only.
+
+A GPT-NeoX-like LayerNorm model with full-width rotary (halves pairing, as Llama), an ungated
+MLP (GELU by default), optional biases on every linear layer (``bias``) and a tied output
+embedding by default. Three block layouts:
+
+- 7B (``parallel_attn``, multi-query): a parallel block with one shared ``input_layernorm``
+  (loaded as both ln1 and ln2) and a single key/value head;
+- ``new_decoder_architecture`` (40B/180B): a parallel block with ``ln_attn`` and ``ln_mlp``
+  (or one shared ``input_layernorm`` when ``num_ln_in_parallel_attn`` is 1, Falcon2-11B) and
+  grouped-query attention with ``num_kv_heads``;
+- ``parallel_attn=False``: a sequential block (``input_layernorm``, ``post_attention_layernorm``).
+
+Every layout fuses q, k and v into ``query_key_value`` grouped by key/value head: per group,
+the group's query heads, then its key head, then its value head (``FalconAttention._split_heads``;
+multi-query is one group, plain multi-head attention is one query head per group).
+ALiBi models (``alibi=True``, Falcon-RW) are not supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import Family, WeightRule, same, transpose
+from anatomist.families.gpt_neox import attn_out_weight
+from anatomist.families.granite import checked_rope
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    if hf.get("alibi"):
+        raise NotImplementedError("Falcon with alibi=True (ALiBi positions) is not supported.")
+    d_model = hf["n_embed"] if "n_embed" in hf else hf["hidden_size"]
+    n_heads = hf["num_attention_heads"]
+    new_arch = bool(hf.get("new_decoder_architecture", False))
+    parallel = bool(hf.get("parallel_attn", True))
+    n_norms = hf.get("num_ln_in_parallel_attn")
+    if new_arch:
+        if not parallel:
+            raise NotImplementedError(
+                "Falcon with new_decoder_architecture=True and parallel_attn=False does not run "
+                "in transformers (its decoder layer lacks the norms it reads)."
+            )
+        n_kv = hf.get("num_kv_heads") or n_heads
+    else:
+        if parallel and n_norms == 2:
+            raise NotImplementedError(
+                "Falcon with num_ln_in_parallel_attn=2 needs new_decoder_architecture=True."
+            )
+        n_kv = 1 if hf.get("multi_query", True) else (hf.get("num_kv_heads") or n_heads)
+        if n_kv not in (1, n_heads):
+            raise NotImplementedError(
+                "Falcon without new_decoder_architecture and multi_query=False needs "
+                f"num_kv_heads == num_attention_heads (got {n_kv} and {n_heads})."
+            )
+    theta, scaling = checked_rope(hf)
+    return TransformerConfig(
+        n_layers=hf["num_hidden_layers"],
+        d_model=d_model,
+        n_ctx=hf.get("max_position_embeddings", 2048),
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        n_key_value_heads=n_kv,
+        d_mlp=hf.get("ffn_hidden_size") or 4 * d_model,
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("activation", "gelu"),
+        normalization_type="LN",
+        eps=hf.get("layer_norm_epsilon", 1e-5),
+        parallel_attn_mlp=parallel,
+        positional_embedding_type="rotary",
+        rotary_base=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+        original_architecture="FalconForCausalLM",
+    )
+
+
+def _groups(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows [kv * (group + 2) * d_head, ...] -> q [h, d_head, ...], k and v [kv, d_head, ...]."""
+    kv, group = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
+    rows = t.view(kv, group + 2, cfg.d_head, *t.shape[1:])
+    q = rows[:, :group].reshape(cfg.n_heads, cfg.d_head, *t.shape[1:])
+    return q, rows[:, group], rows[:, group + 1]
+
+
+def split_qkv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    return tuple(w.transpose(1, 2) for w in _groups(t, cfg))  # [heads, d_model, d_head]
+
+
+def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    return _groups(t, cfg)
+
+
+def input_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    # In a parallel block with one norm, attention and the MLP read the same normalized input.
+    return (t, t) if cfg.parallel_attn_mlp else (t,)
+
+
+_B = r"(?:transformer\.)?h\.(?P<i>\d+)\."
+_A = "blocks.{i}.attn."
+_QKV = (_A + "W_Q", _A + "{kv}W_K", _A + "{kv}W_V")
+_QKV_BIAS = (_A + "b_Q", _A + "{kv}b_K", _A + "{kv}b_V")
+_BOTH = ("blocks.{i}.ln1", "blocks.{i}.ln2")
+
+
+def _norm_rules(hf_norm: str, targets: tuple[str, ...], transform: Any) -> tuple[WeightRule, ...]:
+    return tuple(
+        WeightRule(hf_norm + rf"\.{param}", tuple(f"{t}.{short}" for t in targets), transform)
+        for param, short in (("weight", "w"), ("bias", "b"))
+    )
+
+
+FAMILY = Family(
+    name="falcon",
+    architectures=("FalconForCausalLM", "FalconModel"),
+    model_types=("falcon",),
+    build_config=build_config,
+    rules=(
+        WeightRule(r"(?:transformer\.)?word_embeddings\.weight", ("embed.W_E",), same),
+        *_norm_rules(_B + "input_layernorm", _BOTH, input_norm),
+        *_norm_rules(_B + "ln_attn", ("blocks.{i}.ln1",), same),
+        *_norm_rules(_B + "ln_mlp", ("blocks.{i}.ln2",), same),
+        *_norm_rules(_B + "post_attention_layernorm", ("blocks.{i}.ln2",), same),
+        WeightRule(_B + r"self_attention\.query_key_value\.weight", _QKV, split_qkv_weight),
+        WeightRule(_B + r"self_attention\.query_key_value\.bias", _QKV_BIAS, split_qkv_bias),
+        WeightRule(_B + r"self_attention\.dense\.weight", (_A + "W_O",), attn_out_weight),
+        WeightRule(_B + r"self_attention\.dense\.bias", (_A + "b_O",), same),
+        WeightRule(_B + r"mlp\.dense_h_to_4h\.weight", ("blocks.{i}.mlp.W_in",), transpose),
+        WeightRule(_B + r"mlp\.dense_h_to_4h\.bias", ("blocks.{i}.mlp.b_in",), same),
+        WeightRule(_B + r"mlp\.dense_4h_to_h\.weight", ("blocks.{i}.mlp.W_out",), transpose),
+        WeightRule(_B + r"mlp\.dense_4h_to_h\.bias", ("blocks.{i}.mlp.b_out",), same),
+        *_norm_rules(r"(?:transformer\.)?ln_f", ("ln_final",), same),
+        WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
+    ),
+)
