@@ -18,6 +18,7 @@ from anatomist.hooks import (
     UnknownHookError,
 )
 from anatomist.loading.errors import CheckpointError, UnknownModelError
+from anatomist.model.encoder import HookedEncoder
 from anatomist.model.transformer import HookedTransformer, Output
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "HookHandle",
     "HookPoint",
     "HookShapeError",
+    "HookedEncoder",
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",

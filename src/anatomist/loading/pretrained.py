@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,3 +292,24 @@ def _assign(model: nn.Module, key: str, value: Tensor) -> None:
     module_name, _, param_name = key.rpartition(".")
     module = model.get_submodule(module_name)
     module._parameters[param_name] = nn.Parameter(value, requires_grad=True)
+
+
+def with_tied_tensor(
+    tensors: Iterable[tuple[str, Tensor]], source: str, target: str
+) -> Iterator[tuple[str, Tensor]]:
+    """Pass `tensors` through; if none is named `target`, end with the tensor whose name fully
+    matches the regex `source`, again under the name `target`.
+
+    For checkpoints that store a tied weight once (the output embedding of most encoders):
+    `fill_weights` then converts the copy like any other tensor, whatever the names map to.
+    """
+    tied: Tensor | None = None
+    seen = False
+    for name, tensor in tensors:
+        if name == target:
+            seen = True
+        elif tied is None and re.fullmatch(source, name):
+            tied = tensor
+        yield name, tensor
+    if not seen and tied is not None:
+        yield target, tied

@@ -1,0 +1,590 @@
+"""`HookedEncoder`: a BERT-style encoder with the classic interface and hook names.
+
+Layout (classic names)::
+
+    embed.embed.W_E, embed.pos_embed.W_pos, embed.token_type_embed.W_token_type
+    embed.hook_embed, embed.hook_pos_embed, embed.hook_token_type_embed   [b, p, d]
+    embed.ln.hook_scale / hook_normalized     LayerNorm of their sum
+    hook_full_embed                           [b, p, d], what block 0 reads
+    blocks.{i}: post-LayerNorm (BertBlock)
+        hook_resid_pre -> attn.* -> hook_attn_out
+        hook_resid_mid        = resid_pre + attn_out                  (before ln1)
+        ln1.hook_normalized   = LN1(resid_mid), what the MLP reads
+        mlp.* -> hook_mlp_out
+        hook_resid_post       = ln1.hook_normalized + mlp_out         (before ln2)
+        hook_normalized_resid_post = LN2(resid_post): the block's output (next resid_pre)
+    mlm_head.W, b, ln  ->  unembed.W_U, b_U   (masked-LM head; only when the model has one)
+
+Attention is bidirectional: a padding mask hides padded keys only. Positions are 0..p-1 in
+every row, as in BERT, so padding goes on the right. No weight processing is applied, neither
+here nor by `from_pretrained`: a post-LayerNorm block's norms cannot be folded into the next
+layer the way a pre-LayerNorm block's can.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookedRootModule, HookPoint
+from anatomist.model.attention import make_attention
+from anatomist.model.block import _per_head
+from anatomist.model.embed import Embed, Unembed
+from anatomist.model.mlp import ACTIVATIONS, make_mlp
+from anatomist.model.norm import make_norm
+from anatomist.model.positions import PosEmbed
+from anatomist.model.tokens import TextInput, TokenizerMixin
+
+RETURN_TYPES = ("logits", "embeddings", "predictions", None)
+
+
+class TokenTypeEmbed(nn.Module):
+    """Learned segment embeddings: row 0 for sentence A, row 1 for sentence B."""
+
+    def __init__(self, cfg: TransformerConfig, n_token_types: int = 2) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.W_token_type = nn.Parameter(torch.empty(n_token_types, cfg.d_model, dtype=cfg.dtype))
+
+    def forward(self, token_type_ids: Tensor) -> Tensor:  # [b, p] -> [b, p, d_model]
+        return self.W_token_type[token_type_ids]
+
+
+class BertEmbed(nn.Module):
+    """Word + position + token-type embeddings, then a LayerNorm (``embed.ln``)."""
+
+    def __init__(self, cfg: TransformerConfig, n_token_types: int = 2) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.pos_embed = PosEmbed(cfg)
+        self.token_type_embed = TokenTypeEmbed(cfg, n_token_types)
+        self.ln = make_norm(cfg)
+        self.hook_embed = HookPoint()  # [b, p, d_model]
+        self.hook_pos_embed = HookPoint()  # [b, p, d_model]
+        self.hook_token_type_embed = HookPoint()  # [b, p, d_model]
+
+    def forward(self, tokens: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"Input has {tokens.shape[1]} tokens but this model's learned positions end at "
+                f"n_ctx={self.cfg.n_ctx}; shorten the input."
+            )
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(tokens)
+        words = self.hook_embed(self.embed(tokens))
+        places = self.hook_pos_embed(self.pos_embed(positions))
+        types = self.hook_token_type_embed(self.token_type_embed(token_type_ids))
+        return self.ln(words + places + types)
+
+
+class BertBlock(nn.Module):
+    """A post-LayerNorm block: ``ln1(resid_pre + attn_out)``, then ``ln2(that + mlp_out)``."""
+
+    def __init__(self, cfg: TransformerConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.attn = make_attention(cfg, layer_idx)
+        self.ln1 = make_norm(cfg)
+        self.mlp = make_mlp(cfg)
+        self.ln2 = make_norm(cfg)
+
+        self.hook_resid_pre = HookPoint()  # [b, p, d_model]
+        self.hook_attn_in = HookPoint("use_attn_in")  # [b, p, n_heads, d_model]
+        self.hook_q_input = HookPoint("use_split_qkv_input")  # [b, p, n_heads, d_model]
+        self.hook_k_input = HookPoint("use_split_qkv_input")
+        self.hook_v_input = HookPoint("use_split_qkv_input")
+        self.hook_attn_out = HookPoint()  # [b, p, d_model]
+        self.hook_resid_mid = HookPoint()  # [b, p, d_model], resid_pre + attn_out
+        self.hook_mlp_in = HookPoint("use_hook_mlp_in")  # [b, p, d_model], before ln1
+        self.hook_mlp_out = HookPoint()  # [b, p, d_model]
+        self.hook_resid_post = HookPoint()  # [b, p, d_model], ln1(resid_mid) + mlp_out
+        self.hook_normalized_resid_post = HookPoint()  # [b, p, d_model], ln2(resid_post)
+
+    def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
+        cfg = self.cfg
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(
+            self.attn(*self._attention_inputs(resid_pre), positions, mask)
+        )
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        normalized_resid_mid = self.ln1(mlp_in)
+        mlp_out = self.hook_mlp_out(self.mlp(normalized_resid_mid))
+        resid_post = self.hook_resid_post(normalized_resid_mid + mlp_out)
+        return self.hook_normalized_resid_post(self.ln2(resid_post))
+
+    def _attention_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query, key and value inputs (no norm before attention), per head when asked."""
+        cfg = self.cfg
+        source = resid_pre
+        if cfg.use_attn_in:
+            source = self.hook_attn_in(_per_head(resid_pre, cfg.n_heads))
+        if not cfg.use_split_qkv_input:
+            return source, source, source
+        q_in = self.hook_q_input(_per_head(source, cfg.n_heads))
+        k_in = self.hook_k_input(_per_head(source, cfg.n_kv_heads))
+        v_in = self.hook_v_input(_per_head(source, cfg.n_kv_heads))
+        return q_in, k_in, v_in
+
+
+class BertMLMHead(nn.Module):
+    """The masked-LM transform: ``ln(act(resid @ W + b))``; the unembedding follows it."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        assert cfg.act_fn is not None
+        self.cfg = cfg
+        self.W = nn.Parameter(torch.empty(cfg.d_model, cfg.d_model, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.ln = make_norm(cfg)
+
+    def forward(self, resid: Tensor) -> Tensor:
+        return self.ln(self.act(resid @ self.W + self.b))
+
+
+class HookedEncoder(TokenizerMixin, HookedRootModule):
+    """A BERT-style encoder whose every activation has a named hook point.
+
+    ``HookedEncoder(cfg)`` builds a randomly initialised model; ``HookedEncoder.from_pretrained``
+    loads a BERT checkpoint (``BertModel``, ``BertForMaskedLM``, ``BertForPreTraining``).
+    `n_token_types` is the size of the segment-embedding table; `mlm_head` says whether the model
+    has the masked-LM head (``mlm_head`` + ``unembed``), without which only the encoder output
+    (``return_type="embeddings"``, `encoder_output`) is available.
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig | dict[str, Any],
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        init_weights: bool = True,
+        n_token_types: int = 2,
+        mlm_head: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg = TransformerConfig.unwrap(cfg)
+        if cfg.causal:
+            cfg.causal = False  # an encoder attends both ways
+        if cfg.attn_only or cfg.positional_embedding_type != "standard":
+            raise ValueError(
+                "HookedEncoder needs MLPs and learned positions (attn_only=False, "
+                "positional_embedding_type='standard')."
+            )
+        self.n_token_types = n_token_types
+        self.has_mlm_head = mlm_head
+        self.tokenizer = None
+        self.set_tokenizer(tokenizer)
+
+        self.embed = BertEmbed(cfg, n_token_types)
+        self.hook_full_embed = HookPoint()  # [b, p, d_model], the normalized embeddings
+        self.blocks = nn.ModuleList(BertBlock(cfg, i) for i in range(cfg.n_layers))
+        if mlm_head:
+            self.mlm_head = BertMLMHead(cfg)
+            self.unembed = Unembed(cfg)
+
+        if init_weights:
+            self.init_weights()
+        if move_to_device and cfg.device is not None:
+            self.to(cfg.device)
+        self.setup()
+
+    # --- construction ------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        for name, param in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "W" or leaf.startswith("W_"):
+                nn.init.normal_(param, std=self.cfg.init_range)
+            elif leaf == "w":
+                nn.init.ones_(param)
+            else:
+                nn.init.zeros_(param)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str | os.PathLike[str],
+        hf_model: Any = None,
+        device: str | torch.device | None = None,
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        dtype: str | torch.dtype = "float32",
+        mlm_head: bool | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        progress: bool = True,
+    ) -> HookedEncoder:
+        """Load a BERT checkpoint: a local folder, a cached repo id, a registry name, or an
+        instantiated Hugging Face model (`hf_model`).
+
+        The weights are loaded as they are: encoders get no weight processing (no LayerNorm
+        folding, no centering). `mlm_head` defaults to whether the checkpoint's architecture has
+        the masked-LM head (``BertForMaskedLM``, ``BertForPreTraining``).
+        """
+        from anatomist.families import bert
+        from anatomist.families.registry import UnsupportedArchitectureError, family_for_config
+        from anatomist.loading.pretrained import (
+            _open_source,
+            fill_weights,
+            parse_dtype,
+            with_tied_tensor,
+        )
+
+        source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
+        family = family_for_config(source.hf_config)
+        if family is not bert.FAMILY:
+            raise UnsupportedArchitectureError(
+                f"{source.label} is a {family.name} model; HookedEncoder loads BERT checkpoints "
+                f"({', '.join(bert.ARCHITECTURES)}). Load decoder-only models with "
+                "anatomist.HookedTransformer.from_pretrained."
+            )
+        cfg = bert.build_encoder_config(source.hf_config)
+        cfg.model_name = source.name
+        cfg.dtype = parse_dtype(dtype)
+        with_head = bert.has_mlm_head(source.hf_config) if mlm_head is None else mlm_head
+        model = cls(
+            cfg,
+            move_to_device=False,
+            init_weights=False,
+            n_token_types=bert.n_token_types(source.hf_config),
+            mlm_head=with_head,
+        )
+        tensors = source.tensors
+        if with_head and cfg.tie_word_embeddings:
+            tensors = with_tied_tensor(tensors, bert.TIED_SOURCE, bert.TIED_TARGET)
+        fill_weights(model, family, tensors, source.label, progress=progress)
+        model.cfg.from_checkpoint = True
+        model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer)
+        if move_to_device and device is not None:
+            model.to(device)
+        return model.eval()
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input: str | list[str] | Tensor,
+        return_type: str | None = "logits",
+        token_type_ids: Tensor | None = None,
+        one_zero_attention_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Any:
+        """Run the encoder, then the masked-LM head.
+
+        `input` is a string, a list of strings (padded, with their mask and token types), or
+        token ids ``[b, p]``. `one_zero_attention_mask` (or its alias `attention_mask`)
+        ``[b, p]`` marks real tokens (1) and padding (0). `return_type`: ``"logits"``
+        ``[b, p, d_vocab]``, ``"embeddings"`` (the encoder output ``[b, p, d_model]``, without
+        the head), ``"predictions"`` (the most likely token at each ``[MASK]``: a string for one
+        mask, else a list), or None.
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
+        if attention_mask is not None:
+            if one_zero_attention_mask is not None:
+                raise ValueError("Pass one_zero_attention_mask or attention_mask, not both.")
+            one_zero_attention_mask = attention_mask
+        if isinstance(input, str | list):
+            tokens, types, mask = self._encode(input)
+            token_type_ids = types if token_type_ids is None else token_type_ids
+            one_zero_attention_mask = (
+                mask if one_zero_attention_mask is None else one_zero_attention_mask
+            )
+        elif isinstance(input, Tensor):
+            if input.is_floating_point():
+                raise ValueError("Got a float tensor as input; pass token ids [batch, pos].")
+            tokens = input if input.dim() == 2 else input.reshape(1, -1)
+        else:
+            raise TypeError(f"Unsupported input type {type(input).__name__}.")
+
+        resid = self.encoder_output(tokens, token_type_ids, one_zero_attention_mask)
+        if return_type == "embeddings":
+            return resid
+        if not self.has_mlm_head:
+            if return_type is None:
+                return None
+            raise ValueError(
+                "This model has no masked-LM head (the checkpoint is a bare encoder), so it has "
+                "no logits; use return_type='embeddings' or model.encoder_output(...)."
+            )
+        logits = self.unembed(self.mlm_head(resid))
+        if return_type == "logits":
+            return logits
+        if return_type == "predictions":
+            return self._predictions(tokens, logits)
+        return None
+
+    def encoder_output(
+        self,
+        tokens: Tensor,
+        token_type_ids: Tensor | None = None,
+        one_zero_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The final residual stream ``[b, p, d_model]`` (Hugging Face's ``last_hidden_state``)."""
+        device = self.embed.embed.W_E.device
+        tokens = tokens.to(device)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.to(device)
+        resid = self.hook_full_embed(self.embed(tokens, token_type_ids))
+        mask = _key_mask(one_zero_attention_mask, tokens.shape, device)
+        positions = torch.arange(tokens.shape[1], device=device)[None]
+        for block in self.blocks:
+            resid = block(resid, positions, mask)
+        return resid
+
+    def _predictions(self, tokens: Tensor, logits: Tensor) -> str | list[str]:
+        tok = self._require_tokenizer()
+        if tok.mask_token_id is None:
+            raise ValueError("This tokenizer has no mask token, so there is nothing to predict.")
+        best = logits[tokens.to(logits.device) == tok.mask_token_id].argmax(-1).tolist()
+        words = [tok.decode([t], clean_up_tokenization_spaces=False).strip() for t in best]
+        if len(words) == 1:
+            return words[0]
+        return [f"Prediction {i}: {w}" for i, w in enumerate(words)]
+
+    # --- tokenizer (the tokenizer's own special tokens: [CLS] ... [SEP]) ----------------------
+    def _encode(
+        self,
+        input: TextInput,
+        add_special_tokens: bool | None = None,
+        padding_side: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids, token types and attention mask, each ``[batch, pos]``.
+
+        `add_special_tokens` (default ``cfg.default_prepend_bos``) wraps each text the way the
+        tokenizer does (``[CLS] text [SEP]``); rows are padded on `padding_side` (default
+        right, which keeps BERT's absolute positions the same as for the row alone).
+        """
+        tok = self._require_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("Expected a string or a non-empty list of strings.")
+        special = self.cfg.default_prepend_bos if add_special_tokens is None else add_special_tokens
+        side = padding_side or self.cfg.default_padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        rows = []
+        for text in texts:
+            enc = tok(
+                text,
+                add_special_tokens=special,
+                truncation=truncate,
+                max_length=self.cfg.n_ctx if truncate else None,
+            )
+            ids = list(enc["input_ids"])
+            rows.append((ids, list(enc.get("token_type_ids") or [0] * len(ids))))
+        length = max(len(ids) for ids, _ in rows)
+        tokens = torch.full((len(rows), length), self._pad_token_id, dtype=torch.long)
+        types = torch.zeros((len(rows), length), dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (ids, type_ids) in enumerate(rows):
+            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
+            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
+            types[i, span] = torch.tensor(type_ids, dtype=torch.long)
+            mask[i, span] = 1
+        return tokens, types, mask
+
+    def tokenize_with_mask(
+        self,
+        input: TextInput,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Token ids and the attention mask (None when nothing is padded); `prepend_bos` means
+        adding the tokenizer's special tokens ([CLS] ... [SEP])."""
+        tokens, _, mask = self._encode(input, prepend_bos, padding_side, truncate)
+        return tokens, (None if bool(mask.all()) else mask)
+
+    def to_tokens(  # type: ignore[override]
+        self,
+        input: TextInput,
+        move_to_device: bool = True,
+        truncate: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(tokens, token_type_ids, attention_mask)``, each ``[batch, pos]`` (the classic
+        HookedEncoder return value)."""
+        tokens, types, mask = self._encode(input, prepend_bos, padding_side, truncate)
+        if move_to_device and self.cfg.device is not None:
+            return tokens.to(self.cfg.device), types.to(self.cfg.device), mask.to(self.cfg.device)
+        return tokens, types, mask
+
+    def to_str_tokens(
+        self,
+        input: TextInput | Tensor | list[int],
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> list[str] | list[list[str]]:
+        if isinstance(input, str):
+            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
+        return super().to_str_tokens(input, prepend_bos, padding_side)
+
+    def to_single_token(self, string: str) -> int:
+        ids = self.tokenize_with_mask(string, prepend_bos=False)[0][0]
+        if ids.numel() != 1:
+            pieces = self.to_str_tokens(ids)
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
+        return int(ids[0])
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | Tensor,
+        mode: str = "first",
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> int:
+        if isinstance(input, str):
+            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
+        return super().get_token_position(single_token, input, mode, prepend_bos, padding_side)
+
+    # --- opt-in hooks ------------------------------------------------------------------------
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Turn on ``blocks.{i}.attn.hook_result`` (per-head outputs, [b, p, h, d_model])."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Turn on ``blocks.{i}.hook_{q,k,v}_input`` (a separate input per head)."""
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Turn on ``blocks.{i}.hook_attn_in`` (one per-head input shared by q, k and v)."""
+        self.cfg.use_attn_in = use_attn_in
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Turn on ``blocks.{i}.hook_mlp_in`` (resid_mid as the MLP's LayerNorm reads it)."""
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    # --- weight views, stacked over layers ---------------------------------------------------
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.embed.W_E
+
+    @property
+    def W_pos(self) -> Tensor:
+        return self.embed.pos_embed.W_pos
+
+    @property
+    def W_token_type(self) -> Tensor:
+        return self.embed.token_type_embed.W_token_type
+
+    @property
+    def W_E_pos(self) -> Tensor:
+        """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model]."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    @property
+    def W_U(self) -> Tensor:  # only with the masked-LM head (AttributeError otherwise)
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Tensor:
+        return self.unembed.b_U
+
+    def _stack(self, module: str, attr: str) -> Tensor:
+        return torch.stack([getattr(getattr(b, module), attr) for b in self.blocks], dim=0)
+
+    @property
+    def W_Q(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> Tensor:
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> Tensor:
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> Tensor:  # [n_layers, n_heads, d_head, d_model]
+        return self._stack("attn", "W_O")
+
+    @property
+    def b_Q(self) -> Tensor:
+        return self._stack("attn", "b_Q")
+
+    @property
+    def b_K(self) -> Tensor:
+        return self._stack("attn", "b_K")
+
+    @property
+    def b_V(self) -> Tensor:
+        return self._stack("attn", "b_V")
+
+    @property
+    def b_O(self) -> Tensor:
+        return self._stack("attn", "b_O")
+
+    @property
+    def W_in(self) -> Tensor:  # [n_layers, d_model, d_mlp]
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_out(self) -> Tensor:  # [n_layers, d_mlp, d_model]
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> Tensor:
+        return self._stack("mlp", "b_in")
+
+    @property
+    def b_out(self) -> Tensor:
+        return self._stack("mlp", "b_out")
+
+    def all_head_labels(self) -> list[str]:
+        return [
+            f"L{layer}H{head}"
+            for layer in range(self.cfg.n_layers)
+            for head in range(self.cfg.n_heads)
+        ]
+
+    # --- misc --------------------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> HookedEncoder:  # type: ignore[override]
+        result = super().to(*args, **kwargs)
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            self.cfg.device = str(device)
+        if dtype is not None:
+            self.cfg.dtype = dtype
+        return result  # type: ignore[return-value]
+
+    def cuda(self, device: int | torch.device | None = None) -> HookedEncoder:
+        return self.to(
+            torch.device("cuda", device) if isinstance(device, int) else device or "cuda"
+        )
+
+    def cpu(self) -> HookedEncoder:
+        return self.to("cpu")
+
+
+def _key_mask(
+    one_zero_attention_mask: Tensor | None, shape: torch.Size, device: torch.device
+) -> Tensor | None:
+    """Boolean ``[b, 1, 1, k]`` (True = a real key every query may attend to), or None when
+    nothing is padded."""
+    if one_zero_attention_mask is None:
+        return None
+    mask = one_zero_attention_mask.to(device)
+    if mask.shape != shape:
+        raise ValueError(
+            f"The attention mask has shape {tuple(mask.shape)} but the tokens {tuple(shape)}."
+        )
+    if bool(mask.all()):
+        return None
+    keys = mask.bool()[:, None, None, :]
+    # A row with no real token at all would give an all-masked softmax (NaN in SDPA); let it
+    # attend everywhere instead: nothing real reads it.
+    return keys | ~keys.any(-1, keepdim=True)
