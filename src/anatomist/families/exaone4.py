@@ -1,0 +1,76 @@
+"""EXAONE 4.0 (Exaone4ForCausalLM; LG AI EXAONE-4.0): OLMo 2's block with per-head QK norms.
+
+Differs from Llama: no norm before attention or the MLP; RMSNorms on their outputs
+(``post_attention_layernorm`` -> ``ln1_post``, ``post_feedforward_layernorm`` -> ``ln2_post``),
+as OLMo 2; RMSNorm of each head's query and key (``q_norm``/``k_norm``, over d_head, before
+rotary), as Qwen3.
+
+Hybrid attention is not supported: with `sliding_window` set, the full-attention layers
+(`layer_types`, or every `sliding_window_pattern`-th layer) use no positional encoding at all
+(NoPE), while sliding layers use rotary; the native model has no per-layer switch for that. What
+loads: `sliding_window` null (every layer full attention with rotary, as EXAONE-4.0-1.2B), or
+every layer sliding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families import llama, olmo2
+from anatomist.families.base import Family
+from anatomist.families.mistral import llama_rope
+from anatomist.families.qwen2 import LAYER_TYPES
+
+
+def layer_types_of(hf: dict[str, Any], window: int | None) -> list[str]:
+    n_layers = hf["num_hidden_layers"]
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        pattern = hf.get("sliding_window_pattern", 4) if window is not None else 0
+        if not isinstance(pattern, int):
+            raise NotImplementedError(
+                f"sliding_window_pattern={pattern!r} is not supported (an int, or layer_types)."
+            )
+        layer_types = [
+            "sliding_attention" if pattern and (i + 1) % pattern != 0 else "full_attention"
+            for i in range(n_layers)
+        ]
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown:
+        raise NotImplementedError(
+            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
+        )
+    if len(layer_types) < n_layers:
+        raise ValueError(f"layer_types has {len(layer_types)} entries for {n_layers} layers.")
+    return list(layer_types[:n_layers])
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    window = hf.get("sliding_window", 4096)
+    layer_types = layer_types_of(hf, window)
+    if window is not None and "full_attention" in layer_types:
+        raise NotImplementedError(
+            "EXAONE 4 hybrid attention (sliding_window set with full-attention layers) is not "
+            "supported: its full-attention layers use no positional encoding (NoPE) while its "
+            "sliding layers use rotary, and the native model has no per-layer rotary switch."
+        )
+    cfg = llama.build_config(hf)
+    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
+    cfg.eps = hf.get("rms_norm_eps", 1e-5)
+    cfg.pre_norm = False
+    cfg.post_norm_type = "RMS"
+    cfg.qk_norm = True
+    cfg.sliding_window = window  # None, or every layer sliding
+    cfg.original_architecture = "Exaone4ForCausalLM"
+    return cfg
+
+
+FAMILY = Family(
+    name="exaone4",
+    architectures=("Exaone4ForCausalLM", "Exaone4Model"),
+    model_types=("exaone4",),
+    build_config=build_config,
+    rules=olmo2.RULES,
+    ignore=olmo2.FAMILY.ignore,
+)

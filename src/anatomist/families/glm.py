@@ -1,0 +1,51 @@
+"""GLM-4 (GlmForCausalLM; THUDM glm-4-9b): Llama with partial, GPT-J-style rotary and fused MLP.
+
+Differs from Llama: rotary turns only the first ``partial_rotary_factor`` (0.5 by default) of each
+head, pairing neighbouring features (``2i`` with ``2i + 1``); ``attention_bias`` (on by default)
+biases q/k/v but never o_proj; the MLP's gate and up projections are one ``gate_up_proj`` (gate
+first, as Phi-3). Also the base of GLM-4-0414 (`glm4`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families import llama
+from anatomist.families.base import Family, WeightRule, rope_settings
+from anatomist.families.phi3 import _FUSED
+
+_L = llama._L
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    cfg = llama.build_config(hf)
+    theta, scaling = rope_settings(hf)
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise NotImplementedError(
+                f"rope scaling type {kind!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
+            )
+    params = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
+    factor = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)))
+    cfg.rotary_base, cfg.rope_scaling = theta, scaling
+    cfg.rotary_dim = int(cfg.d_head * factor)
+    cfg.rotary_adjacent_pairs = True
+    cfg.original_architecture = "GlmForCausalLM"
+    return cfg
+
+
+GATE_UP = next(rule for rule in _FUSED if "gate_up_proj" in rule.pattern)
+RULES: tuple[WeightRule, ...] = (GATE_UP,) + llama.RULES
+
+FAMILY = Family(
+    name="glm",
+    architectures=("GlmForCausalLM", "GlmModel"),
+    model_types=("glm",),
+    build_config=build_config,
+    rules=RULES,
+    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+)

@@ -1,0 +1,42 @@
+"""Helium (HeliumForCausalLM; Kyutai Helium 1): Llama with GPT-J-style rotary pairs.
+
+Differs from Llama: rotary pairs neighbouring features (``2i`` with ``2i + 1``) instead of
+halves; ``attention_bias`` biases q/k/v but never o_proj; ``mlp_bias`` biases all three MLP
+projections, the gate included (b_gate). o_proj is ``hidden_size x hidden_size``, so the heads
+must span the model width. The weight names are Llama's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families import llama
+from anatomist.families.base import Family
+from anatomist.families.mistral import llama_rope
+from anatomist.families.seed_oss import GATE_BIAS
+
+_L = llama._L
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    cfg = llama.build_config(hf)
+    if cfg.n_heads * cfg.d_head != cfg.d_model:
+        raise ValueError(
+            f"Helium needs num_attention_heads * head_dim ({cfg.n_heads} * {cfg.d_head}) to "
+            f"equal hidden_size ({cfg.d_model}): its o_proj is hidden_size x hidden_size."
+        )
+    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
+    cfg.rotary_adjacent_pairs = True
+    cfg.original_architecture = "HeliumForCausalLM"
+    return cfg
+
+
+FAMILY = Family(
+    name="helium",
+    architectures=("HeliumForCausalLM", "HeliumModel"),
+    model_types=("helium",),
+    build_config=build_config,
+    rules=(GATE_BIAS,) + llama.RULES,
+    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+)
