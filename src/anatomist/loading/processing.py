@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anatomist.model.moe import MoE
+
 _LAYER_NORMS = ("LN", "LNPre")
 
 
@@ -70,14 +72,37 @@ def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool =
         for W, b in ((attn.W_Q, attn.b_Q), (W_K, b_K), (W_V, b_V)):
             _fold_into_heads(W, b, block.ln1, is_ln and fold_biases, center)
         if not cfg.attn_only:
-            mlp = block.mlp
-            _fold_into_matrix(mlp.W_in, mlp.b_in, block.ln2, is_ln and fold_biases, center)
-            if cfg.gated_mlp:
-                _fold_into_matrix(mlp.W_gate, mlp.b_gate, block.ln2, is_ln and fold_biases, center)
+            if isinstance(block.mlp, MoE):
+                _fold_into_router(block.mlp, block.ln2, is_ln and fold_biases, center)
+            for mlp in _dense_mlps(block.mlp):
+                _fold_into_matrix(mlp.W_in, mlp.b_in, block.ln2, is_ln and fold_biases, center)
+                if cfg.gated_mlp:
+                    _fold_into_matrix(
+                        mlp.W_gate, mlp.b_gate, block.ln2, is_ln and fold_biases, center
+                    )
     unembed = model.unembed
     _fold_into_matrix(unembed.W_U, unembed.b_U, model.ln_final, is_ln and fold_biases, center)
     model.set_layer_norm_type("LNPre" if is_ln else "RMSPre")
     model.cfg.processing["fold_ln"] = True
+
+
+def _dense_mlps(mlp: Any) -> list[Any]:
+    """The MLP itself, or every expert (and the shared expert) of a mixture of experts."""
+    if not isinstance(mlp, MoE):
+        return [mlp]
+    return [*mlp.experts, *([mlp.shared_expert] if mlp.shared_expert is not None else [])]
+
+
+def _fold_into_router(moe: MoE, norm: Any, fold_bias: bool, center: bool) -> None:
+    """Fold the norm into the router (and the shared expert's gate), which read it too."""
+    if fold_bias and bool(norm.b.any()):
+        raise NotImplementedError(
+            "Folding a LayerNorm bias into a mixture of experts needs a router bias, which this "
+            "model has no slot for; load with fold_ln=False."
+        )
+    _fold_into_matrix(moe.W_router, None, norm, False, center)
+    if moe.shared_expert is not None:
+        _fold_into_matrix(moe.W_shared_gate, None, norm, False, center)
 
 
 def _fold_into_heads(W: Tensor, b: Tensor, norm: Any, fold_bias: bool, center: bool) -> None:
@@ -115,8 +140,9 @@ def center_writing_weights(model: Any) -> None:
         _center_last(block.attn.W_O)
         _center_last(block.attn.b_O)
         if not model.cfg.attn_only:
-            _center_last(block.mlp.W_out)
-            _center_last(block.mlp.b_out)
+            for mlp in _dense_mlps(block.mlp):
+                _center_last(mlp.W_out)
+                _center_last(mlp.b_out)
     model.cfg.processing["center_writing_weights"] = True
 
 

@@ -1,0 +1,76 @@
+"""OLMoE (OlmoeForCausalLM): Llama attention with a QK norm over all heads, and a sparse
+mixture-of-experts MLP in every layer.
+
+Differences from Llama: q_norm and k_norm are RMSNorms over the whole query (``n_heads * d_head``)
+and key (``n_kv_heads * d_head``) projections, before the split into heads and before rotary (as
+OLMo 2); each MLP is `num_experts` SwiGLU experts behind a linear router, every token going through
+its top `num_experts_per_tok` experts weighted by the router's softmax probabilities (renormalised
+over those experts only with `norm_topk_prob`, off for OLMoE-1B-7B). ``attention_bias`` adds biases
+to q, k, v and o. ``clip_qkv`` (clamping q, k and v after projection) has no native counterpart and
+is refused. Expert weight names: `anatomist.families.mixtral`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import WeightRule, same
+from anatomist.families.llama import _L, RULES
+from anatomist.families.mistral import llama_rope
+from anatomist.families.mixtral import (
+    EXPERT_RULES,
+    IGNORE,
+    MoEFamily,
+    expert_count,
+    moe_settings,
+)
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    if hf.get("clip_qkv") is not None:
+        raise NotImplementedError(
+            f"olmoe: clip_qkv={hf['clip_qkv']} (clamping q, k and v after projection) is not "
+            "supported by the native model."
+        )
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    d_head = d_model // n_heads  # q_norm spans hidden_size, so heads must tile it
+    theta, scaling = llama_rope(hf)
+    return TransformerConfig(
+        n_layers=hf["num_hidden_layers"],
+        d_model=d_model,
+        n_ctx=hf.get("max_position_embeddings", 4096),
+        d_head=d_head,
+        n_heads=n_heads,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf["intermediate_size"],
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("hidden_act", "silu"),
+        gated_mlp=True,
+        **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
+        normalization_type="RMS",
+        eps=hf.get("rms_norm_eps", 1e-5),
+        qk_norm=True,
+        qk_norm_over_heads=True,
+        positional_embedding_type="rotary",
+        rotary_dim=d_head,
+        rotary_base=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        original_architecture="OlmoeForCausalLM",
+    )
+
+
+FAMILY = MoEFamily(
+    name="olmoe",
+    architectures=("OlmoeForCausalLM", "OlmoeModel"),
+    model_types=("olmoe",),
+    build_config=build_config,
+    rules=(
+        *RULES,
+        *EXPERT_RULES,
+        WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
+        WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
+    ),
+    ignore=IGNORE,
+)

@@ -1,0 +1,122 @@
+"""Qwen2-MoE (Qwen2MoeForCausalLM): Qwen2 with a sparse mixture of experts plus a gated shared
+expert in every layer.
+
+Differences from Qwen2: each MLP is `num_experts` SwiGLU experts of width `moe_intermediate_size`
+behind a linear router (every token through its top `num_experts_per_tok`, weighted by the
+router's softmax probabilities, renormalised over those experts only with `norm_topk_prob`), plus
+a SwiGLU shared expert of width `shared_expert_intermediate_size` that every token runs through,
+scaled by ``sigmoid(x @ shared_expert_gate)``. q, k and v carry biases when `qkv_bias` (default).
+Sliding windows follow this config's own rule: without `layer_types`, the even-numbered layers
+below `max_window_layers` slide when `use_sliding_window`. Layers with a dense MLP instead
+(`mlp_only_layers`, `decoder_sparse_step` > 1) are not supported: the native model builds every
+layer's MLP alike. Expert weight names: `anatomist.families.mixtral`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anatomist.config import TransformerConfig
+from anatomist.families.base import WeightRule, transpose
+from anatomist.families.llama import _L, RULES
+from anatomist.families.mistral import llama_rope
+from anatomist.families.mixtral import (
+    EXPERT_RULES,
+    IGNORE,
+    MoEFamily,
+    expert_count,
+    moe_settings,
+)
+from anatomist.families.qwen2 import LAYER_TYPES
+
+
+def require_all_sparse(hf: dict[str, Any]) -> None:
+    """Refuse configs where some layers have a dense MLP (Qwen2-MoE, Qwen3-MoE layout rule)."""
+    n_experts, step = expert_count(hf, default=0), hf.get("decoder_sparse_step", 1)
+    only = set(hf.get("mlp_only_layers") or ())
+    dense = [
+        i
+        for i in range(hf["num_hidden_layers"])
+        if i in only or not (n_experts > 0 and (i + 1) % step == 0)
+    ]
+    if dense:
+        raise NotImplementedError(
+            f"Layers {dense} have a dense MLP instead of experts (mlp_only_layers="
+            f"{sorted(only)}, decoder_sparse_step={step}, num_experts={n_experts}); mixing dense "
+            "and mixture-of-experts layers is not supported by the native model."
+        )
+
+
+def window_settings(hf: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+    """Sliding window and per-layer attention types, as transformers' Qwen2MoeConfig derives them."""
+    n_layers = hf["num_hidden_layers"]
+    sliding = bool(hf.get("use_sliding_window", False))
+    layer_types = hf.get("layer_types") or [
+        "sliding_attention"
+        if sliding and (i + 1) % 2 and i < hf.get("max_window_layers", 28)
+        else "full_attention"
+        for i in range(n_layers)
+    ]
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown:
+        raise NotImplementedError(
+            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
+        )
+    if len(layer_types) < n_layers:
+        raise ValueError(f"layer_types has {len(layer_types)} entries for {n_layers} layers.")
+    window = hf.get("sliding_window") if sliding else None
+    if not window or "sliding_attention" not in layer_types:
+        return None, None
+    return window, list(layer_types)
+
+
+def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    require_all_sparse(hf)
+    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    d_head = hf.get("head_dim") or d_model // n_heads
+    theta, scaling = llama_rope(hf)
+    window, layer_types = window_settings(hf)
+    return TransformerConfig(
+        n_layers=hf["num_hidden_layers"],
+        d_model=d_model,
+        n_ctx=hf.get("max_position_embeddings", 32768),
+        d_head=d_head,
+        n_heads=n_heads,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf["moe_intermediate_size"],
+        d_vocab=hf["vocab_size"],
+        act_fn=hf.get("hidden_act", "silu"),
+        gated_mlp=True,
+        **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
+        d_mlp_shared=hf["shared_expert_intermediate_size"],
+        normalization_type="RMS",
+        eps=hf.get("rms_norm_eps", 1e-6),
+        positional_embedding_type="rotary",
+        rotary_dim=d_head,
+        rotary_base=theta,
+        rope_scaling=scaling,
+        sliding_window=window,
+        layer_types=layer_types,
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        original_architecture="Qwen2MoeForCausalLM",
+    )
+
+
+_S = _L + r"mlp\.shared_expert"
+_T = "blocks.{i}.mlp.shared_expert."
+
+SHARED_EXPERT_RULES = (
+    WeightRule(_S + r"\.gate_proj\.weight", (_T + "W_gate",), transpose),
+    WeightRule(_S + r"\.up_proj\.weight", (_T + "W_in",), transpose),
+    WeightRule(_S + r"\.down_proj\.weight", (_T + "W_out",), transpose),
+    WeightRule(_S + r"_gate\.weight", ("blocks.{i}.mlp.W_shared_gate",), transpose),
+)
+
+FAMILY = MoEFamily(
+    name="qwen2_moe",
+    architectures=("Qwen2MoeForCausalLM", "Qwen2MoeModel"),
+    model_types=("qwen2_moe",),
+    build_config=build_config,
+    rules=(*RULES, *EXPERT_RULES, *SHARED_EXPERT_RULES),
+    ignore=IGNORE,
+)
