@@ -391,8 +391,9 @@ class HookedRootModule(nn.Module):
         def make_saver(key: str) -> HookFunction:
             def save(tensor: Tensor, hook: HookPoint) -> None:
                 value = tensor.detach()
-                if slicer is not None:
-                    value = slicer.apply(value, dim=_position_dim(key, value))
+                position_dim = _position_dim(key, value)
+                if slicer is not None and position_dim is not None:
+                    value = slicer.apply(value, dim=position_dim)
                 if remove_batch_dim:
                     value = value[0]
                 if device is not None:
@@ -450,9 +451,12 @@ class HookedRootModule(nn.Module):
 _QK_HOOKS = ("hook_attn_scores", "hook_pattern")
 
 
-def _position_dim(name: str, tensor: Tensor) -> int:
-    """The position axis of a cached activation (before any batch-dim removal)."""
+def _position_dim(name: str, tensor: Tensor) -> int | None:
+    """The position axis of a cached activation (before any batch-dim removal); None for
+    activations without one (a mixture-of-experts expert sees only its routed tokens)."""
     base = name.removesuffix("_grad")
+    if ".experts." in base:
+        return None
     if base.endswith(_QK_HOOKS):
         return 2
     return 1 if tensor.dim() > 1 else 0
