@@ -7,6 +7,7 @@ below on every case.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,14 @@ def build(case: Case, folder: Path) -> Any:
     return hf
 
 
+@functools.lru_cache(maxsize=2)
+def _unprocessed(folder: Path) -> anatomist.HookedTransformer:
+    """One unprocessed load per case, shared by the read-only checks (hooks are always removed)."""
+    return load(folder)
+
+
 def check_logits(hf: Any, folder: Path, case: Case) -> None:
-    model = load(folder)
+    model = _unprocessed(folder)
     tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
     assert (model(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-5
 
@@ -50,7 +57,7 @@ def check_processed_log_probs(hf: Any, folder: Path, case: Case) -> None:
 
 
 def check_hidden_states(hf: Any, folder: Path, case: Case) -> None:
-    model = load(folder)
+    model = _unprocessed(folder)
     tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
     with torch.no_grad():
@@ -66,7 +73,7 @@ def check_hidden_states(hf: Any, folder: Path, case: Case) -> None:
 
 
 def check_padded_batch(hf: Any, folder: Path, case: Case, side: str) -> None:
-    model = load(folder)
+    model = _unprocessed(folder)
     lengths = [5, 9, case.seq_len]
     rows = [random_tokens(model.cfg.d_vocab, 1, n, seed=n)[0] for n in lengths]
     width = max(lengths)
