@@ -84,9 +84,13 @@ def load_pretrained(
             "Loading across several devices (n_devices > 1) is not supported."
         )
     if checkpoint_index is not None or checkpoint_value is not None:
-        raise NotImplementedError(
-            "Training checkpoints (checkpoint_index / checkpoint_value) are not supported yet; "
-            "pass revision=... for a Hugging Face revision, or a local folder."
+        from anatomist.loading.checkpoints import checkpoint_revision
+        from anatomist.loading.resolve import canonical_name
+
+        if revision is not None:
+            raise ValueError("Pass revision or a training checkpoint, not both.")
+        revision = checkpoint_revision(
+            canonical_name(str(model_name)), checkpoint_index, checkpoint_value
         )
     target_dtype = parse_dtype(dtype)
     processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
