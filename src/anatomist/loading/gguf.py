@@ -16,7 +16,9 @@ memory-mapped and only one dequantized tensor is materialized at a time.
 Architectures are described by small tables (:data:`_ARCHITECTURES`): which metadata keys become
 which config entries, and which GGUF tensor names become which Hugging Face parameter names.
 Adding an architecture whose checkpoints follow the llama layout (qwen2, mistral, ...) is a
-matter of adding a table entry.
+matter of adding a table entry. Gemma 3 shows the other knobs: norms stored as ``1 + w``
+(``shifted_norms``), Q/K rows left in Hugging Face's order (``permute_qk=False``), and config
+entries derived from several keys at once (``finish_config``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,11 @@ class _ArchSpec:
     permute_qk: bool
     # GGUF tensors with no HF parameter counterpart; skipped by ``tensors()``.
     ignored_tensors: frozenset[str] = frozenset()
+    # GGUF stems of RMSNorm weights that llama.cpp stores as ``1 + w`` where Hugging Face's
+    # state dict holds ``w`` (Gemma's norms); ``tensors()`` subtracts the one.
+    shifted_norms: frozenset[str] = frozenset()
+    # Derives the hf_config entries no single metadata key holds; runs after the generic ones.
+    finish_config: Callable[[GGUFFile, dict[str, Any], str, Path], None] | None = None
 
 
 _LLAMA = _ArchSpec(
@@ -130,7 +137,118 @@ _LLAMA = _ArchSpec(
     ignored_tensors=frozenset({"rope_freqs.weight"}),
 )
 
-_ARCHITECTURES: dict[str, _ArchSpec] = {"llama": _LLAMA}
+
+def _gemma3_config(gguf_file: GGUFFile, config: dict[str, Any], arch: str, path: Path) -> None:
+    """Gemma 3's layer types, attention scale and sliding window, as llama.cpp reads the file.
+
+    * Sliding-window layers: ``{arch}.attention.sliding_window_pattern`` when the file has it,
+      either a period ``n`` (layer ``i`` is local unless ``(i + 1) % n == 0``; ``0``: all local)
+      or one bool per layer (true: local); otherwise llama.cpp's fixed Gemma 3 period of 6 (five
+      local layers to one global). A file without ``{arch}.attention.sliding_window`` (or with
+      0) has no local layers at all.
+    * ``query_pre_attn_scalar``: ``{arch}.attention.scale ** -2`` when the file states the
+      scale; otherwise ``head_dim``, except for the 62-layer Gemma 3 27B, whose scalar is
+      ``hidden_size / num_attention_heads`` (llama.cpp decides the same way).
+    """
+    n_layers = int(config["num_hidden_layers"])
+    window = config.get("sliding_window")
+    if window is not None and (not isinstance(window, int) or window < 0):
+        raise CheckpointError(f"GGUF file {path} has an invalid sliding window: {window!r}")
+    if not window:
+        config["sliding_window"] = None
+        local = [False] * n_layers
+    else:
+        pattern_key = f"{arch}.attention.sliding_window_pattern"
+        pattern = gguf_file.metadata.get(pattern_key, 6)
+        if pattern_key in gguf_file.metadata and gguf_file.types[pattern_key][0] == ARRAY:
+            flags = [bool(flag) for flag in _plain(pattern)]
+            if len(flags) != n_layers:
+                raise CheckpointError(
+                    f"GGUF file {path}: {pattern_key} lists {len(flags)} layers, not {n_layers}"
+                )
+            local = flags
+        elif _is_number(pattern) and isinstance(pattern, int) and pattern >= 0:
+            local = [pattern == 0 or (i + 1) % pattern != 0 for i in range(n_layers)]
+        else:
+            raise CheckpointError(f"GGUF file {path} has an invalid {pattern_key}: {pattern!r}")
+    config["layer_types"] = [
+        "sliding_attention" if is_local else "full_attention" for is_local in local
+    ]
+
+    scale = _metadata(gguf_file, f"{arch}.attention.scale", None, path)
+    if scale is not None:
+        if not _is_number(scale) or scale <= 0:
+            raise CheckpointError(f"GGUF file {path} has an invalid attention scale: {scale!r}")
+        scalar = float(scale) ** -2  # an integer in every Gemma 3, up to float32 rounding
+        config["query_pre_attn_scalar"] = (
+            round(scalar) if abs(scalar - round(scalar)) <= 1e-4 * scalar else scalar
+        )
+    elif n_layers == 62:  # Gemma 3 27B scales by d_model / n_heads, not by head_dim
+        config["query_pre_attn_scalar"] = config["hidden_size"] // config["num_attention_heads"]
+    else:
+        config["query_pre_attn_scalar"] = config["head_dim"]
+
+
+_GEMMA3 = _ArchSpec(
+    hf_architecture="Gemma3ForCausalLM",
+    model_type="gemma3_text",
+    config={
+        "hidden_size": _Meta("{arch}.embedding_length"),
+        "intermediate_size": _Meta("{arch}.feed_forward_length"),
+        "num_hidden_layers": _Meta("{arch}.block_count"),
+        "num_attention_heads": _Meta("{arch}.attention.head_count"),
+        "num_key_value_heads": _Meta("{arch}.attention.head_count_kv", None),
+        "head_dim": _Meta("{arch}.attention.key_length", None),
+        "rms_norm_eps": _Meta("{arch}.attention.layer_norm_rms_epsilon", 1e-6),
+        # Global (full-attention) layers; rope scaling, if any, applies to these only.
+        "rope_theta": _Meta("{arch}.rope.freq_base", 1_000_000.0),
+        # Local (sliding-window) layers: 10000 in every Gemma 3 (files rarely state it).
+        "rope_local_base_freq": _Meta("{arch}.rope.freq_base_swa", 10_000.0),
+        "sliding_window": _Meta("{arch}.attention.sliding_window", None),
+        "attn_logit_softcapping": _Meta("{arch}.attn_logit_softcapping", None),
+        "final_logit_softcapping": _Meta("{arch}.final_logit_softcapping", None),
+        "max_position_embeddings": _Meta("{arch}.context_length", 131_072),
+        "vocab_size": _Meta("{arch}.vocab_size", None),
+        "bos_token_id": _Meta("tokenizer.ggml.bos_token_id", None),
+        "eos_token_id": _Meta("tokenizer.ggml.eos_token_id", None),
+        "pad_token_id": _Meta("tokenizer.ggml.padding_token_id", None),
+    },
+    constants={"hidden_activation": "gelu_pytorch_tanh"},
+    global_tensors=_LLAMA.global_tensors,
+    block_tensors={
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    block_prefix="model.layers",
+    # llama.cpp runs Gemma with NeoX-style rope (rotary halves apart, as in Hugging Face), so
+    # its converter leaves Q and K as they are.
+    permute_qk=False,
+    shifted_norms=frozenset(
+        {
+            "output_norm",
+            "attn_norm",
+            "attn_q_norm",
+            "attn_k_norm",
+            "post_attention_norm",
+            "ffn_norm",
+            "post_ffw_norm",
+        }
+    ),
+    finish_config=_gemma3_config,
+)
+
+_ARCHITECTURES: dict[str, _ArchSpec] = {"llama": _LLAMA, "gemma3": _GEMMA3}
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +331,8 @@ class GGUFCheckpoint:
                 array = _unpermute_rows(array, n_head)
             elif spec.permute_qk and role == "attn_k":
                 array = _unpermute_rows(array, n_kv_head)
+            elif role in spec.shifted_norms:
+                array = array - np.float32(1.0)  # a new array, in float32 as transformers does
             if not array.flags.writeable or not array.flags.c_contiguous:
                 array = np.array(array, dtype=np.float32, order="C", copy=True)
             result = torch.from_numpy(array)
@@ -503,6 +623,8 @@ def _hf_config(gguf_file: GGUFFile, spec: _ArchSpec, arch: str, path: Path) -> d
             f"GGUF file {path}: {config['num_attention_heads']} attention heads are not a "
             f"multiple of {config['num_key_value_heads']} key/value heads"
         )
+    if spec.finish_config is not None:
+        spec.finish_config(gguf_file, config, arch, path)
     return config
 
 

