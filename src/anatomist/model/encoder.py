@@ -38,6 +38,7 @@ from anatomist.model.mlp import ACTIVATIONS, make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed
 from anatomist.model.tokens import TextInput, TokenizerMixin
+from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
 
@@ -150,7 +151,7 @@ class BertMLMHead(nn.Module):
         return self.ln(self.act(resid @ self.W + self.b))
 
 
-class HookedEncoder(TokenizerMixin, HookedRootModule):
+class HookedEncoder(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
     """A BERT-style encoder whose every activation has a named hook point.
 
     ``HookedEncoder(cfg)`` builds a randomly initialised model; ``HookedEncoder.from_pretrained``
@@ -492,82 +493,6 @@ class HookedEncoder(TokenizerMixin, HookedRootModule):
     @property
     def b_U(self) -> Tensor:
         return self.unembed.b_U
-
-    def _stack(self, module: str, attr: str) -> Tensor:
-        return torch.stack([getattr(getattr(b, module), attr) for b in self.blocks], dim=0)
-
-    @property
-    def W_Q(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]
-        return self._stack("attn", "W_Q")
-
-    @property
-    def W_K(self) -> Tensor:
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Tensor:
-        return self._stack("attn", "W_V")
-
-    @property
-    def W_O(self) -> Tensor:  # [n_layers, n_heads, d_head, d_model]
-        return self._stack("attn", "W_O")
-
-    @property
-    def b_Q(self) -> Tensor:
-        return self._stack("attn", "b_Q")
-
-    @property
-    def b_K(self) -> Tensor:
-        return self._stack("attn", "b_K")
-
-    @property
-    def b_V(self) -> Tensor:
-        return self._stack("attn", "b_V")
-
-    @property
-    def b_O(self) -> Tensor:
-        return self._stack("attn", "b_O")
-
-    @property
-    def W_in(self) -> Tensor:  # [n_layers, d_model, d_mlp]
-        return self._stack("mlp", "W_in")
-
-    @property
-    def W_out(self) -> Tensor:  # [n_layers, d_mlp, d_model]
-        return self._stack("mlp", "W_out")
-
-    @property
-    def b_in(self) -> Tensor:
-        return self._stack("mlp", "b_in")
-
-    @property
-    def b_out(self) -> Tensor:
-        return self._stack("mlp", "b_out")
-
-    def all_head_labels(self) -> list[str]:
-        return [
-            f"L{layer}H{head}"
-            for layer in range(self.cfg.n_layers)
-            for head in range(self.cfg.n_heads)
-        ]
-
-    # --- misc --------------------------------------------------------------------------------
-    def to(self, *args: Any, **kwargs: Any) -> HookedEncoder:  # type: ignore[override]
-        result = super().to(*args, **kwargs)
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None:
-            self.cfg.device = str(device)
-        if dtype is not None:
-            self.cfg.dtype = dtype
-        return result  # type: ignore[return-value]
-
-    def cuda(self, device: int | torch.device | None = None) -> HookedEncoder:
-        return self.to(
-            torch.device("cuda", device) if isinstance(device, int) else device or "cuda"
-        )
-
-    def cpu(self) -> HookedEncoder:
-        return self.to("cpu")
 
 
 def _key_mask(

@@ -15,6 +15,7 @@ from anatomist.model.embed import Embed, Unembed
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed, positions_from_mask
 from anatomist.model.tokens import TokenizerMixin
+from anatomist.model.weights import StackedWeightsMixin
 from anatomist.utils import lm_cross_entropy_loss
 
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -27,7 +28,7 @@ class Output(NamedTuple):
     loss: Tensor
 
 
-class HookedTransformer(TokenizerMixin, HookedRootModule):
+class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
     """A decoder-only transformer whose every activation has a named hook point.
 
     ``HookedTransformer(cfg)`` builds a randomly initialised model (for toy models);
@@ -277,79 +278,6 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
         """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model]."""
         return torch.cat([self.W_E, self.W_pos], dim=0)
 
-    def _stack(self, module: str, attr: str) -> Tensor:
-        return torch.stack([getattr(getattr(b, module), attr) for b in self.blocks], dim=0)
-
-    @property
-    def W_Q(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]
-        return self._stack("attn", "W_Q")
-
-    @property
-    def W_K(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head] (repeated under GQA)
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Tensor:
-        return self._stack("attn", "W_V")
-
-    @property
-    def W_O(self) -> Tensor:  # [n_layers, n_heads, d_head, d_model]
-        return self._stack("attn", "W_O")
-
-    @property
-    def b_Q(self) -> Tensor:
-        return self._stack("attn", "b_Q")
-
-    @property
-    def b_K(self) -> Tensor:
-        return self._stack("attn", "b_K")
-
-    @property
-    def b_V(self) -> Tensor:
-        return self._stack("attn", "b_V")
-
-    @property
-    def b_O(self) -> Tensor:
-        return self._stack("attn", "b_O")
-
-    def _require_mlp(self) -> None:
-        if self.cfg.attn_only:
-            raise AttributeError("This model is attention-only: it has no MLP weights.")
-
-    @property
-    def W_in(self) -> Tensor:  # [n_layers, d_model, d_mlp]
-        self._require_mlp()
-        return self._stack("mlp", "W_in")
-
-    @property
-    def W_gate(self) -> Tensor:
-        self._require_mlp()
-        if not self.cfg.gated_mlp:
-            raise AttributeError("This model's MLPs are not gated: it has no W_gate.")
-        return self._stack("mlp", "W_gate")
-
-    @property
-    def W_out(self) -> Tensor:  # [n_layers, d_mlp, d_model]
-        self._require_mlp()
-        return self._stack("mlp", "W_out")
-
-    @property
-    def b_in(self) -> Tensor:
-        self._require_mlp()
-        return self._stack("mlp", "b_in")
-
-    @property
-    def b_out(self) -> Tensor:
-        self._require_mlp()
-        return self._stack("mlp", "b_out")
-
-    def all_head_labels(self) -> list[str]:
-        return [
-            f"L{layer}H{head}"
-            for layer in range(self.cfg.n_layers)
-            for head in range(self.cfg.n_heads)
-        ]
-
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
         """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else."""
         if isinstance(tokens, str):
@@ -418,23 +346,6 @@ class HookedTransformer(TokenizerMixin, HookedRootModule):
                 block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
         self.ln_final = make_norm(self.cfg).to(self.embed.W_E.device)
         self.setup()
-
-    def to(self, *args: Any, **kwargs: Any) -> HookedTransformer:  # type: ignore[override]
-        result = super().to(*args, **kwargs)
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if device is not None:
-            self.cfg.device = str(device)
-        if dtype is not None:
-            self.cfg.dtype = dtype
-        return result  # type: ignore[return-value]
-
-    def cuda(self, device: int | torch.device | None = None) -> HookedTransformer:
-        return self.to(
-            torch.device("cuda", device) if isinstance(device, int) else device or "cuda"
-        )
-
-    def cpu(self) -> HookedTransformer:
-        return self.to("cpu")
 
 
 def _normalize_mask(mask: Tensor | None, device: torch.device | None = None) -> Tensor | None:
