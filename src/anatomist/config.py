@@ -170,9 +170,11 @@ class TransformerConfig:
         """Parameters in attention and MLP weight matrices (the classic count: no embeddings)."""
         attn = self.n_heads * self.d_head * self.d_model * 2
         attn += self.n_kv_heads * self.d_head * self.d_model * 2
-        mlp = (
-            0 if self.attn_only else (3 if self.gated_mlp else 2) * self.d_model * (self.d_mlp or 0)
-        )
+        per_mlp = (3 if self.gated_mlp else 2) * self.d_model
+        mlp = 0 if self.attn_only else per_mlp * (self.d_mlp or 0)
+        if self.num_experts:  # every expert is an MLP; the router maps d_model to the experts
+            mlp = mlp * self.num_experts + self.d_model * self.num_experts
+            mlp += per_mlp * (self.d_mlp_shared or 0)
         return self.n_layers * (attn + mlp)
 
     def to_dict(self) -> dict[str, Any]:

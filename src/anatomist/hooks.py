@@ -207,6 +207,17 @@ class HookedRootModule(nn.Module):
         self.hook_dict = {}
         self.mod_dict = {}
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # nn.Module answers a property that raised AttributeError with a generic "has no
+            # attribute" message; run the property again so its own explanation surfaces.
+            prop = getattr(type(self), name, None)
+            if isinstance(prop, property) and prop.fget is not None:
+                prop.fget(self)
+            raise
+
     def setup(self) -> None:
         """Name every `HookPoint` after its path and index modules and hook points by name."""
         self.mod_dict = {}

@@ -149,3 +149,25 @@ def test_non_causal_attention_sees_the_future() -> None:
     logits, cache = model.run_with_cache(tokens())
     assert cache["pattern", 0][..., 0, -1].abs().min() > 0  # first query sees the last key
     assert (model(tokens()) - logits).abs().max() <= 1e-5  # fused path agrees
+
+
+def test_property_errors_keep_their_explanation() -> None:
+    import pytest
+
+    model = make(positional_embedding_type="rotary")
+    with pytest.raises(AttributeError, match="rotary positions"):
+        _ = model.W_pos
+    with pytest.raises(AttributeError, match="attention-only"):
+        _ = make(attn_only=True).W_in
+
+
+def test_n_params_counts_every_expert() -> None:
+    dense = anatomist.TransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=5,
+                                        d_mlp=16, gated_mlp=True, act_fn="silu")  # fmt: skip
+    moe = anatomist.TransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=5,
+                                      d_mlp=16, gated_mlp=True, act_fn="silu", num_experts=4,
+                                      experts_per_token=2)  # fmt: skip
+    # Per layer: W_Q, W_K, W_V, W_O are 2 heads x 8 x 4 each; a gated MLP is 3 x 8 x 16.
+    assert dense.n_params == 2 * (4 * 2 * 8 * 4 + 3 * 8 * 16)
+    # Three more experts per layer, and a router of 8 x 4.
+    assert moe.n_params - dense.n_params == 2 * (3 * 8 * 16 * 3 + 8 * 4)

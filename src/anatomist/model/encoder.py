@@ -486,12 +486,21 @@ class HookedEncoder(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model]."""
         return torch.cat([self.W_E, self.W_pos], dim=0)
 
+    def _require_head(self) -> None:
+        if not self.has_mlm_head:
+            raise AttributeError(
+                "This encoder has no masked-LM head, so no W_U/b_U (load a *ForMaskedLM "
+                "checkpoint, or pass mlm_head=True)."
+            )
+
     @property
-    def W_U(self) -> Tensor:  # only with the masked-LM head (AttributeError otherwise)
+    def W_U(self) -> Tensor:  # only with the masked-LM head
+        self._require_head()
         return self.unembed.W_U
 
     @property
     def b_U(self) -> Tensor:
+        self._require_head()
         return self.unembed.b_U
 
 
