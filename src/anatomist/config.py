@@ -102,6 +102,9 @@ class TransformerConfig:
 
     # Set by weight processing, so analysis code knows what the weights mean.
     from_checkpoint: bool = False
+    checkpoint_index: int | None = None  # which training checkpoint was loaded (0 = earliest)
+    checkpoint_value: int | None = None  # its label: the training step or tokens seen
+    checkpoint_label_type: str | None = None  # "step" or "token"
     processing: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -8,9 +8,11 @@ Offline settings (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``) and cache locati
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from anatomist.loading.errors import CheckpointError, UnknownModelError
@@ -181,24 +183,43 @@ def _hub_read_index(repo_id: str, revision: str | None, cache_dir: Path, index: 
 def _hub_weight_files(
     repo_id: str, revision: str | None, cache_dir: Path, repo_files: list[str]
 ) -> list[str]:
-    """Pick the weight files to fetch: safetensors when the repo has them, else ``.bin``."""
+    """Pick the weight files to fetch: safetensors when the repo has them, else ``.bin``, else
+    a single top-level ``.pth``/``.pt`` state dict (the classic toy models, whose training
+    checkpoints under ``checkpoints/`` are not fetched)."""
     available = set(repo_files)
     for single, index in (SAFETENSORS_WEIGHTS, BIN_WEIGHTS):
         if single in available:
             return [single]
         if index in available:
             return [index, *_hub_read_index(repo_id, revision, cache_dir, index)]
+    pickled = [f for f in repo_files if "/" not in f and f.endswith((".pth", ".pt"))]
+    if len(pickled) == 1:
+        return pickled
     shown = ", ".join(sorted(repo_files)[:20]) or "no files"
     raise CheckpointError(
         f"Hugging Face repo {repo_id!r} has no weights anatomist can read: looked for "
-        f"{', '.join(SAFETENSORS_WEIGHTS + BIN_WEIGHTS)}; it holds {shown}."
+        f"{', '.join(SAFETENSORS_WEIGHTS + BIN_WEIGHTS)} and a single top-level *.pth; it holds "
+        f"{shown}."
     )
 
 
-def from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = "") -> Path:
-    """Fetch config, tokenizer and weights of ``repo_id`` from the Hub into the HF cache.
+class HubUnreachableError(UnknownModelError):
+    """The Hugging Face Hub could not be reached (a network error or a timeout)."""
 
-    ``hint`` (a sentence or empty) is added to the error raised when the Hub cannot help.
+
+_OFFLINE_ADVICE = (
+    "Download it on a machine with network access, set HF_HUB_CACHE/HF_HOME to a cache that "
+    "holds it, or pass a local folder or .gguf file."
+)
+
+
+@contextlib.contextmanager
+def _hub_errors(
+    repo_id: str, revision: str | None, cache_dir: Path, hint: str, unreachable: str
+) -> Iterator[None]:
+    """Turn the Hub's exceptions into anatomist's, each saying what to do next.
+
+    ``unreachable`` opens the message raised when the Hub cannot be reached.
     """
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -206,19 +227,8 @@ def from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = ""
         RevisionNotFoundError,
     )
 
-    unreachable = (
-        f"Model {repo_id!r} is not in the local Hugging Face cache ({cache_dir}) and the "
-        "Hugging Face Hub could not be reached"
-    )
-    advice = (
-        "Download it on a machine with network access, set HF_HUB_CACHE/HF_HOME to a cache that "
-        "holds it, or pass a local folder or .gguf file."
-    )
     try:
-        repo_files = _hub_repo_files(repo_id, revision)
-        weights = _hub_weight_files(repo_id, revision, cache_dir, repo_files)
-        patterns = [glob.escape(f) for f in (*CONFIG_AND_TOKENIZER_PATTERNS, *weights)]
-        return _hub_download(repo_id, revision, cache_dir, patterns)
+        yield
     except RevisionNotFoundError as error:
         raise UnknownModelError(
             f"Hugging Face repo {repo_id!r} has no revision {revision!r}."
@@ -237,6 +247,45 @@ def from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = ""
     except CheckpointError:
         raise
     except _network_error_types() as error:
-        raise UnknownModelError(
-            f"{unreachable} ({type(error).__name__}: {error}).{hint} {advice}"
+        raise HubUnreachableError(
+            f"{unreachable} ({type(error).__name__}: {error}).{hint} {_OFFLINE_ADVICE}"
         ) from error
+
+
+def from_hub(repo_id: str, revision: str | None, cache_dir: Path, hint: str = "") -> Path:
+    """Fetch config, tokenizer and weights of ``repo_id`` from the Hub into the HF cache.
+
+    ``hint`` (a sentence or empty) is added to the error raised when the Hub cannot help.
+    """
+    unreachable = (
+        f"Model {repo_id!r} is not in the local Hugging Face cache ({cache_dir}) and the "
+        "Hugging Face Hub could not be reached"
+    )
+    with _hub_errors(repo_id, revision, cache_dir, hint, unreachable):
+        repo_files = _hub_repo_files(repo_id, revision)
+        weights = _hub_weight_files(repo_id, revision, cache_dir, repo_files)
+        patterns = [glob.escape(f) for f in (*CONFIG_AND_TOKENIZER_PATTERNS, *weights)]
+        return _hub_download(repo_id, revision, cache_dir, patterns)
+
+
+def hub_repo_files(repo_id: str, cache_dir: Path) -> list[str]:
+    """The file names of ``repo_id`` (main revision) on the Hub.
+
+    Raises:
+        HubUnreachableError: The Hub could not be reached.
+        UnknownModelError: The Hub has no such repo, or it is gated.
+    """
+    unreachable = (
+        f"Cannot list the files of Hugging Face repo {repo_id!r}: the Hub could not be reached"
+    )
+    with _hub_errors(repo_id, None, cache_dir, "", unreachable):
+        return _hub_repo_files(repo_id, None)
+
+
+def hub_fetch_files(repo_id: str, cache_dir: Path, files: list[str]) -> Path:
+    """Download ``files`` of ``repo_id`` (main revision), with its config and tokenizer, into
+    the HF cache and return the snapshot folder."""
+    unreachable = f"Cannot download {', '.join(files)} of {repo_id!r}: the Hub could not be reached"
+    patterns = [glob.escape(f) for f in (*CONFIG_AND_TOKENIZER_PATTERNS, *files)]
+    with _hub_errors(repo_id, None, cache_dir, "", unreachable):
+        return _hub_download(repo_id, None, cache_dir, patterns)

@@ -24,6 +24,7 @@ from anatomist.families.registry import family_for_config
 from anatomist.loading.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from anatomist.loading.checkpoints import TrainingCheckpoint
     from anatomist.model.transformer import HookedTransformer
 
 _DTYPES = {
@@ -77,27 +78,35 @@ def load_pretrained(
     repo id in the local cache (the hub is tried only when online). `hf_model` loads from an
     already instantiated Hugging Face model instead of files. Weight processing defaults to the
     classic steps; `from_pretrained_no_processing` turns them all off. `progress=False` hides the
-    progress bar.
+    progress bar. `checkpoint_index` or `checkpoint_value` picks a training checkpoint (a
+    revision for Pythia and stanford-crfm, a ``checkpoints/*_<N>.pth`` file for the classic toy
+    models; see `anatomist.loading.checkpoints`).
     """
     if n_devices != 1:
         raise NotImplementedError(
             "Loading across several devices (n_devices > 1) is not supported."
         )
+    checkpoint: TrainingCheckpoint | None = None
     if checkpoint_index is not None or checkpoint_value is not None:
-        from anatomist.loading.checkpoints import checkpoint_revision
-        from anatomist.loading.resolve import canonical_name
+        from anatomist.loading.checkpoints import training_checkpoint
 
         if revision is not None:
             raise ValueError("Pass revision or a training checkpoint, not both.")
-        revision = checkpoint_revision(
-            canonical_name(str(model_name)), checkpoint_index, checkpoint_value
+        if hf_model is not None:
+            raise ValueError("Pass hf_model or a training checkpoint, not both.")
+        checkpoint = training_checkpoint(
+            model_name, checkpoint_index, checkpoint_value, local_files_only
         )
+        revision = checkpoint.revision
     target_dtype = parse_dtype(dtype)
     processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
     # Process in float32 and cast afterwards, so folding does not lose half-precision bits.
     load_dtype = torch.float32 if processing and target_dtype.itemsize < 4 else target_dtype
 
-    source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
+    if checkpoint is not None and checkpoint.weights is not None:
+        source = _file_checkpoint_source(checkpoint, tokenizer is None)
+    else:
+        source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
     family = family_for_config(source.hf_config)
     cfg = family.build_config(source.hf_config)
     cfg.model_name = source.name
@@ -117,6 +126,10 @@ def load_pretrained(
     model = cls(cfg, move_to_device=False, init_weights=False)
     fill_weights(model, family, source.tensors, source.label, progress=progress)
     model.cfg.from_checkpoint = True
+    if checkpoint is not None:
+        model.cfg.checkpoint_index = checkpoint.index
+        model.cfg.checkpoint_value = checkpoint.value
+        model.cfg.checkpoint_label_type = checkpoint.label_type
     model.set_tokenizer(
         tokenizer if tokenizer is not None else source.tokenizer, default_padding_side
     )
@@ -181,15 +194,31 @@ def _open_source(
     from anatomist.loading.safetensors import iter_checkpoint_tensors
 
     folder = resolved.path
-    config_path = folder / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"Cannot read {config_path}: {error}") from error
+    hf_config = _read_config(folder / "config.json")
     tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
     return _Source(
         resolved.name, str(folder), hf_config, iter_checkpoint_tensors(folder), tokenizer
     )
+
+
+def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool) -> _Source:
+    """A training checkpoint published as a ``.pth`` file beside the model's config.json (the
+    classic toy models): read with ``torch.load(weights_only=True)``, like ``.bin`` files."""
+    from anatomist.loading.safetensors import _iter_bin
+
+    folder, weights = checkpoint.folder, checkpoint.weights
+    assert folder is not None and weights is not None
+    hf_config = _read_config(folder / "config.json")
+    tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
+    return _Source(checkpoint.name, str(weights), hf_config, _iter_bin(weights, None), tokenizer)
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"Cannot read {config_path}: {error}") from error
+    return config
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
