@@ -19,6 +19,7 @@ from anatomist.hooks import (
 )
 from anatomist.loading.errors import CheckpointError, UnknownModelError
 from anatomist.model.encoder import HookedEncoder
+from anatomist.model.encoder_decoder import HookedEncoderDecoder
 from anatomist.model.transformer import HookedTransformer, Output
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "HookPoint",
     "HookShapeError",
     "HookedEncoder",
+    "HookedEncoderDecoder",
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",

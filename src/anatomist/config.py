@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi", "none")
+POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi", "relative_positional_bias", "none")
 ACTIVATION_FUNCTIONS = (
     "gelu",
     "gelu_new",
@@ -40,6 +40,7 @@ class TransformerConfig:
     d_vocab_out: int = -1  # output vocabulary size; -1 means d_vocab
     n_key_value_heads: int | None = None  # fewer than n_heads means grouped-query attention
     attn_only: bool = False  # blocks without MLPs (toy models)
+    n_decoder_layers: int | None = None  # decoder blocks of an encoder-decoder (None: n_layers)
 
     # What the blocks compute.
     act_fn: str | None = "gelu_new"  # MLP nonlinearity (see ACTIVATION_FUNCTIONS)
@@ -70,6 +71,9 @@ class TransformerConfig:
 
     # Positions.
     positional_embedding_type: str = "standard"  # standard (learned) | rotary | alibi | none
+    # ... | relative_positional_bias (T5: a learned per-head bias for each bucket of distances)
+    relative_attention_num_buckets: int = 32  # T5: buckets of query-key distance
+    relative_attention_max_distance: int = 128  # T5: distances beyond this share a bucket
     rotary_dim: int | None = None  # rotated width per head; None means d_head
     rotary_base: float = 10000.0  # rope theta
     rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)

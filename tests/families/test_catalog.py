@@ -19,7 +19,7 @@ def test_docs_models_md_is_current() -> None:
 
 def test_every_hugging_face_family_has_parity_cases() -> None:
     # Encoders and the classic checkpoint format are tested in their own files.
-    own_tests = {"lens", "bert"}
+    own_tests = {"lens", "bert", "t5"}
     missing = [
         f.name
         for f in FAMILIES

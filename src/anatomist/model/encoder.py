@@ -37,7 +37,7 @@ from anatomist.model.embed import Embed, Unembed
 from anatomist.model.mlp import ACTIVATIONS, make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed
-from anatomist.model.tokens import TextInput, TokenizerMixin
+from anatomist.model.tokens import SpecialTokensMixin, TextInput
 from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
@@ -151,7 +151,7 @@ class BertMLMHead(nn.Module):
         return self.ln(self.act(resid @ self.W + self.b))
 
 
-class HookedEncoder(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
+class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
     """A BERT-style encoder whose every activation has a named hook point.
 
     ``HookedEncoder(cfg)`` builds a randomly initialised model; ``HookedEncoder.from_pretrained``
@@ -352,61 +352,7 @@ class HookedEncoder(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             return words[0]
         return [f"Prediction {i}: {w}" for i, w in enumerate(words)]
 
-    # --- tokenizer (the tokenizer's own special tokens: [CLS] ... [SEP]) ----------------------
-    def _encode(
-        self,
-        input: TextInput,
-        add_special_tokens: bool | None = None,
-        padding_side: str | None = None,
-        truncate: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Token ids, token types and attention mask, each ``[batch, pos]``.
-
-        `add_special_tokens` (default ``cfg.default_prepend_bos``) wraps each text the way the
-        tokenizer does (``[CLS] text [SEP]``); rows are padded on `padding_side` (default
-        right, which keeps BERT's absolute positions the same as for the row alone).
-        """
-        tok = self._require_tokenizer()
-        texts = [input] if isinstance(input, str) else list(input)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("Expected a string or a non-empty list of strings.")
-        special = self.cfg.default_prepend_bos if add_special_tokens is None else add_special_tokens
-        side = padding_side or self.cfg.default_padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-        rows = []
-        for text in texts:
-            enc = tok(
-                text,
-                add_special_tokens=special,
-                truncation=truncate,
-                max_length=self.cfg.n_ctx if truncate else None,
-            )
-            ids = list(enc["input_ids"])
-            rows.append((ids, list(enc.get("token_type_ids") or [0] * len(ids))))
-        length = max(len(ids) for ids, _ in rows)
-        tokens = torch.full((len(rows), length), self._pad_token_id, dtype=torch.long)
-        types = torch.zeros((len(rows), length), dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (ids, type_ids) in enumerate(rows):
-            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
-            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
-            types[i, span] = torch.tensor(type_ids, dtype=torch.long)
-            mask[i, span] = 1
-        return tokens, types, mask
-
-    def tokenize_with_mask(
-        self,
-        input: TextInput,
-        prepend_bos: bool | None = None,
-        padding_side: str | None = None,
-        truncate: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Token ids and the attention mask (None when nothing is padded); `prepend_bos` means
-        adding the tokenizer's special tokens ([CLS] ... [SEP])."""
-        tokens, _, mask = self._encode(input, prepend_bos, padding_side, truncate)
-        return tokens, (None if bool(mask.all()) else mask)
-
+    # --- tokenizer: the tokenizer's own special tokens ([CLS] ... [SEP]), see SpecialTokensMixin
     def to_tokens(  # type: ignore[override]
         self,
         input: TextInput,
@@ -421,35 +367,6 @@ class HookedEncoder(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         if move_to_device and self.cfg.device is not None:
             return tokens.to(self.cfg.device), types.to(self.cfg.device), mask.to(self.cfg.device)
         return tokens, types, mask
-
-    def to_str_tokens(
-        self,
-        input: TextInput | Tensor | list[int],
-        prepend_bos: bool | None = None,
-        padding_side: str | None = None,
-    ) -> list[str] | list[list[str]]:
-        if isinstance(input, str):
-            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
-        return super().to_str_tokens(input, prepend_bos, padding_side)
-
-    def to_single_token(self, string: str) -> int:
-        ids = self.tokenize_with_mask(string, prepend_bos=False)[0][0]
-        if ids.numel() != 1:
-            pieces = self.to_str_tokens(ids)
-            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
-        return int(ids[0])
-
-    def get_token_position(
-        self,
-        single_token: str | int,
-        input: str | Tensor,
-        mode: str = "first",
-        prepend_bos: bool | None = None,
-        padding_side: str | None = None,
-    ) -> int:
-        if isinstance(input, str):
-            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
-        return super().get_token_position(single_token, input, mode, prepend_bos, padding_side)
 
     # --- opt-in hooks ------------------------------------------------------------------------
     def set_use_attn_result(self, use_attn_result: bool) -> None:

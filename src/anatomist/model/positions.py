@@ -128,3 +128,27 @@ def alibi_bias(slopes: Tensor, key_positions: Tensor) -> Tensor:
     """``[b, h, 1, k]``: slope_h * position of key k. (ALiBi penalises distance, -slope * (q - k);
     the query term is constant along each row, which softmax ignores.)"""
     return slopes[None, :, None, None] * key_positions[:, None, None, :].float()
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """T5's bucket of each query-key distance (``key_pos - query_pos``), as a long tensor.
+
+    Bidirectional buckets spend half the buckets on keys after the query. Within a direction,
+    the first half of the buckets hold one distance each (0, 1, 2, ...); the rest cover
+    distances up to `max_distance` on a log scale, and farther keys share the last bucket. Causal
+    (one-directional) buckets treat keys after the query as distance 0.
+    """
+    offset = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        offset = (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    exact = num_buckets // 2
+    ratio = distance.float().clamp(min=1) / exact  # clamp: log(0) is never selected below
+    log_bucket = exact + (ratio.log() / math.log(max_distance / exact) * (num_buckets - exact))
+    log_bucket = log_bucket.long().clamp(max=num_buckets - 1)
+    return offset + torch.where(distance < exact, distance, log_bucket)

@@ -1,8 +1,10 @@
-"""Tokenizer helpers of the classic interface, as a mixin for `HookedTransformer`.
+"""Tokenizer helpers of the classic interface, as mixins for the models.
 
 BOS handling: with ``prepend_bos`` the BOS id is put in front of each row unless the row already
 starts with it, so it is never doubled, whether or not the tokenizer adds BOS on its own.
 Padded batches come with an attention mask that the model uses for positions, attention and loss.
+Encoders and encoder-decoders (`SpecialTokensMixin`) let the tokenizer add its own special
+tokens instead (``[CLS] ... [SEP]``, ``... </s>``).
 """
 
 from __future__ import annotations
@@ -163,3 +165,92 @@ class TokenizerMixin:
         if hits.numel() == 0:
             raise ValueError(f"Token {single_token!r} does not occur in the input.")
         return int(hits[0] if mode == "first" else hits[-1])
+
+
+class SpecialTokensMixin(TokenizerMixin):
+    """Tokenizing the way the tokenizer does by itself, special tokens included (BERT, T5):
+    ``prepend_bos`` here means "add the tokenizer's special tokens"."""
+
+    def _encode(
+        self,
+        input: TextInput,
+        add_special_tokens: bool | None = None,
+        padding_side: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids, token types and attention mask, each ``[batch, pos]``.
+
+        `add_special_tokens` (default ``cfg.default_prepend_bos``) wraps each text the way the
+        tokenizer does (BERT: ``[CLS] text [SEP]``, T5: ``text </s>``); rows are padded on
+        `padding_side` (default right, which keeps absolute positions the same as for the row
+        alone). Token types are all 0 when the tokenizer gives none.
+        """
+        tok = self._require_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("Expected a string or a non-empty list of strings.")
+        special = self.cfg.default_prepend_bos if add_special_tokens is None else add_special_tokens
+        side = padding_side or self.cfg.default_padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        rows = []
+        for text in texts:
+            enc = tok(
+                text,
+                add_special_tokens=special,
+                truncation=truncate,
+                max_length=self.cfg.n_ctx if truncate else None,
+            )
+            ids = list(enc["input_ids"])
+            rows.append((ids, list(enc.get("token_type_ids") or [0] * len(ids))))
+        length = max(len(ids) for ids, _ in rows)
+        tokens = torch.full((len(rows), length), self._pad_token_id, dtype=torch.long)
+        types = torch.zeros((len(rows), length), dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (ids, type_ids) in enumerate(rows):
+            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
+            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
+            types[i, span] = torch.tensor(type_ids, dtype=torch.long)
+            mask[i, span] = 1
+        return tokens, types, mask
+
+    def tokenize_with_mask(
+        self,
+        input: TextInput,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Token ids and the attention mask (None when nothing is padded); `prepend_bos` means
+        adding the tokenizer's own special tokens."""
+        tokens, _, mask = self._encode(input, prepend_bos, padding_side, truncate)
+        return tokens, (None if bool(mask.all()) else mask)
+
+    def to_str_tokens(
+        self,
+        input: TextInput | Tensor | list[int],
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> list[str] | list[list[str]]:
+        if isinstance(input, str):
+            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
+        return super().to_str_tokens(input, prepend_bos, padding_side)
+
+    def to_single_token(self, string: str) -> int:
+        ids = self.tokenize_with_mask(string, prepend_bos=False)[0][0]
+        if ids.numel() != 1:
+            pieces = self.to_str_tokens(ids)
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
+        return int(ids[0])
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | Tensor,
+        mode: str = "first",
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> int:
+        if isinstance(input, str):
+            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
+        return super().get_token_position(single_token, input, mode, prepend_bos, padding_side)

@@ -1,0 +1,533 @@
+"""`HookedEncoderDecoder`: a T5-style encoder-decoder with the classic interface and hook names.
+
+Layout (classic names)::
+
+    embed.W_E                                 shared by encoder and decoder
+    hook_embed [b, p, d]                      the encoder's input embeddings
+    hook_decoder_embed [b, q, d]              the decoder's input embeddings
+    encoder.{i}: pre-RMSNorm blocks
+        hook_resid_pre -> ln1 -> attn -> hook_attn_out
+        hook_resid_mid        = resid_pre + attn_out
+        ln2 -> mlp -> hook_mlp_out
+        hook_resid_post       = resid_mid + mlp_out
+    encoder_final_ln                          RMSNorm: the encoder output the decoder reads
+    decoder.{i}: as the encoder, with cross-attention between self-attention and the MLP
+        hook_resid_mid -> ln2 -> cross_attn (keys/values: encoder output) -> hook_cross_attn_out
+        hook_resid_mid_cross  = resid_mid + cross_attn_out
+        ln3 -> mlp -> hook_mlp_out
+        hook_resid_post       = resid_mid_cross + mlp_out
+    decoder_final_ln, then unembed (after multiplying by d_model ** -0.5 when
+    ``cfg.tie_word_embeddings``, as the original T5 does)
+
+Attention scores are not divided by sqrt(d_head). Positions enter only through a learned
+relative position bias: ``encoder.0.attn`` and ``decoder.0.attn`` own a table of one bias per
+head for each bucket of query-key distance (bidirectional buckets in the encoder, causal in the
+decoder), computed once per forward pass (``attn.hook_rel_pos_bias``, ``[1, h, q, k]``) and added
+to the scores of every self-attention layer of that stack. Cross-attention has no position bias.
+
+Generation (`generate`) runs the encoder once and the decoder again over the whole output at
+each step (no key-value cache yet), so hooks see the full decoder sequence at every step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from anatomist.config import TransformerConfig
+from anatomist.hooks import HookedRootModule, HookPoint
+from anatomist.model.attention import Attention, _project, causal_mask
+from anatomist.model.block import TransformerBlock
+from anatomist.model.embed import Embed, Unembed
+from anatomist.model.encoder import _key_mask
+from anatomist.model.generate import sample_logits
+from anatomist.model.mlp import make_mlp
+from anatomist.model.norm import make_norm
+from anatomist.model.positions import relative_position_bucket
+from anatomist.model.tokens import SpecialTokensMixin, TextInput
+from anatomist.model.weights import StackedWeightsMixin
+
+RETURN_TYPES = ("logits", None)
+
+
+class RelativeAttention(Attention):
+    """T5 attention: unscaled scores plus an additive position bias (self-attention), or keys
+    and values from the encoder output (cross-attention).
+
+    The first self-attention layer of each stack owns ``rel_pos_bias`` (``[buckets, n_heads]``,
+    an ``nn.Embedding``) and computes the bias every layer of its stack adds.
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        layer_idx: int,
+        has_relative_attention_bias: bool = False,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__(cfg, layer_idx)
+        self.bidirectional = bidirectional
+        if has_relative_attention_bias:
+            self.rel_pos_bias = nn.Embedding(
+                cfg.relative_attention_num_buckets, cfg.n_heads, dtype=cfg.dtype
+            )
+            self.hook_rel_pos_bias = HookPoint()  # [1, n_heads, q_pos, k_pos]
+
+    def compute_relative_attention_bias(
+        self, query_length: int, key_length: int, device: torch.device | None = None
+    ) -> Tensor:
+        """The position bias ``[1, n_heads, query_length, key_length]`` of this stack."""
+        table = self.rel_pos_bias.weight
+        device = table.device if device is None else device
+        relative = (
+            torch.arange(key_length, device=device)[None, :]
+            - torch.arange(query_length, device=device)[:, None]
+        )
+        buckets = relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=self.cfg.relative_attention_num_buckets,
+            max_distance=self.cfg.relative_attention_max_distance,
+        )
+        bias = F.embedding(buckets, table).permute(2, 0, 1)[None]
+        return self.hook_rel_pos_bias(bias)
+
+    def forward(  # type: ignore[override]
+        self,
+        query_input: Tensor,
+        key_input: Tensor,
+        value_input: Tensor,
+        position_bias: Tensor | None,
+        mask: Tensor | None,
+    ) -> Tensor:
+        """Inputs ``[b, p, d_model]`` (or per head); `mask` boolean ``[b, 1, q, k]`` (True = may
+        attend) or None; `position_bias` ``[1, h, q, k]`` or None (cross-attention)."""
+        W_K, b_K, W_V, b_V = self.kv_weights
+        q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))
+        k = self.hook_k(_project(key_input, W_K, b_K))
+        v = self.hook_v(_project(value_input, W_V, b_V))
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        bias = None if position_bias is None else position_bias.to(qh.dtype)
+        if self.needs_pattern:
+            z = self._explicit_attention(qh, kh, vh, mask, bias)
+        else:
+            attn_mask = bias
+            if mask is not None:
+                base = torch.zeros((), dtype=qh.dtype, device=qh.device) if bias is None else bias
+                attn_mask = base.masked_fill(~mask, float("-inf"))
+            z = F.scaled_dot_product_attention(
+                qh, kh, vh, attn_mask=attn_mask, scale=1.0 / self.scale
+            )
+        z = self.hook_z(z.transpose(1, 2))  # [b, q, h, dh]
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(-2) + self.b_O
+        return torch.einsum("bphe,hed->bpd", z, self.W_O) + self.b_O
+
+
+class EncoderDecoderBlock(nn.Module):
+    """A pre-RMSNorm T5 block; decoder blocks add cross-attention (``ln2``/``cross_attn``) and
+    normalize the MLP input with ``ln3``."""
+
+    def __init__(self, cfg: TransformerConfig, layer_idx: int, is_decoder: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.is_decoder = is_decoder
+        self.ln1 = make_norm(cfg)
+        self.attn = RelativeAttention(
+            cfg, layer_idx, has_relative_attention_bias=layer_idx == 0, bidirectional=not is_decoder
+        )
+        self.ln2 = make_norm(cfg)
+        if is_decoder:
+            self.cross_attn = RelativeAttention(cfg, layer_idx)
+            self.ln3 = make_norm(cfg)
+        self.mlp = make_mlp(cfg)
+
+        self.hook_resid_pre = HookPoint()  # [b, p, d_model]
+        self.hook_attn_in = HookPoint("use_attn_in")  # [b, p, n_heads, d_model]
+        self.hook_q_input = HookPoint("use_split_qkv_input")  # [b, p, n_heads, d_model]
+        self.hook_k_input = HookPoint("use_split_qkv_input")
+        self.hook_v_input = HookPoint("use_split_qkv_input")
+        self.hook_attn_out = HookPoint()  # [b, p, d_model]
+        self.hook_resid_mid = HookPoint()  # [b, p, d_model]
+        if is_decoder:
+            self.hook_cross_attn_in = HookPoint("use_attn_in")  # [b, p, d_model], before ln2
+            self.hook_cross_attn_out = HookPoint()  # [b, p, d_model]
+            self.hook_resid_mid_cross = HookPoint()  # [b, p, d_model]
+        self.hook_mlp_in = HookPoint("use_hook_mlp_in")  # [b, p, d_model], before its norm
+        self.hook_mlp_out = HookPoint()  # [b, p, d_model]
+        self.hook_resid_post = HookPoint()  # [b, p, d_model]
+
+    def _attention_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Query/key/value inputs with the opt-in per-head hooks, normalized by ln1: the
+        decoder-only block's logic, which needs only the attributes both blocks share."""
+        return TransformerBlock._attention_inputs(self, resid_pre)  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        resid_pre: Tensor,
+        position_bias: Tensor,
+        mask: Tensor | None,
+        encoder_output: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+    ) -> Tensor:
+        cfg = self.cfg
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.attn(*self._attention_inputs(resid_pre), position_bias, mask)
+        resid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
+        if self.is_decoder:
+            if encoder_output is None:
+                raise ValueError("A decoder block needs the encoder output for cross-attention.")
+            cross_in = self.hook_cross_attn_in(resid.clone()) if cfg.use_attn_in else resid
+            cross_out = self.cross_attn(
+                self.ln2(cross_in), encoder_output, encoder_output, None, encoder_mask
+            )
+            resid = self.hook_resid_mid_cross(resid + self.hook_cross_attn_out(cross_out))
+        mlp_in = self.hook_mlp_in(resid.clone()) if cfg.use_hook_mlp_in else resid
+        mlp_norm = self.ln3 if self.is_decoder else self.ln2
+        mlp_out = self.hook_mlp_out(self.mlp(mlp_norm(mlp_in)))
+        return self.hook_resid_post(resid + mlp_out)
+
+
+class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
+    """A T5-style encoder-decoder whose every activation has a named hook point.
+
+    ``HookedEncoderDecoder(cfg)`` builds a randomly initialised model;
+    ``HookedEncoderDecoder.from_pretrained`` loads a T5 checkpoint
+    (``T5ForConditionalGeneration``). ``cfg.n_layers`` counts encoder blocks and
+    ``cfg.n_decoder_layers`` decoder blocks (default: as many). `decoder_start_token_id` is the
+    token every decoder sequence starts with (T5: the pad token, 0).
+    """
+
+    def __init__(
+        self,
+        cfg: TransformerConfig | dict[str, Any],
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        init_weights: bool = True,
+        decoder_start_token_id: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg = TransformerConfig.unwrap(cfg)
+        cfg.causal = False  # the encoder attends both ways; decoder masks are built per call
+        if cfg.positional_embedding_type != "relative_positional_bias" or cfg.attn_only:
+            raise ValueError(
+                "HookedEncoderDecoder needs positional_embedding_type='relative_positional_bias' "
+                "and MLPs (attn_only=False)."
+            )
+        if cfg.is_grouped_query:
+            raise ValueError("HookedEncoderDecoder does not support grouped-query attention.")
+        if cfg.n_decoder_layers is None:
+            cfg.n_decoder_layers = cfg.n_layers
+        self.decoder_start_token_id = decoder_start_token_id
+        self.tokenizer = None
+        self.set_tokenizer(tokenizer)
+
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [b, p, d_model], encoder input embeddings
+        self.hook_decoder_embed = HookPoint()  # [b, q, d_model], decoder input embeddings
+        self.encoder = nn.ModuleList(
+            EncoderDecoderBlock(cfg, i, is_decoder=False) for i in range(cfg.n_layers)
+        )
+        self.encoder_final_ln = make_norm(cfg)
+        self.decoder = nn.ModuleList(
+            EncoderDecoderBlock(cfg, i, is_decoder=True) for i in range(cfg.n_decoder_layers)
+        )
+        self.decoder_final_ln = make_norm(cfg)
+        self.unembed = Unembed(cfg)
+
+        if init_weights:
+            self.init_weights()
+        if move_to_device and cfg.device is not None:
+            self.to(cfg.device)
+        self.setup()
+
+    # --- construction ------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        for name, param in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("W_") or leaf == "weight":
+                nn.init.normal_(param, std=self.cfg.init_range)
+            elif leaf == "w":
+                nn.init.ones_(param)
+            else:
+                nn.init.zeros_(param)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str | os.PathLike[str],
+        hf_model: Any = None,
+        device: str | torch.device | None = None,
+        tokenizer: Any = None,
+        move_to_device: bool = True,
+        dtype: str | torch.dtype = "float32",
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        progress: bool = True,
+    ) -> HookedEncoderDecoder:
+        """Load a T5 checkpoint: a local folder, a cached repo id, a registry name (``t5-small``),
+        or an instantiated Hugging Face model (`hf_model`). No weight processing is applied."""
+        from anatomist.families import t5
+        from anatomist.families.registry import UnsupportedArchitectureError, family_for_config
+        from anatomist.loading.pretrained import (
+            _open_source,
+            fill_weights,
+            parse_dtype,
+            with_tied_tensor,
+        )
+
+        source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
+        family = family_for_config(source.hf_config)
+        if family is not t5.FAMILY:
+            raise UnsupportedArchitectureError(
+                f"{source.label} is a {family.name} model; HookedEncoderDecoder loads T5 "
+                f"checkpoints ({', '.join(t5.ARCHITECTURES)}). Load decoder-only models with "
+                "anatomist.HookedTransformer.from_pretrained, BERT with HookedEncoder."
+            )
+        cfg = t5.build_encoder_decoder_config(source.hf_config)
+        cfg.model_name = source.name
+        cfg.dtype = parse_dtype(dtype)
+        model = cls(
+            cfg,
+            move_to_device=False,
+            init_weights=False,
+            decoder_start_token_id=t5.decoder_start_token_id(source.hf_config),
+        )
+        tensors = with_tied_tensor(source.tensors, t5.TIED_SOURCE, t5.TIED_TARGET)
+        fill_weights(model, family, tensors, source.label, progress=progress)
+        model.cfg.from_checkpoint = True
+        model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer)
+        if move_to_device and device is not None:
+            model.to(device)
+        return model.eval()
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input: str | list[str] | Tensor,
+        decoder_input: Tensor | None = None,
+        return_type: str | None = "logits",
+        one_zero_attention_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        encoder_output: Tensor | None = None,
+    ) -> Tensor | None:
+        """Run the encoder on `input`, then the decoder on `decoder_input`; logits
+        ``[b, q, d_vocab]`` for every decoder position.
+
+        `input` is a string, a list of strings (right-padded, with their mask), or token ids
+        ``[b, p]``; `one_zero_attention_mask` (alias `attention_mask`) ``[b, p]`` marks real
+        encoder tokens (1) and padding (0). `decoder_input` ``[b, q]`` are decoder token ids,
+        starting with `decoder_start_token_id`; for text input it defaults to just that token.
+        `encoder_output` (from `encoder_output(...)`) skips running the encoder again.
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
+        if attention_mask is not None:
+            if one_zero_attention_mask is not None:
+                raise ValueError("Pass one_zero_attention_mask or attention_mask, not both.")
+            one_zero_attention_mask = attention_mask
+        tokens, one_zero_attention_mask = self._encoder_tokens(input, one_zero_attention_mask)
+        device = self.embed.W_E.device
+        if decoder_input is None:
+            if not isinstance(input, str | list):
+                raise ValueError(
+                    "Pass decoder_input (decoder token ids [batch, pos], starting with "
+                    f"decoder_start_token_id={self.decoder_start_token_id}) with token input."
+                )
+            decoder_input = torch.full(
+                (tokens.shape[0], 1), self.decoder_start_token_id, dtype=torch.long
+            )
+        if decoder_input.dim() == 1:
+            decoder_input = decoder_input[None]
+        if decoder_input.is_floating_point():
+            raise ValueError("decoder_input must be token ids [batch, pos], not floats.")
+        if encoder_output is None:
+            encoder_output = self.encoder_output(tokens, one_zero_attention_mask)
+        logits = self._decode(decoder_input.to(device), encoder_output, one_zero_attention_mask)
+        return logits if return_type == "logits" else None
+
+    def encoder_output(
+        self, tokens: Tensor, one_zero_attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The encoder's final, normalized residual stream ``[b, p, d_model]`` (what
+        cross-attention reads; Hugging Face's ``encoder_last_hidden_state``)."""
+        device = self.embed.W_E.device
+        tokens = tokens.to(device)
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        resid = self.hook_embed(self.embed(tokens))
+        mask = _key_mask(one_zero_attention_mask, tokens.shape, device)
+        length = tokens.shape[1]
+        bias = _position_bias(self.encoder, length, length, device)
+        for block in self.encoder:
+            resid = block(resid, bias, mask)
+        return self.encoder_final_ln(resid)
+
+    def _decode(
+        self, decoder_input: Tensor, encoder_output: Tensor, one_zero_attention_mask: Tensor | None
+    ) -> Tensor:
+        device = encoder_output.device
+        resid = self.hook_decoder_embed(self.embed(decoder_input))
+        length = decoder_input.shape[1]
+        bias = _position_bias(self.decoder, length, length, device)
+        self_mask = causal_mask(length, length, device)
+        cross_mask = _key_mask(one_zero_attention_mask, encoder_output.shape[:2], device)
+        for block in self.decoder:
+            resid = block(resid, bias, self_mask, encoder_output, cross_mask)
+        resid = self.decoder_final_ln(resid)
+        if self.cfg.tie_word_embeddings:  # the original T5 rescales before its tied unembedding
+            resid = resid * self.cfg.d_model**-0.5
+        return self.unembed(resid)
+
+    def _encoder_tokens(
+        self, input: str | list[str] | Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        if isinstance(input, str | list):
+            tokens, _, text_mask = self._encode(input)
+            return tokens, (text_mask if mask is None else mask)
+        if not isinstance(input, Tensor):
+            raise TypeError(f"Unsupported input type {type(input).__name__}.")
+        if input.is_floating_point():
+            raise ValueError("Got a float tensor as input; pass token ids [batch, pos].")
+        return (input if input.dim() == 2 else input.reshape(1, -1)), mask
+
+    # --- generation --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        input: str | list[str] | Tensor = "",
+        one_zero_attention_mask: Tensor | None = None,
+        max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | list[int] | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        return_type: str | None = "input",
+        verbose: bool = True,
+    ) -> Tensor | str | list[str]:
+        """Decode up to `max_new_tokens` tokens after `decoder_start_token_id`.
+
+        Returns the decoder sequence ``[b, 1 + new]`` (start token included, as Hugging Face's
+        ``generate`` does) for ``return_type="tokens"``, or the decoded text without special
+        tokens for ``"str"``; ``"input"`` means str for text input and tokens otherwise.
+        Sequences that finish early are padded with the end-of-sequence token. Hooks added with
+        ``model.hooks(...)`` fire at every step, over the whole decoder sequence so far.
+        """
+        if return_type not in ("input", "str", "tokens", "tensor"):
+            raise ValueError(
+                f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}."
+            )
+        if return_type == "input":
+            return_type = "str" if isinstance(input, str | list) else "tokens"
+        tokens, mask = self._encoder_tokens(input, one_zero_attention_mask)
+        stops = self._stop_tokens(stop_at_eos, eos_token_id)
+        encoded = self.encoder_output(tokens, mask)
+        batch = tokens.shape[0]
+        out = torch.full(
+            (batch, 1), self.decoder_start_token_id, dtype=torch.long, device=encoded.device
+        )
+        finished = torch.zeros(batch, dtype=torch.bool, device=encoded.device)
+        for _ in tqdm(range(max_new_tokens), disable=not verbose, leave=False):
+            logits = self._decode(out, encoded, mask)[:, -1]
+            if do_sample:
+                new = sample_logits(logits, top_k, top_p, temperature, freq_penalty, out)
+            else:
+                new = logits.argmax(-1)
+            if stops:
+                new = torch.where(finished, stops[0], new)
+                finished |= torch.isin(new, torch.tensor(stops, device=new.device))
+            out = torch.cat([out, new[:, None]], dim=1)
+            if stops and bool(finished.all()):
+                break
+        if return_type == "str":
+            tok = self._require_tokenizer()
+            texts = tok.batch_decode(out.tolist(), skip_special_tokens=True)
+            return texts[0] if isinstance(input, str) else texts
+        return out
+
+    def _stop_tokens(self, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:
+        if not stop_at_eos:
+            return []
+        if eos_token_id is None:
+            if self.tokenizer is None or self.tokenizer.eos_token_id is None:
+                raise ValueError(
+                    "stop_at_eos needs an end-of-sequence token: pass eos_token_id=..., attach "
+                    "a tokenizer that has one, or set stop_at_eos=False."
+                )
+            eos_token_id = int(self.tokenizer.eos_token_id)
+        return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+    # --- tokenizer: the tokenizer's own special tokens (T5 appends </s>) ----------------------
+    def to_tokens(  # type: ignore[override]
+        self, input: TextInput, move_to_device: bool = True, truncate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """``(tokens, attention_mask)``, each ``[batch, pos]``, right-padded (the classic
+        HookedEncoderDecoder return value)."""
+        tokens, _, mask = self._encode(input, truncate=truncate)
+        if move_to_device and self.cfg.device is not None:
+            return tokens.to(self.cfg.device), mask.to(self.cfg.device)
+        return tokens, mask
+
+    # --- opt-in hooks ------------------------------------------------------------------------
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Turn on ``attn.hook_result`` / ``cross_attn.hook_result`` (per-head outputs)."""
+        self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Turn on ``hook_{q,k,v}_input`` (a separate self-attention input per head)."""
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Turn on ``hook_attn_in`` (per head) and, in the decoder, ``hook_cross_attn_in``."""
+        self.cfg.use_attn_in = use_attn_in
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Turn on ``hook_mlp_in`` (the residual stream before the MLP's norm)."""
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    # --- weight views ------------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[EncoderDecoderBlock]:
+        """Encoder blocks, then decoder blocks: the stacked views (``W_Q`` ...) run over both,
+        ``[n_layers + n_decoder_layers, ...]``, self-attention only, as the classic class did.
+        Cross-attention weights are ``model.decoder[i].cross_attn.W_Q`` etc."""
+        return [*self.encoder, *self.decoder]
+
+    def all_head_labels(self) -> list[str]:
+        """``EL{layer}H{head}`` for encoder heads, then ``DL{layer}H{head}`` for decoder heads."""
+        heads = range(self.cfg.n_heads)
+        assert self.cfg.n_decoder_layers is not None
+        return [f"EL{i}H{h}" for i in range(self.cfg.n_layers) for h in heads] + [
+            f"DL{i}H{h}" for i in range(self.cfg.n_decoder_layers) for h in heads
+        ]
+
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Tensor:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Tensor:
+        return self.unembed.b_U
+
+
+def _position_bias(stack: nn.ModuleList, q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """The relative position bias ``[1, h, q, k]`` the first block of `stack` computes."""
+    first: EncoderDecoderBlock = stack[0]  # type: ignore[assignment]
+    attn: RelativeAttention = first.attn  # type: ignore[assignment]
+    return attn.compute_relative_attention_bias(q_len, k_len, device)
