@@ -66,6 +66,8 @@ class TransformerConfig:
     layer_types: list[str] | None = None  # ... in layers marked "sliding_attention" (None: all)
     qk_norm: bool = False  # RMSNorm over d_head on each head's q and k before rotary (Qwen3)
     qk_norm_over_heads: bool = False  # ... over all heads' q (and k) together instead (OLMo2)
+    qk_norm_type: str = "RMS"  # ... the norm: RMS (Qwen3, OLMo2) | LN (Cohere, StableLM, Phi)
+    qk_norm_per_head_weights: bool = False  # ... each head its own weights, [heads, d_head]
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
     post_embedding_norm: bool = False  # a norm (ln_embed) right after the embedding (BLOOM)
 
@@ -81,6 +83,9 @@ class TransformerConfig:
     rotary_base_local: float | None = (
         None  # rope theta of sliding-window layers, unscaled (Gemma 3)
     )
+    nope_layers: list[int] | None = None  # layers of a rotary model without rotary (SmolLM3)
+    alibi_scaled_with_scores: bool = False  # ALiBi bias added before / attn_scale (Falcon-RW)
+    alibi_bias_bfloat16: bool = False  # ... slope * position rounded to bfloat16 (Falcon-RW)
 
     # Opt-in hook points (off by default: they cost memory or compute).
     use_attn_result: bool = False  # blocks.i.attn.hook_result, per-head outputs [b, p, h, d]

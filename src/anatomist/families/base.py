@@ -94,11 +94,51 @@ def output_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t.T.reshape(cfg.n_heads, -1, t.shape[0]),)
 
 
-def rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+# The rope scaling types the native rotary computes (anatomist.model.positions), as transformers
+# names them.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+
+def rope_settings(
+    hf: dict[str, Any], original_max_positions: int | None = None
+) -> tuple[float, dict[str, Any] | None]:
     """rope theta and scaling from either config style (transformers 5 `rope_parameters`, or
-    the older `rope_theta` + `rope_scaling`)."""
+    the older `rope_theta` + `rope_scaling`), the scaling completed with the defaults transformers
+    fills in. `original_max_positions` is a config-level pretraining length that overrides the
+    scaling's own, as in transformers for config classes that declare one (Phi-3)."""
     params = hf.get("rope_parameters") or {}
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     scaling = hf.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    return theta, (None if kind == "default" else dict(scaling))
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_TYPES:
+        raise NotImplementedError(
+            f"rope scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})."
+        )
+    return theta, _completed_scaling(dict(scaling, rope_type=kind), hf, original_max_positions)
+
+
+def _completed_scaling(
+    scaling: dict[str, Any], hf: dict[str, Any], original_max_positions: int | None
+) -> dict[str, Any]:
+    """Fill in what transformers' `standardize_rope_params` and rope init functions default:
+    the pretraining length, YaRN's and LongRoPE's factor, and dynamic NTK's threshold."""
+    kind = scaling["rope_type"]
+
+    def max_positions() -> int:
+        if "max_position_embeddings" not in hf:
+            raise ValueError(f"rope scaling {kind!r} needs max_position_embeddings in config.json.")
+        return int(hf["max_position_embeddings"])
+
+    if kind in ("llama3", "yarn", "longrope"):
+        if original_max_positions is not None:
+            scaling["original_max_position_embeddings"] = original_max_positions
+        elif "original_max_position_embeddings" not in scaling:
+            scaling["original_max_position_embeddings"] = max_positions()
+    if kind in ("yarn", "longrope") and scaling.get("factor") is None:
+        # DeepSeek-V3 and Phi-3 give the extended and the pretraining length, not their ratio.
+        scaling["factor"] = max_positions() / scaling["original_max_position_embeddings"]
+    if kind == "dynamic":  # HF grows the base past max_position_embeddings, not an original one
+        scaling["max_position_embeddings"] = max_positions()
+    return scaling

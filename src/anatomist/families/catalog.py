@@ -6,9 +6,12 @@ file is stale.
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from collections import defaultdict
 from importlib import resources
+from pathlib import Path
 
 from anatomist.families.registry import FAMILIES, UNSUPPORTED
 
@@ -21,9 +24,27 @@ each listed variant are built from their config classes, saved, loaded by path, 
 with `transformers` in float32: logits within 1e-5 without weight processing, log-probs within
 1e-4 with the default processing, every layer's `hook_resid_post` against `output_hidden_states`,
 left- and right-padded batches against each row alone, DESIGN.md's invariants, and every hook
-firing once. The parity cases of family `f` are in `tests/families/cases/f.py`. Real
-checkpoints that install offline are compared too (SmolLM2-135M from its GGUF: llama).
+firing once. The parity cases of family `f` are in `tests/families/cases/f.py`; the "verified
+by" column names them. Encoders, encoder-decoders and the classic checkpoint format have test
+files of their own, and real checkpoints that install offline are compared too.
 """
+
+# Families verified by a test file of their own rather than tests/families/cases.
+_OWN_TESTS = {
+    "bert": "tests/model/test_encoder.py: tiny BertForMaskedLM and BertModel (hidden states, "
+    "logits, padding); real all-MiniLM-L6-v2 (packaged) hidden states vs BertModel, and the "
+    "sentence-pair cosine",
+    "t5": "tests/model/test_encoder_decoder.py: tiny T5, T5 v1.1 (gated GELU, own lm_head) and "
+    "an asymmetric T5 (logits, every block, padding, greedy generate)",
+    "lens": "tests/families/test_lens_checkpoint.py: classic state dicts saved from native "
+    "models (GELU, SoLU, attention-only) load and compute the same; toy-model training "
+    "checkpoints in tests/loading/test_file_checkpoints.py",
+}
+# Real checkpoints compared with transformers reading the same file.
+_REAL = {
+    "llama": "real SmolLM2-135M-Instruct (packaged GGUF)",
+    "gemma3": "real Gemma 3 270M (packaged GGUF)",
+}
 
 
 def _names_by_architecture() -> dict[str, list[str]]:
@@ -36,19 +57,42 @@ def _names_by_architecture() -> dict[str, list[str]]:
 
 def models_markdown() -> str:
     names = _names_by_architecture()
-    lines = [_HEADER, "| family | architectures | model names (from the classic library) |"]
-    lines.append("|---|---|---|")
+    lines = [
+        _HEADER,
+        "| family | architectures | model names (from the classic library) | verified by |",
+        "|---|---|---|---|",
+    ]
     for family in sorted(FAMILIES, key=lambda f: f.name):
         known = sorted(n for arch in family.architectures for n in names.get(arch, []))
         shown = ", ".join(f"`{n}`" for n in known[:6]) + (
             f" and {len(known) - 6} more" if len(known) > 6 else ""
         )
         archs = ", ".join(f"`{a}`" for a in family.architectures)
-        lines.append(f"| {family.name} | {archs} | {shown or '—'} |")
+        lines.append(f"| {family.name} | {archs} | {shown or '—'} | {_verified_by(family.name)} |")
     lines += ["", "## Not supported", "", "| architecture | why |", "|---|---|"]
     for arch, why in sorted(UNSUPPORTED.items()):
         lines.append(f"| `{arch}` | {why} |")
     return "\n".join(lines) + "\n"
+
+
+def _verified_by(family: str) -> str:
+    if family in _OWN_TESTS:
+        return _OWN_TESTS[family]
+    cases = _parity_case_names(family)
+    text = f"{len(cases)} tiny parity cases: {', '.join(cases)}" if cases else "no parity cases"
+    return f"{text}; {_REAL[family]}" if family in _REAL else text
+
+
+def _parity_case_names(family: str) -> list[str]:
+    """The case names in tests/families/cases/<family>.py (a source checkout; [] elsewhere)."""
+    root = Path(__file__).resolve().parents[3]
+    path = root / "tests" / "families" / "cases" / f"{family}.py"
+    if not path.exists():
+        return []
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(f"tests.families.cases.{family}")
+    return list(module.CASES)
 
 
 if __name__ == "__main__":

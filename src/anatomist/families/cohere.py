@@ -5,8 +5,9 @@ through *one* shared norm, ``input_layernorm``, loaded as both ln1 and ln2); the
 mean-centering LayerNorms with a weight and no bias (computed in float32); rotary pairs
 neighbouring features ``(2i, 2i+1)`` (GPT-J style) with a default theta of 500000; logits are
 multiplied by ``logit_scale`` (folded into W_U at load, also when W_U is the tied input embedding,
-the default). ``use_qk_norm`` (Command R+: a per-head LayerNorm with per-head weights on q and k)
-is not supported.
+the default). With ``use_qk_norm`` (Command R+) each head's query and key pass through a LayerNorm
+over d_head with per-head weights and no bias (``q_norm``/``k_norm``, weights ``[heads, d_head]``)
+before rotary.
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import granite, llama
-from anatomist.families.base import Family, WeightRule
+from anatomist.families.base import Family, WeightRule, same
 from anatomist.families.gptj import shared_norm
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    if hf.get("use_qk_norm"):
-        raise NotImplementedError(
-            "Cohere with use_qk_norm=True (a LayerNorm with per-head weights on queries and "
-            "keys) is not supported."
-        )
     params = hf.get("rope_parameters") or {}
     if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
         raise NotImplementedError("Cohere with partial_rotary_factor != 1 is not supported.")
@@ -37,6 +33,8 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     cfg.eps = hf.get("layer_norm_eps") or 1e-5
     cfg.parallel_attn_mlp = True
     cfg.rotary_adjacent_pairs = True
+    if hf.get("use_qk_norm"):
+        cfg.qk_norm, cfg.qk_norm_type, cfg.qk_norm_per_head_weights = True, "LN", True
     cfg.tie_word_embeddings = hf.get("tie_word_embeddings", True)
     cfg.original_architecture = "CohereForCausalLM"
     return granite.with_folded_scales(cfg, logits=float(logit_scale))
@@ -47,6 +45,9 @@ NORM_RULES = (
     WeightRule(
         _L + r"input_layernorm\.weight", ("blocks.{i}.ln1.w", "blocks.{i}.ln2.w"), shared_norm
     ),
+    # use_qk_norm: weights [heads, d_head], as the native per-head norms hold them
+    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
+    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
 )
 OTHER_RULES = tuple(
     rule

@@ -16,19 +16,11 @@ from anatomist.families.base import Family, WeightRule, rope_settings
 from anatomist.families.phi3 import _FUSED
 
 _L = llama._L
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     cfg = llama.build_config(hf)
     theta, scaling = rope_settings(hf)
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in SUPPORTED_ROPE_TYPES:
-            raise NotImplementedError(
-                f"rope scaling type {kind!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
-            )
     params = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
     factor = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)))
     cfg.rotary_base, cfg.rope_scaling = theta, scaling

@@ -16,8 +16,6 @@ from torch import Tensor
 from anatomist.config import TransformerConfig
 from anatomist.families.base import Family, WeightRule, rope_settings, same, transpose
 
-SUPPORTED_ROPE_TYPES = ("linear", "llama3")
-
 
 def partial_rotary(
     hf: dict[str, Any], d_head: int, legacy_factor_key: str, legacy_theta_key: str, default: float
@@ -30,13 +28,6 @@ def partial_rotary(
     theta, scaling = rope_settings(hf)
     if "rope_theta" not in params and "rope_theta" not in hf and legacy_theta_key in hf:
         theta = float(hf[legacy_theta_key])
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in SUPPORTED_ROPE_TYPES:
-            raise NotImplementedError(
-                f"rope scaling type {kind!r} is not supported (supported: default, "
-                f"{', '.join(SUPPORTED_ROPE_TYPES)})."
-            )
     return int(d_head * float(factor)), theta, scaling
 
 

@@ -22,8 +22,6 @@ from anatomist.config import TransformerConfig
 from anatomist.families import llama
 from anatomist.families.base import Family, WeightRule, output_weight, rope_settings, same
 
-SUPPORTED_ROPE_TYPES = ("linear", "llama3")
-
 
 @dataclass
 class FoldedScalesConfig(TransformerConfig):
@@ -56,18 +54,11 @@ def with_folded_scales(
 
 
 def checked_rope(hf: dict[str, Any], default_theta: float = 10000.0) -> tuple[float, Any]:
-    """(theta, rope_scaling) like `base.rope_settings`, with the architecture's own default theta
-    and a clear error for scaling types the native rotary does not implement."""
+    """(theta, rope_scaling) like `base.rope_settings`, with the architecture's own default
+    theta."""
     theta, scaling = rope_settings(hf)
     if "rope_theta" not in (hf.get("rope_parameters") or {}) and "rope_theta" not in hf:
         theta = default_theta
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in SUPPORTED_ROPE_TYPES:
-            raise NotImplementedError(
-                f"rope scaling type {kind!r} is not supported (supported: default, "
-                f"{', '.join(SUPPORTED_ROPE_TYPES)})."
-            )
     return theta, scaling
 
 

@@ -16,12 +16,10 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import Family, rope_settings
 from anatomist.families.llama import _L, RULES
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-
 
 def llama_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """rope theta and scaling for Llama-style (half-split, full head) rotary, or an error for
-    scaling types and partial rotary the native model does not compute."""
+    partial rotary (scaling types are checked by `rope_settings`)."""
     theta, scaling = rope_settings(hf)
     params = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
     partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
@@ -30,16 +28,6 @@ def llama_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
             f"partial_rotary_factor={partial} is not supported for this architecture "
             "(its rotary embedding rotates the whole head)."
         )
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in SUPPORTED_ROPE_TYPES:
-            raise NotImplementedError(
-                f"rope scaling type {kind!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})."
-            )
-        if kind == "llama3" and "original_max_position_embeddings" not in scaling:
-            # transformers fills this in from max_position_embeddings.
-            scaling["original_max_position_embeddings"] = hf["max_position_embeddings"]
     return theta, scaling
 
 

@@ -14,8 +14,6 @@ from anatomist.config import TransformerConfig
 from anatomist.families import llama
 from anatomist.families.base import Family, rope_settings
 
-_SUPPORTED_ROPE = ("linear", "llama3")
-
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     if hf.get("clip_qkv") is not None:
@@ -26,13 +24,6 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = hf.get("head_dim") or d_model // n_heads
     theta, scaling = rope_settings(hf)
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind not in _SUPPORTED_ROPE:
-            raise NotImplementedError(
-                f"olmo: rope scaling type {kind!r} is not supported "
-                f"(supported: default, {', '.join(_SUPPORTED_ROPE)})."
-            )
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,

@@ -1,7 +1,8 @@
 """OLMo 3 (Olmo3ForCausalLM): OLMo 2 with sliding-window layers (three local to one global).
 
 Rope parameters may differ per layer type: sliding layers must use plain rope (their own
-theta); full-attention layers may carry the checkpoint's scaling (linear or llama3 here).
+theta); full-attention layers may carry the checkpoint's scaling (any type in
+`base.ROPE_TYPES`).
 """
 
 from __future__ import annotations

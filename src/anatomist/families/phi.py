@@ -3,8 +3,9 @@
 What differs from GPT-J: separate q/k/v/dense projections that all carry biases (grouped-query
 attention allowed), rotary pairs features as halves (NeoX/Llama style) on the first
 ``partial_rotary_factor`` of each head, with a configurable base; the one shared LayerNorm is
-``input_layernorm``; the output embedding has a bias. ``qk_layernorm`` (a per-head LayerNorm of
-queries and keys) is not supported: the native model's qk_norm is an RMSNorm.
+``input_layernorm``; the output embedding has a bias. With ``qk_layernorm`` each head's query
+and key pass through a LayerNorm over d_head with weight and bias, shared by the heads
+(``q_layernorm``/``k_layernorm`` -> ``attn.q_norm``/``k_norm``), before rotary.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
             f"model_type {hf['model_type']!r}: this is Microsoft's original remote-code Phi "
             "format (MixFormer names); use a revision converted to transformers' 'phi' format."
         )
-    if hf.get("qk_layernorm", False):
-        raise NotImplementedError(
-            "Phi with qk_layernorm=True (a LayerNorm with bias over each head's queries and keys) "
-            "is not supported: the native qk_norm is an RMSNorm without bias."
-        )
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = hf.get("head_dim") or d_model // n_heads
+    qk_layernorm = bool(hf.get("qk_layernorm", False))
+    if qk_layernorm and d_head != d_model // n_heads:
+        raise NotImplementedError(
+            f"Phi with qk_layernorm=True and head_dim={d_head} != hidden_size / "
+            "num_attention_heads does not run in transformers (its q/k LayerNorms are "
+            "hidden_size / num_attention_heads wide)."
+        )
     rotary_dim, theta, scaling = partial_rotary(
         hf, d_head, "partial_rotary_factor", "rope_theta", 0.5
     )
@@ -56,6 +59,8 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         normalization_type="LN",
         eps=hf.get("layer_norm_eps", 1e-5),
         parallel_attn_mlp=True,
+        qk_norm=qk_layernorm,
+        qk_norm_type="LN",
         positional_embedding_type="rotary",
         rotary_dim=rotary_dim,
         rotary_base=theta,
@@ -87,6 +92,8 @@ FAMILY = Family(
         WeightRule(_L + r"self_attn\.q_proj\.bias", (_A + "b_Q",), query_bias),
         WeightRule(_L + r"self_attn\.k_proj\.bias", (_A + "{kv}b_K",), kv_bias),
         WeightRule(_L + r"self_attn\.v_proj\.bias", (_A + "{kv}b_V",), kv_bias),
+        WeightRule(_L + r"self_attn\.(?P<qk>[qk])_layernorm\.weight", (_A + "{qk}_norm.w",), same),
+        WeightRule(_L + r"self_attn\.(?P<qk>[qk])_layernorm\.bias", (_A + "{qk}_norm.b",), same),
         WeightRule(_L + r"self_attn\.dense\.weight", (_A + "W_O",), output_weight),
         WeightRule(_L + r"self_attn\.dense\.bias", (_A + "b_O",), same),
         WeightRule(_L + r"mlp\.fc1\.weight", ("blocks.{i}.mlp.W_in",), transpose),

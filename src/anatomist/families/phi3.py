@@ -2,7 +2,9 @@
 
 Differs from Llama in the checkpoint layout only: ``qkv_proj`` holds q, k and v stacked along
 the output axis, ``gate_up_proj`` the gate and up projections (gate first). ``longrope`` scaling
-(the 128k-context variants) is not supported.
+(the 128k-context variants) picks its short or long factors by the batch's longest row against
+``original_max_position_embeddings``, which is read from the top level of the config (default
+4096) as transformers does, not from the rope parameters.
 """
 
 from __future__ import annotations
@@ -24,17 +26,28 @@ from anatomist.families.base import (
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
+    hf = _longrope_aliases(hf)
     cfg = llama.build_config(hf)
-    theta, scaling = rope_settings(hf)
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        raise NotImplementedError(f"Phi-3 rope scaling {kind!r} (longrope) is not supported.")
+    # Phi3Config declares its own pretraining length (default 4096), which transformers puts over
+    # the one in the rope parameters.
+    original = int(hf.get("original_max_position_embeddings", 4096))
+    _, cfg.rope_scaling = rope_settings(hf, original_max_positions=original)
     params = hf.get("rope_parameters") or {}
     factor = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
     cfg.rotary_dim = int(cfg.d_head * factor)
     cfg.sliding_window = hf.get("sliding_window")
     cfg.original_architecture = "Phi3ForCausalLM"
     return cfg
+
+
+def _longrope_aliases(hf: dict[str, Any]) -> dict[str, Any]:
+    """Phi3Config reads the rope types "su" and "yarn" of early checkpoints as longrope."""
+    hf = dict(hf)
+    for key in ("rope_scaling", "rope_parameters"):
+        params = hf.get(key)
+        if params and params.get("rope_type", params.get("type")) in ("su", "yarn"):
+            hf[key] = {**params, "rope_type": "longrope"}
+    return hf
 
 
 def split_qkv(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:

@@ -4,14 +4,19 @@ Differs from Llama: LayerNorms with weight and bias; rotary (halves pairing) on 
 ``partial_rotary_factor`` of each head (default 0.25); optional q/k/v biases (``use_qkv_bias``;
 the output projection has none); optionally a parallel block (``use_parallel_residual``) where
 attention and the SwiGLU MLP read the same ``input_layernorm`` (loaded as both ln1 and ln2; its
-bias folds into b_in and b_gate). ``qk_layernorm`` (per-head LayerNorms on q and k, StableLM 2
-12B) is not supported.
+bias folds into b_in and b_gate). With ``qk_layernorm`` (StableLM 2 12B) each head's query and
+key pass through its own LayerNorm over d_head (weight, no bias) before rotary; the checkpoint
+stores one tensor per head (``q_layernorm.norms.{h}.weight``), which loading stacks into the
+native ``attn.q_norm.w [n_heads, d_head]`` (``k_norm``: ``[n_kv_heads, d_head]``).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
@@ -21,17 +26,12 @@ from anatomist.families.gpt_neox import partial_rotary
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    if hf.get("qk_layernorm"):
-        raise NotImplementedError(
-            "StableLM with qk_layernorm=True (per-head LayerNorms on queries and keys) is not "
-            "supported."
-        )
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = d_model // n_heads
     rotary_dim, theta, scaling = partial_rotary(
         hf, d_head, "partial_rotary_factor", "rope_theta", 0.25
     )
-    return TransformerConfig(
+    cfg = TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
         n_ctx=hf.get("max_position_embeddings", 4096),
@@ -52,6 +52,9 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         original_architecture="StableLmForCausalLM",
     )
+    if hf.get("qk_layernorm", False):  # one LayerNorm (weight only) per head, over d_head
+        cfg.qk_norm, cfg.qk_norm_type, cfg.qk_norm_per_head_weights = True, "LN", True
+    return cfg
 
 
 def input_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
@@ -75,8 +78,43 @@ NORM_RULES = tuple(
     for param, short in (("weight", "w"), ("bias", "b"))
 )
 OTHER_RULES = tuple(rule for rule in llama.RULES if "norm" not in rule.pattern)
+_PER_HEAD_NORM = re.compile(
+    _L + r"self_attn\.(?P<qk>[qk])_layernorm\.norms\.(?P<h>\d+)\.(?P<p>weight|bias)"
+)
 
-FAMILY = Family(
+
+@dataclass(frozen=True)
+class PerHeadNormFamily(Family):
+    """StableLM's loader: collects the per-head QK norm tensors of a layer (one per head) and
+    returns them stacked, ``[heads, d_head]``, once the last head arrives."""
+
+    # target -> (the config of the load in progress, tensors by head); entries of another load
+    # (one that failed halfway) are discarded.
+    _pending: dict[str, tuple[TransformerConfig, dict[int, Tensor]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
+        match = _PER_HEAD_NORM.fullmatch(name)
+        if match is None:
+            return super().convert(name, tensor, cfg)
+        qk, head = match["qk"], int(match["h"])
+        heads = cfg.n_heads if qk == "q" else cfg.n_kv_heads
+        if head >= heads:
+            raise KeyError(name)
+        param = "w" if match["p"] == "weight" else "b"
+        target = f"blocks.{match['i']}.attn.{qk}_norm.{param}"
+        owner, parts = self._pending.get(target, (cfg, {}))
+        parts = parts if owner is cfg else {}
+        parts[head] = tensor
+        if len(parts) < heads:
+            self._pending[target] = (cfg, parts)
+            return {}
+        self._pending.pop(target, None)
+        return {target: torch.stack([parts[h] for h in range(heads)])}
+
+
+FAMILY = PerHeadNormFamily(
     name="stablelm",
     architectures=("StableLmForCausalLM", "StableLmModel"),
     model_types=("stablelm",),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
-from anatomist.model.norm import RMSNorm
+from anatomist.model.norm import LayerNorm, RMSNorm
 from anatomist.model.positions import Rotary, alibi_bias, alibi_slopes
 
 
@@ -40,14 +40,15 @@ class Attention(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             self.scale *= layer_idx + 1
         self.window = cfg.window_for_layer(layer_idx)
+        # NoPE layers (cfg.nope_layers) of a rotary model attend without positions (SmolLM3).
         rotary = cfg.positional_embedding_type == "rotary"
+        rotary = rotary and layer_idx not in (cfg.nope_layers or ())
         self.rotary = Rotary(cfg, local=self.window is not None) if rotary else None
         if cfg.positional_embedding_type == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(h), persistent=False)
-        if cfg.qk_norm:  # RMSNorm of queries and keys, per head (Qwen3) or over all (OLMo2)
-            wide = cfg.qk_norm_over_heads
-            self.q_norm = RMSNorm(cfg, length=dh * h if wide else dh)
-            self.k_norm = RMSNorm(cfg, length=dh * kv if wide else dh)
+        if cfg.qk_norm:  # a norm of each head's queries and keys (or of all heads' at once)
+            self.q_norm = _make_qk_norm(cfg, h)
+            self.k_norm = _make_qk_norm(cfg, kv)
 
         self.hook_q = HookPoint()  # [b, p, n_heads, d_head]
         self.hook_k = HookPoint()  # [b, p, n_kv_heads, d_head]
@@ -112,7 +113,7 @@ class Attention(nn.Module):
             mask = _within_window(mask, qh.shape[-2], kh.shape[-2], self.window, q.device)
         bias = None
         if self.cfg.positional_embedding_type == "alibi":
-            bias = alibi_bias(self.alibi_slopes, positions).to(qh.dtype)  # [b, h, 1, k]
+            bias = self._alibi(positions).to(qh.dtype)  # [b, h, 1, k]
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask, bias)
         else:
@@ -139,6 +140,21 @@ class Attention(nn.Module):
         b, p, h, dh = z.shape
         out = torch.addmm(self.b_O, z.reshape(b * p, h * dh), self.W_O.reshape(h * dh, -1))
         return out.view(b, p, -1)
+
+    def _alibi(self, positions: Tensor) -> Tensor:
+        """The ALiBi bias ``[b, h, 1, k]`` added to the scaled scores.
+
+        BLOOM adds ``slope * position`` after scaling, ``q.k / sqrt(d_head) + bias``; Falcon-RW
+        adds it before, ``(q.k + bias) / sqrt(d_head)``, so its bias is scaled too, and its
+        reference code computes ``slope * position`` in bfloat16 (exact up to position 256, then
+        rounded to 8 significant bits).
+        """
+        if self.cfg.alibi_bias_bfloat16:
+            bias = self.alibi_slopes.bfloat16()[None, :, None, None] * positions[:, None, None, :]
+            bias = bias.float()
+        else:
+            bias = alibi_bias(self.alibi_slopes, positions)
+        return bias / self.scale if self.cfg.alibi_scaled_with_scores else bias
 
     def _explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None = None
@@ -208,6 +224,28 @@ def _project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     flat = W.permute(1, 0, 2).reshape(d, heads * e)
     out = torch.addmm(b.reshape(-1), x.reshape(-1, d), flat)
     return out.view(*x.shape[:-1], heads, e)
+
+
+QK_NORMS: dict[str, type[LayerNorm] | type[RMSNorm]] = {"RMS": RMSNorm, "LN": LayerNorm}
+
+
+def _make_qk_norm(cfg: TransformerConfig, heads: int) -> nn.Module:
+    """The norm of `heads` heads' queries (or keys): over each head's d_head features with weights
+    shared by the heads (Qwen3, Phi) or per head (Cohere, StableLM), or over all heads at once
+    (OLMo 2)."""
+    norm = QK_NORMS.get(cfg.qk_norm_type)
+    if norm is None:
+        raise ValueError(
+            f"qk_norm_type must be one of {', '.join(QK_NORMS)}, got {cfg.qk_norm_type!r}."
+        )
+    if cfg.qk_norm_over_heads:
+        if cfg.qk_norm_per_head_weights:
+            raise ValueError(
+                "qk_norm_over_heads (one norm over all heads) and qk_norm_per_head_weights "
+                "(one norm per head) exclude each other; set one of them."
+            )
+        return norm(cfg, length=cfg.d_head * heads)
+    return norm(cfg, length=cfg.d_head, heads=heads if cfg.qk_norm_per_head_weights else None)
 
 
 def _norm_heads(norm: nn.Module, x: Tensor, cfg: TransformerConfig) -> Tensor:

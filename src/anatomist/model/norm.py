@@ -17,11 +17,17 @@ from anatomist.hooks import HookPoint
 
 
 class _Norm(nn.Module):
-    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
+    """Normalizes the last `length` features. With `heads`, the input is ``[..., heads, length]``
+    and every head has its own weights (``w [heads, length]``: the QK norms of Cohere, StableLM)."""
+
+    def __init__(
+        self, cfg: TransformerConfig, length: int | None = None, heads: int | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.eps = cfg.eps
         self.length = length or cfg.d_model
+        self.weight_shape = (self.length,) if heads is None else (heads, self.length)
         self.hook_scale = HookPoint()  # [..., 1]
         self.hook_normalized = HookPoint()  # [..., length]
 
@@ -30,13 +36,17 @@ class _Norm(nn.Module):
 
 
 class LayerNorm(_Norm):
-    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
-        super().__init__(cfg, length)
-        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
-        self.b = nn.Parameter(torch.zeros(self.length, dtype=cfg.dtype))
+    def __init__(
+        self, cfg: TransformerConfig, length: int | None = None, heads: int | None = None
+    ) -> None:
+        super().__init__(cfg, length, heads)
+        self.w = nn.Parameter(torch.ones(self.weight_shape, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(self.weight_shape, dtype=cfg.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._hooked():
+            if self.w.dim() > 1:  # per-head weights: F.layer_norm takes [length] weights only
+                return F.layer_norm(x, (self.length,), None, None, self.eps) * self.w + self.b
             return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -55,9 +65,11 @@ class LayerNormPre(_Norm):
 
 
 class RMSNorm(_Norm):
-    def __init__(self, cfg: TransformerConfig, length: int | None = None) -> None:
-        super().__init__(cfg, length)
-        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
+    def __init__(
+        self, cfg: TransformerConfig, length: int | None = None, heads: int | None = None
+    ) -> None:
+        super().__init__(cfg, length, heads)
+        self.w = nn.Parameter(torch.ones(self.weight_shape, dtype=cfg.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._hooked():

@@ -1,5 +1,6 @@
 """Cohere cases: tied embeddings with the logit scale folded into the tied W_U, GQA, untied
-with attention biases, and linear rope scaling with an explicit theta."""
+with attention biases, linear rope scaling with an explicit theta, and QK norms (LayerNorms with
+per-head weights, Command R+) with MHA and GQA."""
 
 from typing import Any
 
@@ -33,5 +34,9 @@ CASES = {
     "linear-rope": Case(
         CohereForCausalLM,
         _config(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+    ),
+    "qk-norm-mha": Case(CohereForCausalLM, _config(use_qk_norm=True)),
+    "qk-norm-gqa-biases": Case(
+        CohereForCausalLM, _config(use_qk_norm=True, num_key_value_heads=2, attention_bias=True)
     ),
 }

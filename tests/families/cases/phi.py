@@ -1,5 +1,6 @@
 """Phi cases: Phi-2-like partial rotary (MHA, untied), GQA, tied embeddings with full rotary,
-a custom rope base, and a head width other than d_model / n_heads."""
+a custom rope base, a head width other than d_model / n_heads, and QK LayerNorms (weight and
+bias, shared by the heads) with MHA and GQA."""
 
 from typing import Any
 
@@ -30,4 +31,8 @@ CASES = {
         PhiForCausalLM, _config(tie_word_embeddings=True, partial_rotary_factor=1.0)
     ),
     "head-dim": Case(PhiForCausalLM, _config(head_dim=16, hidden_act="gelu")),
+    "qk-layernorm": Case(PhiForCausalLM, _config(qk_layernorm=True)),
+    "qk-layernorm-gqa": Case(
+        PhiForCausalLM, _config(qk_layernorm=True, num_key_value_heads=2, partial_rotary_factor=1.0)
+    ),
 }

@@ -43,6 +43,18 @@ CASES = {
             layer_types=["sliding_attention", "full_attention"],
         ),
     ),
+    "yarn-rope": Case(
+        Qwen2ForCausalLM,
+        _config(
+            num_key_value_heads=2,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "rope_theta": 1000000.0,
+            },
+        ),
+    ),
     "window-unused-linear-rope": Case(
         Qwen2ForCausalLM,
         _config(

@@ -1,6 +1,7 @@
 """StableLM cases: sequential and parallel blocks (one shared LayerNorm whose bias folds into the
 gated MLP), quarter and half partial rotary, q/k/v biases, GQA, tied embeddings, linear rope
-scaling, and theta and rotary fraction given as top-level keyword arguments."""
+scaling, theta and rotary fraction given as top-level keyword arguments, and per-head QK
+LayerNorms (StableLM 2 12B) in sequential and parallel GQA blocks."""
 
 from typing import Any
 
@@ -56,5 +57,12 @@ CASES = {
     ),
     "theta-fraction-kwargs": Case(
         StableLmForCausalLM, _config(rope_theta=1000.0, partial_rotary_factor=0.5)
+    ),
+    "qk-layernorm": Case(StableLmForCausalLM, _config(qk_layernorm=True)),
+    "qk-layernorm-parallel-gqa": Case(
+        StableLmForCausalLM,
+        _config(
+            qk_layernorm=True, use_parallel_residual=True, num_key_value_heads=2, use_qkv_bias=True
+        ),
     ),
 }
