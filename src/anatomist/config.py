@@ -49,6 +49,8 @@ class TransformerConfig:
     experts_per_token: int | None = None  # ... experts each token is routed to (top-k)
     norm_topk_prob: bool = False  # ... rescale the top-k routing weights to sum to 1 (Mixtral)
     d_mlp_shared: int | None = None  # ... width of an always-on, sigmoid-gated shared expert
+    moe_layers: list[int] | None = None  # ... layers whose MLP has experts (None: every layer) ...
+    d_mlp_dense: int | None = None  # ... width of the dense MLP of the others (None: d_mlp)
     normalization_type: str | None = "LN"  # LN | LNPre | RMS | RMSPre | None (Pre = folded weights)
     eps: float = 1e-5  # normalization epsilon
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
@@ -56,6 +58,8 @@ class TransformerConfig:
     post_norm_type: str | None = (
         None  # also normalize their outputs (ln1_post, ln2_post): Gemma 2/3
     )
+    post_layer_norm: bool = False  # Post-LN: x = ln1(x + attn(x)); x = ln2(x + mlp(x)) (OPT-350m)
+    final_norm: bool = True  # ln_final before the unembedding (False: the checkpoint has none)
     attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # each position attends only to itself and earlier ones (False: BERT)
@@ -70,6 +74,7 @@ class TransformerConfig:
     qk_norm_per_head_weights: bool = False  # ... each head its own weights, [heads, d_head]
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
     post_embedding_norm: bool = False  # a norm (ln_embed) right after the embedding (BLOOM)
+    d_embed: int | None = None  # token embedding width, projected to/from d_model (OPT-350m)
 
     # Positions.
     positional_embedding_type: str = "standard"  # standard (learned) | rotary | alibi | none
@@ -159,6 +164,36 @@ class TransformerConfig:
             )
         if not self.attn_only and self.act_fn not in ACTIVATION_FUNCTIONS:
             raise ValueError(f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}.")
+        if self.post_layer_norm:
+            clashes = [
+                name
+                for name in ("pre_norm", "parallel_attn_mlp", "attn_only", "post_norm_type")
+                if getattr(self, name)
+            ]
+            if clashes:
+                raise ValueError(
+                    f"post_layer_norm=True (norms after each residual add) cannot be combined "
+                    f"with {', '.join(clashes)}; set pre_norm=False (a Post-LN block has no norm "
+                    "before attention or the MLP) and leave the others off."
+                )
+        if self.moe_layers is not None:
+            outside = [i for i in self.moe_layers if not 0 <= i < self.n_layers]
+            if self.num_experts is None or outside:
+                raise ValueError(
+                    f"moe_layers={self.moe_layers} needs num_experts and layer indices in "
+                    f"0..{self.n_layers - 1}."
+                )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether `layer`'s MLP is the mixture of experts (else a dense MLP, d_mlp_dense wide)."""
+        if self.num_experts is None:
+            return False
+        return self.moe_layers is None or layer in self.moe_layers
+
+    @property
+    def d_mlp_of_dense_layers(self) -> int | None:
+        """The hidden width of the dense MLPs (d_mlp_dense in a mixed model, else d_mlp)."""
+        return self.d_mlp_dense if self.d_mlp_dense is not None else self.d_mlp
 
     def window_for_layer(self, layer: int) -> int | None:
         """The sliding-window size of `layer`'s attention, or None for full attention."""
@@ -183,11 +218,13 @@ class TransformerConfig:
         attn = self.n_heads * self.d_head * self.d_model * 2
         attn += self.n_kv_heads * self.d_head * self.d_model * 2
         per_mlp = (3 if self.gated_mlp else 2) * self.d_model
-        mlp = 0 if self.attn_only else per_mlp * (self.d_mlp or 0)
+        dense = 0 if self.attn_only else per_mlp * (self.d_mlp_of_dense_layers or 0)
+        moe = 0
         if self.num_experts:  # every expert is an MLP; the router maps d_model to the experts
-            mlp = mlp * self.num_experts + self.d_model * self.num_experts
-            mlp += per_mlp * (self.d_mlp_shared or 0)
-        return self.n_layers * (attn + mlp)
+            moe = (per_mlp * (self.d_mlp or 0) + self.d_model) * self.num_experts
+            moe += per_mlp * (self.d_mlp_shared or 0)
+        n_moe = sum(self.is_moe_layer(i) for i in range(self.n_layers))
+        return self.n_layers * attn + n_moe * moe + (self.n_layers - n_moe) * dense
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,15 @@
 
 Logits change only by a per-position constant (log-probs are identical up to float error);
 tests/loading/test_processing.py proves it on every family.
+
+Post-LN blocks (``cfg.post_layer_norm``, OPT-350m) normalize the residual stream itself: each
+norm's output is both read by the next layer and added back into the stream, so its weights have
+no single reader to fold into, and the embeddings reach the first attention layer without a norm,
+so centering them would change it. `process_weights` skips `fold_layer_norm` and
+`center_writing_weights` for them (as for every step that is not valid for a model) and records
+``cfg.processing[step] = False``; centering the unembedding and folding value biases stay valid. Embedding projections (``cfg.d_embed``) take part:
+``ln_final`` folds into ``W_proj_out`` (its bias through ``W_proj_out @ W_U`` into ``b_U``), and
+centering the embeddings centers ``W_proj_in``, which is what writes them to the stream.
 """
 
 from __future__ import annotations
@@ -37,28 +46,56 @@ def process_weights(
 ) -> None:
     """Apply the classic processing steps in their classic order.
 
-    Steps that are not valid for the model are skipped: folding when there is nothing to fold,
-    centering the writing weights when the model does not use LayerNorm, centering the
-    unembedding when the logits are soft-capped.
+    Steps that are not valid for the model are skipped, and ``cfg.processing[step]`` records
+    False for each: folding when there is nothing to fold or the blocks are Post-LN, centering
+    the writing weights unless every reader of the residual stream normalizes it with a LayerNorm,
+    centering the unembedding when the logits are soft-capped.
     """
     # The arguments shadow the step functions' names, hence the _STEPS table.
-    norm = model.cfg.normalization_type
-    if fold_ln and norm in ("LN", "RMS"):
-        _STEPS["fold_ln"](model, center_weights=norm == "LN")
-    if center_writing_weights and model.cfg.normalization_type in _LAYER_NORMS:
-        _STEPS["center_writing_weights"](model)
-    if center_unembed and model.cfg.output_logits_soft_cap is None:
-        _STEPS["center_unembed"](model)
-    if fold_value_biases:
-        _STEPS["fold_value_biases"](model)
+    cfg = model.cfg
+    norm = cfg.normalization_type
+    valid = {
+        "fold_ln": norm in ("LN", "RMS") and not cfg.post_layer_norm,
+        "center_writing_weights": norm in _LAYER_NORMS and _unnormalized_reader(cfg) is None,
+        "center_unembed": cfg.output_logits_soft_cap is None,
+        "fold_value_biases": True,
+    }
+    asked = {
+        "fold_ln": fold_ln,
+        "center_writing_weights": center_writing_weights,
+        "center_unembed": center_unembed,
+        "fold_value_biases": fold_value_biases,
+    }
+    for step in asked:
+        if not asked[step]:
+            continue
+        if not valid[step]:
+            cfg.processing[step] = False
+        elif step == "fold_ln":
+            _STEPS[step](model, center_weights=norm == "LN")
+        else:
+            _STEPS[step](model)
     if refactor_factored_attn_matrices:
         _STEPS["refactor_factored_attn_matrices"](model)
+
+
+def _unnormalized_reader(cfg: Any) -> str | None:
+    """Which layer reads the residual stream without a norm first (None: every reader
+    normalizes it), the condition for centering what is written to it."""
+    if cfg.post_layer_norm:
+        return "the first block's attention reads the embeddings as they are (Post-LN blocks)"
+    if not cfg.pre_norm:
+        return "attention and MLPs read the residual stream without a norm (pre_norm=False)"
+    if not cfg.final_norm:
+        return "the unembedding reads the residual stream without a final norm"
+    return None
 
 
 @torch.no_grad()
 def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool = True) -> None:
     """Fold norm weights into the next layer's weights; norms become weightless (LNPre/RMSPre)."""
     cfg = model.cfg
+    _refuse_post_layer_norm(cfg, "fold_layer_norm")
     if cfg.normalization_type not in ("LN", "RMS"):
         raise ValueError(
             f"Nothing to fold: normalization_type is {cfg.normalization_type!r} "
@@ -80,10 +117,28 @@ def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool =
                     _fold_into_matrix(
                         mlp.W_gate, mlp.b_gate, block.ln2, is_ln and fold_biases, center
                     )
-    unembed = model.unembed
-    _fold_into_matrix(unembed.W_U, unembed.b_U, model.ln_final, is_ln and fold_biases, center)
+    if cfg.final_norm:
+        _fold_into_unembed(model.unembed, model.ln_final, is_ln and fold_biases, center)
     model.set_layer_norm_type("LNPre" if is_ln else "RMSPre")
     model.cfg.processing["fold_ln"] = True
+
+
+def _refuse_post_layer_norm(cfg: Any, step: str) -> None:
+    if cfg.post_layer_norm:
+        raise ValueError(
+            f"{step} is not valid for Post-LN blocks (cfg.post_layer_norm): each norm's output is "
+            "added back into the residual stream, so its weights cannot move into one reader."
+        )
+
+
+def _fold_into_unembed(unembed: Any, norm: Any, fold_bias: bool, center: bool) -> None:
+    """Fold the final norm into whatever reads it: W_U, or W_proj_out ahead of W_U (d_embed)."""
+    if unembed.cfg.d_embed is None:
+        _fold_into_matrix(unembed.W_U, unembed.b_U, norm, fold_bias, center)
+        return
+    if fold_bias:  # the projection has no bias: the norm's bias reaches the logits as a constant
+        unembed.b_U += norm.b @ unembed.W_proj_out @ unembed.W_U
+    _fold_into_matrix(unembed.W_proj_out, None, norm, False, center)
 
 
 def _dense_mlps(mlp: Any) -> list[Any]:
@@ -128,12 +183,19 @@ def _fold_into_matrix(
 @torch.no_grad()
 def center_writing_weights(model: Any) -> None:
     """Make every write to the residual stream zero-mean along d_model (LayerNorm models)."""
+    reader = _unnormalized_reader(model.cfg)
+    if reader is not None:
+        raise ValueError(
+            f"center_writing_weights would change this model's output: {reader}, so the mean "
+            "of the residual stream matters."
+        )
     if model.cfg.normalization_type not in _LAYER_NORMS:
         raise ValueError(
             "center_writing_weights is only valid for LayerNorm models: RMSNorm does not remove "
             f"the mean (normalization_type is {model.cfg.normalization_type!r})."
         )
-    _center_last(model.embed.W_E)
+    # The tokens' write to the stream: W_E, or W_proj_in when embeddings are d_embed wide.
+    _center_last(model.embed.W_proj_in if model.cfg.d_embed is not None else model.embed.W_E)
     if model.cfg.positional_embedding_type == "standard":
         _center_last(model.pos_embed.W_pos)
     for block in model.blocks:

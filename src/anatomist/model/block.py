@@ -1,6 +1,21 @@
-"""One transformer block: attention then MLP (or both in parallel), with residual hooks."""
+"""One transformer block: attention then MLP (or both in parallel), with residual hooks.
+
+Pre-LN (the default)::
+
+    resid_mid  = resid_pre + attn(ln1(resid_pre))
+    resid_post = resid_mid + mlp(ln2(resid_mid))
+
+Post-LN (``cfg.post_layer_norm``, OPT-350m), with the hooks placed as in the BERT encoder::
+
+    resid_mid             = resid_pre + attn(resid_pre)         (no norm before attention)
+    ln1.hook_normalized   = ln1(resid_mid)                      what the MLP reads
+    resid_post            = ln1.hook_normalized + mlp(ln1.hook_normalized)
+    normalized_resid_post = ln2(resid_post)                     the block's output
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,13 +32,14 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
-        self.ln1 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
+        has_norms = cfg.pre_norm or cfg.post_layer_norm
+        self.ln1 = make_norm(cfg) if has_norms else nn.Identity()
         self.attn = make_attention(cfg, layer_idx)
         if cfg.post_norm_type is not None:  # norms on the outputs too (Gemma 2/3, OLMo2)
             self.ln1_post = make_norm(cfg, kind=cfg.post_norm_type)
         if not cfg.attn_only:
-            self.ln2 = make_norm(cfg) if cfg.pre_norm else nn.Identity()
-            self.mlp = make_mlp(cfg)
+            self.ln2 = make_norm(cfg) if has_norms else nn.Identity()
+            self.mlp = make_mlp(cfg, layer_idx)
             if cfg.post_norm_type is not None:
                 self.ln2_post = make_norm(cfg, kind=cfg.post_norm_type)
 
@@ -39,11 +55,15 @@ class TransformerBlock(nn.Module):
         if not (cfg.parallel_attn_mlp or cfg.attn_only):
             self.hook_resid_mid = HookPoint()  # [b, p, d_model]
         self.hook_resid_post = HookPoint()  # [b, p, d_model]
+        if cfg.post_layer_norm:
+            self.hook_normalized_resid_post = HookPoint()  # [b, p, d_model], ln2(resid_post)
 
     def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.attn(*self._attention_inputs(resid_pre), positions, mask)
+        if cfg.post_layer_norm:
+            return self._post_layer_norm(resid_pre, self.hook_attn_out(attn_out))
         if cfg.post_norm_type is not None:
             attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(attn_out)
@@ -58,6 +78,15 @@ class TransformerBlock(nn.Module):
         mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
         return self.hook_resid_post(resid_mid + mlp_out)
 
+    def _post_layer_norm(self, resid_pre: Tensor, attn_out: Tensor) -> Tensor:
+        """The rest of a Post-LN block: each sum is normalized before anything reads it."""
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid) if self.cfg.use_hook_mlp_in else resid_mid
+        normalized_mid = self.ln1(mlp_in)
+        mlp_out = self.hook_mlp_out(self.mlp(normalized_mid))
+        resid_post = self.hook_resid_post(normalized_mid + mlp_out)
+        return self.hook_normalized_resid_post(self.ln2(resid_post))
+
     def _mlp(self, mlp_in: Tensor) -> Tensor:
         out = self.mlp(self.ln2(mlp_in))
         return self.ln2_post(out) if self.cfg.post_norm_type is not None else out
@@ -70,8 +99,10 @@ class TransformerBlock(nn.Module):
         use_split_qkv_input.
         """
         cfg = self.cfg
+        # Post-LN blocks (and pre_norm=False) read resid_pre as it is; their ln1 follows attention.
+        norm: Callable[[Tensor], Tensor] = self.ln1 if cfg.pre_norm else _unchanged
         if not (cfg.use_split_qkv_input or cfg.use_attn_in):
-            normalized = self.ln1(resid_pre)
+            normalized = norm(resid_pre)
             return normalized, normalized, normalized
         source = resid_pre
         if cfg.use_attn_in:
@@ -83,15 +114,19 @@ class TransformerBlock(nn.Module):
                 )
             attn_in = self.hook_attn_in(_per_head(resid_pre, cfg.n_heads))
             if not cfg.use_split_qkv_input:
-                normalized = self.ln1(attn_in)
+                normalized = norm(attn_in)
                 return normalized, normalized, normalized
             source = attn_in
         q_in = self.hook_q_input(_per_head(source, cfg.n_heads))
         k_in = self.hook_k_input(_per_head(source, cfg.n_kv_heads))
         v_in = self.hook_v_input(_per_head(source, cfg.n_kv_heads))
-        normalized = self.ln1(torch.cat([q_in, k_in, v_in], dim=2))
+        normalized = norm(torch.cat([q_in, k_in, v_in], dim=2))
         q, k, v = normalized.split([cfg.n_heads, cfg.n_kv_heads, cfg.n_kv_heads], dim=2)
         return q, k, v
+
+
+def _unchanged(x: Tensor) -> Tensor:
+    return x
 
 
 def _per_head(x: Tensor, n_heads: int) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -73,10 +74,23 @@ def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return out.view(*x.shape[:-1], W.shape[-1])
 
 
-def make_mlp(cfg: TransformerConfig) -> nn.Module:
-    """The MLP `cfg` describes: a mixture of experts (cfg.num_experts), gated, or standard."""
-    if cfg.num_experts is not None:
+def dense_config(cfg: TransformerConfig) -> TransformerConfig:
+    """`cfg` without its mixture-of-experts fields: what one expert (a dense MLP) is built from."""
+    return dataclasses.replace(
+        cfg, num_experts=None, d_mlp_shared=None, moe_layers=None, d_mlp_dense=None
+    )
+
+
+def make_mlp(cfg: TransformerConfig, layer_idx: int | None = None) -> nn.Module:
+    """The MLP `cfg` describes for `layer_idx`: a mixture of experts (cfg.num_experts, in the
+    layers cfg.moe_layers names), gated, or standard. Without a layer index, every layer alike.
+
+    The dense layers of a mixed model (Qwen-MoE's ``mlp_only_layers``) are cfg.d_mlp_dense wide.
+    """
+    if cfg.num_experts is not None and (layer_idx is None or cfg.is_moe_layer(layer_idx)):
         from anatomist.model.moe import MoE  # deferred: moe.py imports this module
 
         return MoE(cfg)
+    if cfg.num_experts is not None:  # a dense layer among expert layers
+        cfg = dataclasses.replace(dense_config(cfg), d_mlp=cfg.d_mlp_of_dense_layers)
     return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
-from anatomist.model.mlp import make_mlp
+from anatomist.model.mlp import dense_config, make_mlp
 
 # The dense-MLP weights a reader might look for on this module, and where they live instead.
 _DENSE_WEIGHTS = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "b_out")
@@ -65,7 +65,7 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.num_experts, self.experts_per_token = n_experts, top_k
         d, dtype = cfg.d_model, cfg.dtype
-        expert_cfg = dataclasses.replace(cfg, num_experts=None, d_mlp_shared=None)
+        expert_cfg = dense_config(cfg)
         self.W_router = nn.Parameter(torch.empty(d, n_experts, dtype=dtype))
         self.experts = nn.ModuleList(make_mlp(expert_cfg) for _ in range(n_experts))
         self.shared_expert: nn.Module | None = None

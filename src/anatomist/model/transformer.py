@@ -57,7 +57,8 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [b, p, d_model]
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = make_norm(cfg)
+        # Post-LN models end on a normalized block output; their checkpoints have no final norm.
+        self.ln_final = make_norm(cfg) if cfg.final_norm else nn.Identity()
         self.unembed = Unembed(cfg)
 
         if init_weights:
@@ -275,16 +276,22 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
 
     @property
     def W_E_pos(self) -> Tensor:
-        """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model]."""
-        return torch.cat([self.W_E, self.W_pos], dim=0)
+        """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model] (tokens as
+        written to the residual stream, i.e. through W_proj_in where cfg.d_embed is set)."""
+        return torch.cat([self.embed.W_E_residual, self.W_pos], dim=0)
 
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
-        """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else."""
+        """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else.
+
+        With cfg.d_embed (embeddings projected out of d_model) they are ``W_proj_out @ W_U[:, t]``,
+        the directions in the residual stream."""
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
-        if isinstance(tokens, int):
-            return self.W_U[:, tokens]
-        return self.W_U[:, torch.as_tensor(tokens)].movedim(0, -1)
+        index = tokens if isinstance(tokens, int) else torch.as_tensor(tokens)
+        directions = self.W_U[:, index]  # [d_embed or d_model, ...]
+        if self.cfg.d_embed is not None:
+            directions = torch.tensordot(self.unembed.W_proj_out, directions, dims=1)
+        return directions if isinstance(tokens, int) else directions.movedim(0, -1)
 
     # --- weight processing -------------------------------------------------------------------
     def process_weights_(
@@ -344,7 +351,8 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             block.ln1 = make_norm(self.cfg).to(self.embed.W_E.device)
             if not self.cfg.attn_only:
                 block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
-        self.ln_final = make_norm(self.cfg).to(self.embed.W_E.device)
+        if self.cfg.final_norm:
+            self.ln_final = make_norm(self.cfg).to(self.embed.W_E.device)
         self.setup()
 
 

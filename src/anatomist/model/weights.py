@@ -57,32 +57,43 @@ class StackedWeightsMixin:
         if self.cfg.attn_only:
             raise AttributeError("This model is attention-only: it has no MLP weights.")
 
+    def _stack_mlp(self, attr: str) -> Tensor:
+        """A dense-MLP weight stacked over layers; only defined when every layer has it alike."""
+        self._require_mlp()
+        cfg = self.cfg
+        moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+        if moe and len(moe) < cfg.n_layers:
+            dense = [i for i in range(cfg.n_layers) if i not in moe]
+            raise AttributeError(
+                f"This model mixes dense MLPs (layers {dense}) and mixtures of experts (layers "
+                f"{moe}), so there is no stacked {attr}. Read one layer's weights instead: "
+                f"model.blocks[i].mlp.{attr} for a dense layer, "
+                f"model.blocks[i].mlp.experts[e].{attr} for an expert."
+            )
+        return self._stack("mlp", attr)
+
     @property
     def W_in(self) -> Tensor:  # [n_layers, d_model, d_mlp]
-        self._require_mlp()
-        return self._stack("mlp", "W_in")
+        return self._stack_mlp("W_in")
 
     @property
     def W_gate(self) -> Tensor:
         self._require_mlp()
         if not self.cfg.gated_mlp:
             raise AttributeError("This model's MLPs are not gated: it has no W_gate.")
-        return self._stack("mlp", "W_gate")
+        return self._stack_mlp("W_gate")
 
     @property
     def W_out(self) -> Tensor:  # [n_layers, d_mlp, d_model]
-        self._require_mlp()
-        return self._stack("mlp", "W_out")
+        return self._stack_mlp("W_out")
 
     @property
     def b_in(self) -> Tensor:
-        self._require_mlp()
-        return self._stack("mlp", "b_in")
+        return self._stack_mlp("b_in")
 
     @property
     def b_out(self) -> Tensor:
-        self._require_mlp()
-        return self._stack("mlp", "b_out")
+        return self._stack_mlp("b_out")
 
     def all_head_labels(self) -> list[str]:
         return [
