@@ -83,7 +83,7 @@ class TransformerConfig:
     relative_attention_max_distance: int = 128  # T5: distances beyond this share a bucket
     rotary_dim: int | None = None  # rotated width per head; None means d_head
     rotary_base: float = 10000.0  # rope theta
-    rope_scaling: dict[str, Any] | None = None  # HF rope_scaling dict (linear, llama3)
+    rope_scaling: dict[str, Any] | None = None  # HF rope_scaling, HF defaults filled in
     rotary_adjacent_pairs: bool = False  # GPT-J pairs features (0,1),(2,3)...; else halves
     rotary_base_local: float | None = (
         None  # rope theta of sliding-window layers, unscaled (Gemma 3)
