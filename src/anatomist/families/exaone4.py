@@ -5,11 +5,11 @@ Differs from Llama: no norm before attention or the MLP; RMSNorms on their outpu
 as OLMo 2; RMSNorm of each head's query and key (``q_norm``/``k_norm``, over d_head, before
 rotary), as Qwen3.
 
-Hybrid attention is not supported: with `sliding_window` set, the full-attention layers
-(`layer_types`, or every `sliding_window_pattern`-th layer) use no positional encoding at all
-(NoPE), while sliding layers use rotary; the native model has no per-layer switch for that. What
-loads: `sliding_window` null (every layer full attention with rotary, as EXAONE-4.0-1.2B), or
-every layer sliding.
+Hybrid attention (EXAONE-4.0-32B): with `sliding_window` set, the layers `layer_types` marks
+"sliding_attention" (or, without `layer_types`, all but every `sliding_window_pattern`-th layer)
+use the window and rotary, and the full-attention layers use no positional encoding at all (NoPE,
+``nope_layers``). With `sliding_window` null every layer is full attention with rotary
+(EXAONE-4.0-1.2B).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ def layer_types_of(hf: dict[str, Any], window: int | None) -> list[str]:
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     window = hf.get("sliding_window", 4096)
     layer_types = layer_types_of(hf, window)
-    if window is not None and "full_attention" in layer_types:
-        raise NotImplementedError(
-            "EXAONE 4 hybrid attention (sliding_window set with full-attention layers) is not "
-            "supported: its full-attention layers use no positional encoding (NoPE) while its "
-            "sliding layers use rotary, and the native model has no per-layer rotary switch."
+    if window is None and "sliding_attention" in layer_types:
+        raise ValueError(
+            "layer_types marks sliding-attention layers but sliding_window is null (transformers "
+            "cannot build their mask either); set sliding_window or mark every layer "
+            "full_attention."
         )
     cfg = llama.build_config(hf)
     cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
@@ -61,7 +61,11 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     cfg.pre_norm = False
     cfg.post_norm_type = "RMS"
     cfg.qk_norm = True
-    cfg.sliding_window = window  # None, or every layer sliding
+    if window is not None:  # hybrid: full-attention layers are NoPE (Exaone4Attention.forward)
+        cfg.sliding_window, cfg.layer_types = window, layer_types
+        cfg.nope_layers = [
+            i for i, kind in enumerate(layer_types) if kind == "full_attention"
+        ] or None
     cfg.original_architecture = "Exaone4ForCausalLM"
     return cfg
 

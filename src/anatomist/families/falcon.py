@@ -1,4 +1,4 @@
-"""Falcon (FalconForCausalLM; Falcon-7B/40B/180B, Falcon2-11B): rotary models only.
+"""Falcon (FalconForCausalLM; Falcon-7B/40B/180B, Falcon2-11B, Falcon-RW): rotary or ALiBi.
 
 A GPT-NeoX-like LayerNorm model with full-width rotary (halves pairing, as Llama), an ungated
 MLP (GELU by default), optional biases on every linear layer (``bias``) and a tied output
@@ -14,7 +14,13 @@ embedding by default. Three block layouts:
 Every layout fuses q, k and v into ``query_key_value`` grouped by key/value head: per group,
 the group's query heads, then its key head, then its value head (``FalconAttention._split_heads``;
 multi-query is one group, plain multi-head attention is one query head per group).
-ALiBi models (``alibi=True``, Falcon-RW) are not supported.
+
+ALiBi models (``alibi=True``, Falcon-RW-1B/7B) use ALiBi instead of rotary, differently from
+BLOOM: the bias is added to the raw scores before they are divided by sqrt(d_head),
+``(q.k + slope * pos) / sqrt(d_head)``, and ``slope * pos`` is computed in bfloat16 (the
+reference code's rounding, kept by transformers). transformers' eager attention (used when it
+returns attentions) adds the bias a second time; we match its default SDPA path and the
+reference code.
 """
 
 from __future__ import annotations
@@ -30,8 +36,7 @@ from anatomist.families.granite import checked_rope
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    if hf.get("alibi"):
-        raise NotImplementedError("Falcon with alibi=True (ALiBi positions) is not supported.")
+    alibi = bool(hf.get("alibi", False))
     d_model = hf["n_embed"] if "n_embed" in hf else hf["hidden_size"]
     n_heads = hf["num_attention_heads"]
     new_arch = bool(hf.get("new_decoder_architecture", False))
@@ -55,7 +60,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
                 "Falcon without new_decoder_architecture and multi_query=False needs "
                 f"num_kv_heads == num_attention_heads (got {n_kv} and {n_heads})."
             )
-    theta, scaling = checked_rope(hf)
+    theta, scaling = (10000.0, None) if alibi else checked_rope(hf)  # ALiBi: no rotary
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
@@ -69,9 +74,11 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         normalization_type="LN",
         eps=hf.get("layer_norm_epsilon", 1e-5),
         parallel_attn_mlp=parallel,
-        positional_embedding_type="rotary",
+        positional_embedding_type="alibi" if alibi else "rotary",
         rotary_base=theta,
         rope_scaling=scaling,
+        alibi_scaled_with_scores=alibi,
+        alibi_bias_bfloat16=alibi,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
         original_architecture="FalconForCausalLM",
     )

@@ -1,5 +1,6 @@
 """EXAONE 4 cases: full attention everywhere (no sliding window) with MHA, GQA and tied, llama3
-rope scaling; every layer sliding. (Hybrid sliding/NoPE-full layers raise.)"""
+rope scaling; every layer sliding; hybrid attention (sliding layers with rotary, full-attention
+layers without: NoPE) from `sliding_window_pattern` and from explicit `layer_types`."""
 
 from typing import Any
 
@@ -51,6 +52,24 @@ CASES = {
         Exaone4ForCausalLM,
         _config(
             sliding_window=4, layer_types=None, sliding_window_pattern=3, num_key_value_heads=2
+        ),
+    ),
+    "hybrid-pattern-nope": Case(
+        Exaone4ForCausalLM,
+        _config(
+            num_hidden_layers=4,
+            sliding_window=4,
+            layer_types=None,
+            sliding_window_pattern=2,
+            num_key_value_heads=2,
+        ),
+    ),
+    "hybrid-layer-types-nope": Case(
+        Exaone4ForCausalLM,
+        _config(
+            num_hidden_layers=3,
+            sliding_window=5,
+            layer_types=["full_attention", "sliding_attention", "full_attention"],
         ),
     ),
 }

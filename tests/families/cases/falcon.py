@@ -1,7 +1,10 @@
-"""Falcon cases (rotary only): the 7B layout (parallel, one shared norm, multi-query), the new
-decoder architecture with two norms and grouped-query attention (and with one norm, as
-Falcon2-11B), multi-head attention with biases, the sequential block, untied embeddings, and
-linear rope scaling."""
+"""Falcon cases: the 7B layout (parallel, one shared norm, multi-query), the new decoder
+architecture with two norms and grouped-query attention (and with one norm, as Falcon2-11B),
+multi-head attention with biases, the sequential block, untied embeddings, linear rope scaling;
+and ALiBi (Falcon-RW: sequential, multi-head, biases) with 4 and 6 heads (a head count that is
+not a power of two takes the interleaved slopes), and ALiBi in the parallel multi-query layout.
+The ALiBi cases run 300 positions, past 256, where Falcon's bfloat16 ``slope * position``
+starts rounding."""
 
 from typing import Any
 
@@ -50,4 +53,28 @@ CASES = {
         FalconForCausalLM, _config(parallel_attn=False, bias=True, activation="relu")
     ),
     "sequential-multi-query": Case(FalconForCausalLM, _config(parallel_attn=False)),
+    "rw-alibi": Case(
+        FalconForCausalLM,
+        _config(
+            alibi=True,
+            multi_query=False,
+            parallel_attn=False,
+            bias=True,
+            max_position_embeddings=512,
+        ),
+        seq_len=300,
+    ),
+    "rw-alibi-six-heads": Case(
+        FalconForCausalLM,
+        _config(
+            alibi=True,
+            hidden_size=48,
+            num_attention_heads=6,
+            multi_query=False,
+            parallel_attn=False,
+            max_position_embeddings=512,
+        ),
+        seq_len=300,
+    ),
+    "alibi-parallel-multi-query": Case(FalconForCausalLM, _config(alibi=True)),
 }
