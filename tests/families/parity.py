@@ -62,16 +62,22 @@ def check_processed_log_probs(hf: Any, folder: Path, case: Case) -> None:
 def check_hidden_states(hf: Any, folder: Path, case: Case) -> None:
     model = _unprocessed(folder)
     tokens = random_tokens(model.cfg.d_vocab, pos=case.seq_len)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    # A block's output: resid_post, or its normalization in Post-LN blocks.
+    output = "normalized_resid_post" if model.cfg.post_layer_norm else "resid_post"
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(f"hook_{output}"))
     with torch.no_grad():
         hidden = hf(tokens, output_hidden_states=True).hidden_states
     n = model.cfg.n_layers
     assert len(hidden) == n + 1
     for layer in range(n - 1):
-        assert (cache["resid_post", layer] - hidden[layer + 1]).abs().max() <= 1e-5, layer
-    # HF's last hidden state is taken after the final norm in most models, before it in some.
-    last = cache["resid_post", n - 1]
-    diff = min((last - hidden[n]).abs().max(), (model.ln_final(last) - hidden[n]).abs().max())
+        assert (cache[output, layer] - hidden[layer + 1]).abs().max() <= 1e-5, layer
+    # HF's last hidden state is taken after the final norm in most models, before it in some,
+    # and after the projection out of the residual stream where there is one (OPT-350m).
+    last = cache[output, n - 1]
+    candidates = [last, model.ln_final(last)]
+    if model.cfg.d_embed is not None:
+        candidates = [c @ model.unembed.W_proj_out for c in candidates]
+    diff = min((c - hidden[n]).abs().max() for c in candidates if c.shape == hidden[n].shape)
     assert diff <= 1e-5
 
 
@@ -134,4 +140,6 @@ def check_invariants(folder: Path, case: Case) -> None:
         else:
             mid = cache["resid_mid", i]
             assert (mid - (pre + attn_out)).abs().max() <= 1e-5
+            if cfg.post_layer_norm:  # the MLP and the residual read ln1(resid_mid)
+                mid = cache["normalized", i, "ln1"]
             assert (post - (mid + cache["mlp_out", i])).abs().max() <= 1e-5

@@ -196,8 +196,6 @@ def test_loads_transformers_fused_experts_from_a_model_object(case: Any, tmp_pat
 @pytest.mark.parametrize(
     ("architecture", "overrides", "message"),
     [
-        ("Qwen2MoeForCausalLM", {"mlp_only_layers": [1]}, "dense MLP"),
-        ("Qwen3MoeForCausalLM", {"decoder_sparse_step": 2}, "dense MLP"),
         ("OlmoeForCausalLM", {"clip_qkv": 8.0}, "clip_qkv"),
     ],
 )

@@ -5,9 +5,16 @@ default, embeddings are tied by default, and the learned position table has two 
 rows (fairseq's padding offset: position p reads row p + 2), which we drop. LayerNorms without
 weights (``layer_norm_elementwise_affine=False``) load as ``LNPre``.
 
-Not supported, and refused by `build_config`: post-LayerNorm blocks (``do_layer_norm_before=False``)
-and the ``word_embed_proj_dim`` projections ``project_in``/``project_out`` (both used by opt-350m),
-and checkpoints without the final LayerNorm (``_remove_final_layer_norm``).
+opt-350m differs twice more:
+- ``do_layer_norm_before=False``: Post-LN blocks (``post_layer_norm``), x = LN(x + attn(x)),
+  x = LN(x + mlp(x)), with ``self_attn_layer_norm`` as ln1 and the layer's ``final_layer_norm``
+  as ln2, and no final LayerNorm (transformers builds none; a stored one is ignored, as there).
+  Weight processing then skips fold_ln and center_writing_weights (see loading/processing.py).
+- ``word_embed_proj_dim`` != ``hidden_size``: token embeddings and the LM head are that wide;
+  ``project_in``/``project_out`` (bias-free) map them to and from the residual stream
+  (``d_embed``: ``embed.W_proj_in``, ``unembed.W_proj_out``).
+Checkpoints without the final LayerNorm (``_remove_final_layer_norm``) load with ``final_norm``
+off.
 """
 
 from __future__ import annotations
@@ -32,20 +39,8 @@ POSITION_OFFSET = 2
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    if not hf.get("do_layer_norm_before", True):
-        raise NotImplementedError(
-            "OPT with do_layer_norm_before=False (post-LayerNorm blocks, e.g. opt-350m) is not "
-            "supported: the native block normalizes before attention and MLP, not after."
-        )
-    if (hf.get("word_embed_proj_dim") or d_model) != d_model:
-        raise NotImplementedError(
-            f"OPT with word_embed_proj_dim={hf['word_embed_proj_dim']} != hidden_size={d_model} "
-            "(project_in/project_out around the blocks, e.g. opt-350m) is not supported."
-        )
-    if hf.get("_remove_final_layer_norm", False):
-        raise NotImplementedError(
-            "OPT with _remove_final_layer_norm=True (no final LayerNorm) is not supported."
-        )
+    pre_ln = hf.get("do_layer_norm_before", True)
+    d_embed = hf.get("word_embed_proj_dim") or d_model
     affine = hf.get("layer_norm_elementwise_affine", True)
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
@@ -59,9 +54,18 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         normalization_type="LN" if affine else "LNPre",
         eps=1e-5,  # nn.LayerNorm's default; OPT's config has no epsilon
         positional_embedding_type="standard",
+        pre_norm=pre_ln,
+        post_layer_norm=not pre_ln,
+        final_norm=pre_ln and not hf.get("_remove_final_layer_norm", False),
+        d_embed=d_embed if d_embed != d_model else None,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
         original_architecture="OPTForCausalLM",
     )
+
+
+def final_norm_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    # transformers builds no final LayerNorm for Post-LN OPT and drops one a checkpoint stores.
+    return (t,) if cfg.final_norm else ()
 
 
 def positions_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
@@ -97,8 +101,10 @@ FAMILY = Family(
         WeightRule(_L + r"fc1\.bias", ("blocks.{i}.mlp.b_in",), same),
         WeightRule(_L + r"fc2\.weight", ("blocks.{i}.mlp.W_out",), transpose),
         WeightRule(_L + r"fc2\.bias", ("blocks.{i}.mlp.b_out",), same),
-        WeightRule(_D + r"final_layer_norm\.weight", ("ln_final.w",), same),
-        WeightRule(_D + r"final_layer_norm\.bias", ("ln_final.b",), same),
+        WeightRule(_D + r"final_layer_norm\.weight", ("ln_final.w",), final_norm_weight),
+        WeightRule(_D + r"final_layer_norm\.bias", ("ln_final.b",), final_norm_weight),
+        WeightRule(_D + r"project_in\.weight", ("embed.W_proj_in",), transpose),
+        WeightRule(_D + r"project_out\.weight", ("unembed.W_proj_out",), transpose),
         WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
     ),
 )

@@ -7,9 +7,11 @@ router's softmax probabilities, renormalised over those experts only with `norm_
 a SwiGLU shared expert of width `shared_expert_intermediate_size` that every token runs through,
 scaled by ``sigmoid(x @ shared_expert_gate)``. q, k and v carry biases when `qkv_bias` (default).
 Sliding windows follow this config's own rule: without `layer_types`, the even-numbered layers
-below `max_window_layers` slide when `use_sliding_window`. Layers with a dense MLP instead
-(`mlp_only_layers`, `decoder_sparse_step` > 1) are not supported: the native model builds every
-layer's MLP alike. Expert weight names: `anatomist.families.mixtral`.
+below `max_window_layers` slide when `use_sliding_window`. Layer i has the experts unless it is in
+`mlp_only_layers` or (i + 1) is not a multiple of `decoder_sparse_step`; the other layers have a
+dense SwiGLU MLP of width `intermediate_size` (``moe_layers``, ``d_mlp_dense``), with no shared
+expert. Without experts (`num_experts` 0) every layer is dense. Expert weight names:
+`anatomist.families.mixtral`.
 """
 
 from __future__ import annotations
@@ -30,21 +32,25 @@ from anatomist.families.mixtral import (
 from anatomist.families.qwen2 import LAYER_TYPES
 
 
-def require_all_sparse(hf: dict[str, Any]) -> None:
-    """Refuse configs where some layers have a dense MLP (Qwen2-MoE, Qwen3-MoE layout rule)."""
+def mlp_settings(hf: dict[str, Any], shared_expert: bool) -> dict[str, Any]:
+    """The MLP fields of TransformerConfig by transformers' Qwen-MoE layer rule: layer i has the
+    experts unless it is in `mlp_only_layers` or (i + 1) % `decoder_sparse_step` != 0; the other
+    layers have a dense MLP `intermediate_size` wide."""
     n_experts, step = expert_count(hf, default=0), hf.get("decoder_sparse_step", 1)
     only = set(hf.get("mlp_only_layers") or ())
-    dense = [
-        i
-        for i in range(hf["num_hidden_layers"])
-        if i in only or not (n_experts > 0 and (i + 1) % step == 0)
-    ]
-    if dense:
-        raise NotImplementedError(
-            f"Layers {dense} have a dense MLP instead of experts (mlp_only_layers="
-            f"{sorted(only)}, decoder_sparse_step={step}, num_experts={n_experts}); mixing dense "
-            "and mixture-of-experts layers is not supported by the native model."
-        )
+    n_layers = hf["num_hidden_layers"]
+    moe = [i for i in range(n_layers) if i not in only and n_experts > 0 and (i + 1) % step == 0]
+    if not moe:  # every layer dense: a plain gated-MLP model
+        return dict(d_mlp=hf["intermediate_size"])
+    settings = dict(
+        d_mlp=hf["moe_intermediate_size"],
+        **moe_settings(hf, hf.get("norm_topk_prob", False), n_experts),
+    )
+    if shared_expert:
+        settings["d_mlp_shared"] = hf["shared_expert_intermediate_size"]
+    if len(moe) < n_layers:
+        settings.update(moe_layers=moe, d_mlp_dense=hf["intermediate_size"])
+    return settings
 
 
 def window_settings(hf: dict[str, Any]) -> tuple[int | None, list[str] | None]:
@@ -71,7 +77,6 @@ def window_settings(hf: dict[str, Any]) -> tuple[int | None, list[str] | None]:
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    require_all_sparse(hf)
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = hf.get("head_dim") or d_model // n_heads
     theta, scaling = llama_rope(hf)
@@ -83,12 +88,10 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         d_head=d_head,
         n_heads=n_heads,
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["moe_intermediate_size"],
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "silu"),
         gated_mlp=True,
-        **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
-        d_mlp_shared=hf["shared_expert_intermediate_size"],
+        **mlp_settings(hf, shared_expert=True),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
         positional_embedding_type="rotary",

@@ -5,8 +5,9 @@ behind a linear router, every token going through its top `num_experts_per_tok` 
 by the router's softmax probabilities (renormalised over those experts only with
 `norm_topk_prob`); no shared expert. Per-head q/k RMSNorm and `attention_bias` as Qwen3; head_dim
 defaults to hidden_size / num_attention_heads. With `use_sliding_window`, every layer slides.
-Layers with a dense MLP instead (`mlp_only_layers`, `decoder_sparse_step` > 1) are not supported.
-Expert weight names: `anatomist.families.mixtral`.
+Dense layers among the expert layers (`mlp_only_layers`, `decoder_sparse_step`) follow Qwen2-MoE's
+rule (`anatomist.families.qwen2_moe.mlp_settings`). Expert weight names:
+`anatomist.families.mixtral`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,11 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import WeightRule, same
 from anatomist.families.llama import _L, RULES
 from anatomist.families.mistral import llama_rope
-from anatomist.families.mixtral import (
-    EXPERT_RULES,
-    IGNORE,
-    MoEFamily,
-    expert_count,
-    moe_settings,
-)
-from anatomist.families.qwen2_moe import require_all_sparse
+from anatomist.families.mixtral import EXPERT_RULES, IGNORE, MoEFamily
+from anatomist.families.qwen2_moe import mlp_settings
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    require_all_sparse(hf)
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = hf.get("head_dim") or d_model // n_heads
     theta, scaling = llama_rope(hf)
@@ -40,11 +34,10 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         d_head=d_head,
         n_heads=n_heads,
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["moe_intermediate_size"],
         d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "silu"),
         gated_mlp=True,
-        **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
+        **mlp_settings(hf, shared_expert=False),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
         qk_norm=True,

@@ -1,6 +1,7 @@
 """Qwen2-MoE cases: top-2 of 4 experts plus the gated shared expert, with GQA and q/k/v biases;
 top-3 of 6 renormalised (`norm_topk_prob`) with a sliding window on layer 0, MHA, no biases and
-tied embeddings; top-1 of 8 (idle experts)."""
+tied embeddings; top-1 of 8 (idle experts); dense and expert layers mixed, by `mlp_only_layers` and
+by `decoder_sparse_step`."""
 
 from typing import Any
 
@@ -46,4 +47,13 @@ CASES = {
         ),
     ),
     "top1-of-8": Case(Qwen2MoeForCausalLM, _config(num_experts=8, num_experts_per_tok=1)),
+    # Layers 0 and 2 dense (intermediate_size), 1 and 3 experts.
+    "mixed-mlp-only-layers": Case(
+        Qwen2MoeForCausalLM, _config(num_hidden_layers=4, mlp_only_layers=[0, 2])
+    ),
+    # Experts in every second layer (1, 3); 0 and 2 dense; 3 dense as well by mlp_only_layers.
+    "mixed-sparse-step": Case(
+        Qwen2MoeForCausalLM,
+        _config(num_hidden_layers=4, decoder_sparse_step=2, mlp_only_layers=[3]),
+    ),
 }

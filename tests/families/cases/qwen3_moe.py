@@ -1,6 +1,6 @@
 """Qwen3-MoE cases: top-2 of 4 experts with GQA and head_dim 16; top-3 of 6 renormalised
 (`norm_topk_prob`) with a sliding window on every layer, MHA, attention biases and tied embeddings;
-top-1 of 8 (idle experts) with linear rope scaling."""
+top-1 of 8 (idle experts) with linear rope scaling; dense and expert layers mixed."""
 
 from typing import Any
 
@@ -50,5 +50,10 @@ CASES = {
             num_experts_per_tok=1,
             rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0},
         ),
+    ),
+    # Layers 1 and 3 have experts (decoder_sparse_step=2), 0 and 2 a dense MLP; 2 also by name.
+    "mixed-dense-and-experts": Case(
+        Qwen3MoeForCausalLM,
+        _config(num_hidden_layers=4, decoder_sparse_step=2, mlp_only_layers=[2]),
     ),
 }
