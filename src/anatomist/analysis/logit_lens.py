@@ -26,7 +26,10 @@ def layer_logits(model: Any, prompt: str | Tensor, position: int = -1) -> tuple[
     """Logits ``[n_layers + 1, d_vocab]`` at `position` from the residual stream before each
     block and after the last one, each passed through ``ln_final`` and the unembedding."""
     n = model.cfg.n_layers
-    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    # A post-LayerNorm block's output (what the next block and ln_final read) is its
+    # normalized residual, not hook_resid_post.
+    last = "hook_normalized_resid_post" if model.cfg.post_layer_norm else "hook_resid_post"
+    names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.{last}"]
     _, cache = model.run_with_cache(prompt, names_filter=names, return_type=None)
     stack = torch.stack([cache[name][:, position] for name in names], dim=0)  # [L + 1, b, d]
     logits = model.unembed(model.ln_final(stack))[:, 0]
