@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi", "relative_positional_bias", "none")
+POSITIONAL_EMBEDDING_TYPES = (
+    "standard",
+    "shortformer",
+    "rotary",
+    "alibi",
+    "relative_positional_bias",
+    "none",
+)
 ACTIVATION_FUNCTIONS = (
     "gelu",
     "gelu_new",
@@ -60,6 +67,7 @@ class TransformerConfig:
     )
     post_layer_norm: bool = False  # Post-LN: x = ln1(x + attn(x)); x = ln2(x + mlp(x)) (OPT-350m)
     final_norm: bool = True  # ln_final before the unembedding (False: the checkpoint has none)
+    final_rms: bool = False  # ln_final is an RMSNorm while the blocks use LayerNorm (old SoLU)
     attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # each position attends only to itself and earlier ones (False: BERT)
@@ -78,6 +86,7 @@ class TransformerConfig:
 
     # Positions.
     positional_embedding_type: str = "standard"  # standard (learned) | rotary | alibi | none
+    # ... | shortformer (learned, added to ln1's output for queries and keys, not to the stream)
     # ... | relative_positional_bias (T5: a learned per-head bias for each bucket of distances)
     relative_attention_num_buckets: int = 32  # T5: buckets of query-key distance
     relative_attention_max_distance: int = 128  # T5: distances beyond this share a bucket

@@ -21,6 +21,14 @@ so centering them would change it. `process_weights` skips `fold_layer_norm` and
 ``cfg.processing[step] = False``; centering the unembedding and folding value biases stay valid. Embedding projections (``cfg.d_embed``) take part:
 ``ln_final`` folds into ``W_proj_out`` (its bias through ``W_proj_out @ W_U`` into ``b_U``), and
 centering the embeddings centers ``W_proj_in``, which is what writes them to the stream.
+
+Shortformer models add their position embeddings to ln1's output, after its weight and bias:
+folding that weight into ``W_Q``/``W_K`` would scale the positions too, and centering those
+matrices would change what the (not zero-mean) positions contribute. So `fold_layer_norm` is
+skipped for them, as the classic library skipped it; ``W_pos`` is never written to their residual
+stream, so `center_writing_weights` leaves it alone. Models with ``cfg.final_rms`` (a final RMSNorm
+after LayerNorm blocks) fold ``ln_final`` as an RMSNorm (no bias, no centering of ``W_U``), and
+skip `center_writing_weights`: the final RMSNorm does not remove the mean.
 """
 
 from __future__ import annotations
@@ -47,16 +55,17 @@ def process_weights(
     """Apply the classic processing steps in their classic order.
 
     Steps that are not valid for the model are skipped, and ``cfg.processing[step]`` records
-    False for each: folding when there is nothing to fold or the blocks are Post-LN, centering
-    the writing weights unless every reader of the residual stream normalizes it with a LayerNorm,
-    centering the unembedding when the logits are soft-capped.
+    False for each: folding when there is nothing to fold, the blocks are Post-LN or positions
+    are added after ln1 (shortformer), centering the writing weights unless every reader of the
+    residual stream normalizes it with a LayerNorm, centering the unembedding when the logits are
+    soft-capped.
     """
     # The arguments shadow the step functions' names, hence the _STEPS table.
     cfg = model.cfg
     norm = cfg.normalization_type
     valid = {
-        "fold_ln": norm in ("LN", "RMS") and not cfg.post_layer_norm,
-        "center_writing_weights": norm in _LAYER_NORMS and _unnormalized_reader(cfg) is None,
+        "fold_ln": norm in ("LN", "RMS") and _unfoldable(cfg) is None,
+        "center_writing_weights": norm in _LAYER_NORMS and _mean_sensitive_reader(cfg) is None,
         "center_unembed": cfg.output_logits_soft_cap is None,
         "fold_value_biases": True,
     }
@@ -79,15 +88,32 @@ def process_weights(
         _STEPS["refactor_factored_attn_matrices"](model)
 
 
-def _unnormalized_reader(cfg: Any) -> str | None:
-    """Which layer reads the residual stream without a norm first (None: every reader
-    normalizes it), the condition for centering what is written to it."""
+def _mean_sensitive_reader(cfg: Any) -> str | None:
+    """Which layer reads the residual stream without first removing its mean (None: every reader
+    does), the condition for centering what is written to it."""
     if cfg.post_layer_norm:
         return "the first block's attention reads the embeddings as they are (Post-LN blocks)"
     if not cfg.pre_norm:
         return "attention and MLPs read the residual stream without a norm (pre_norm=False)"
     if not cfg.final_norm:
         return "the unembedding reads the residual stream without a final norm"
+    if cfg.final_rms:
+        return "the final norm is an RMSNorm (cfg.final_rms), which keeps the mean"
+    return None
+
+
+def _unfoldable(cfg: Any) -> str | None:
+    """Why the norms' weights cannot move into the layers that read them (None: they can)."""
+    if cfg.post_layer_norm:
+        return (
+            "each norm's output is added back into the residual stream (Post-LN blocks, "
+            "cfg.post_layer_norm), so its weights cannot move into one reader"
+        )
+    if cfg.positional_embedding_type == "shortformer":
+        return (
+            "shortformer position embeddings are added to ln1's output after its weight, so "
+            "folding the weight into W_Q and W_K would scale them too"
+        )
     return None
 
 
@@ -95,7 +121,9 @@ def _unnormalized_reader(cfg: Any) -> str | None:
 def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool = True) -> None:
     """Fold norm weights into the next layer's weights; norms become weightless (LNPre/RMSPre)."""
     cfg = model.cfg
-    _refuse_post_layer_norm(cfg, "fold_layer_norm")
+    reason = _unfoldable(cfg)
+    if reason is not None:
+        raise ValueError(f"fold_layer_norm is not valid for this model: {reason}.")
     if cfg.normalization_type not in ("LN", "RMS"):
         raise ValueError(
             f"Nothing to fold: normalization_type is {cfg.normalization_type!r} "
@@ -117,18 +145,13 @@ def fold_layer_norm(model: Any, fold_biases: bool = True, center_weights: bool =
                     _fold_into_matrix(
                         mlp.W_gate, mlp.b_gate, block.ln2, is_ln and fold_biases, center
                     )
-    if cfg.final_norm:
-        _fold_into_unembed(model.unembed, model.ln_final, is_ln and fold_biases, center)
+    if cfg.final_norm:  # with cfg.final_rms an RMSNorm: no bias, output not zero-mean
+        final_is_ln = is_ln and not cfg.final_rms
+        _fold_into_unembed(
+            model.unembed, model.ln_final, final_is_ln and fold_biases, center and final_is_ln
+        )
     model.set_layer_norm_type("LNPre" if is_ln else "RMSPre")
     model.cfg.processing["fold_ln"] = True
-
-
-def _refuse_post_layer_norm(cfg: Any, step: str) -> None:
-    if cfg.post_layer_norm:
-        raise ValueError(
-            f"{step} is not valid for Post-LN blocks (cfg.post_layer_norm): each norm's output is "
-            "added back into the residual stream, so its weights cannot move into one reader."
-        )
 
 
 def _fold_into_unembed(unembed: Any, norm: Any, fold_bias: bool, center: bool) -> None:
@@ -183,7 +206,7 @@ def _fold_into_matrix(
 @torch.no_grad()
 def center_writing_weights(model: Any) -> None:
     """Make every write to the residual stream zero-mean along d_model (LayerNorm models)."""
-    reader = _unnormalized_reader(model.cfg)
+    reader = _mean_sensitive_reader(model.cfg)
     if reader is not None:
         raise ValueError(
             f"center_writing_weights would change this model's output: {reader}, so the mean "
@@ -196,7 +219,7 @@ def center_writing_weights(model: Any) -> None:
         )
     # The tokens' write to the stream: W_E, or W_proj_in when embeddings are d_embed wide.
     _center_last(model.embed.W_proj_in if model.cfg.d_embed is not None else model.embed.W_E)
-    if model.cfg.positional_embedding_type == "standard":
+    if model.cfg.positional_embedding_type == "standard":  # shortformer: not in the stream
         _center_last(model.pos_embed.W_pos)
     for block in model.blocks:
         _center_last(block.attn.W_O)

@@ -11,6 +11,12 @@ Post-LN (``cfg.post_layer_norm``, OPT-350m), with the hooks placed as in the BER
     ln1.hook_normalized   = ln1(resid_mid)                      what the MLP reads
     resid_post            = ln1.hook_normalized + mlp(ln1.hook_normalized)
     normalized_resid_post = ln2(resid_post)                     the block's output
+
+Shortformer positions (``positional_embedding_type="shortformer"``, Press et al. 2021) are added
+to the normalized query and key inputs, after ln1's weight and bias, and not to the values or
+the residual stream::
+
+    resid_mid  = resid_pre + attn(q=ln1(resid_pre) + pos, k=ln1(resid_pre) + pos, v=ln1(resid_pre))
 """
 
 from __future__ import annotations
@@ -58,10 +64,23 @@ class TransformerBlock(nn.Module):
         if cfg.post_layer_norm:
             self.hook_normalized_resid_post = HookPoint()  # [b, p, d_model], ln2(resid_post)
 
-    def forward(self, resid_pre: Tensor, positions: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        resid_pre: Tensor,
+        positions: Tensor,
+        mask: Tensor | None,
+        shortformer_pos_embed: Tensor | None = None,
+    ) -> Tensor:
+        """`shortformer_pos_embed` ``[b, p, d_model]``: shortformer models' position embeddings,
+        added to the normalized query and key inputs."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.attn(*self._attention_inputs(resid_pre), positions, mask)
+        q_in, k_in, v_in = self._attention_inputs(resid_pre)
+        if shortformer_pos_embed is not None:
+            if q_in.dim() == 4:  # per-head inputs [b, p, heads, d_model]
+                shortformer_pos_embed = shortformer_pos_embed.unsqueeze(2)
+            q_in, k_in = q_in + shortformer_pos_embed, k_in + shortformer_pos_embed
+        attn_out = self.attn(q_in, k_in, v_in, positions, mask)
         if cfg.post_layer_norm:
             return self._post_layer_norm(resid_pre, self.hook_attn_out(attn_out))
         if cfg.post_norm_type is not None:

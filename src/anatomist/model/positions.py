@@ -27,7 +27,8 @@ def positions_from_mask(attention_mask: Tensor | None, length: int, offset: int 
 
 
 class PosEmbed(nn.Module):
-    """Learned absolute position embeddings (GPT-2)."""
+    """Learned absolute position embeddings (GPT-2; shortformer models add them to the
+    attention's query and key inputs instead of the residual stream)."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()

@@ -53,12 +53,14 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         self.hook_embed = HookPoint()  # [b, p, d_model]
         if cfg.post_embedding_norm:  # BLOOM; keeps its weights through processing
             self.ln_embed = make_norm(cfg, kind=cfg.normalization_type)
-        if cfg.positional_embedding_type == "standard":
+        if cfg.positional_embedding_type in _LEARNED_POSITIONS:
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [b, p, d_model]
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         # Post-LN models end on a normalized block output; their checkpoints have no final norm.
-        self.ln_final = make_norm(cfg) if cfg.final_norm else nn.Identity()
+        self.ln_final = (
+            make_norm(cfg, kind=_final_norm_type(cfg)) if cfg.final_norm else nn.Identity()
+        )
         self.unembed = Unembed(cfg)
 
         if init_weights:
@@ -126,6 +128,11 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         with `start_at_layer`, a residual stream ``[b, p, d_model]``. `attention_mask` ``[b, p]``
         marks real tokens (1) and padding (0) for token or residual input. With `stop_at_layer`
         the residual stream before that block is returned and later blocks do not run.
+
+        Shortformer models (``cfg.positional_embedding_type == "shortformer"``) add their learned
+        position embeddings to each attention layer's normalized query and key inputs instead of
+        the residual stream. A run from `start_at_layer` computes them from the positions (or
+        takes `shortformer_pos_embed` ``[b, p, d_model]``); other runs compute their own.
         """
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
@@ -133,8 +140,17 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             raise NotImplementedError(
                 "past_kv_cache is not supported yet; run the full sequence instead."
             )
-        if shortformer_pos_embed is not None:
-            raise NotImplementedError("Shortformer position embeddings are not supported.")
+        shortformer = self.cfg.positional_embedding_type == "shortformer"
+        if shortformer_pos_embed is not None and not (shortformer and start_at_layer is not None):
+            raise ValueError(
+                "shortformer_pos_embed is read only by a shortformer model run from "
+                "start_at_layer"
+                + (
+                    "; a run from tokens computes its own (hook it with hook_pos_embed)."
+                    if shortformer
+                    else f"; this model uses {self.cfg.positional_embedding_type} positions."
+                )
+            )
         if input is None:
             input = tokens
         if input is None:
@@ -144,7 +160,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             tokens, attention_mask = self._tokens_and_mask(
                 input, prepend_bos, padding_side, attention_mask
             )
-            residual, positions = self._embed(tokens, attention_mask)
+            residual, positions, pos_embed = self._embed(tokens, attention_mask)
             start_at_layer = 0
         else:
             if not isinstance(input, Tensor) or input.dim() != 3:
@@ -155,10 +171,13 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             attention_mask = _normalize_mask(attention_mask)
             positions = positions_from_mask(attention_mask, residual.shape[1])
             positions = positions.to(residual.device)
+            pos_embed = None
+            if shortformer:
+                pos_embed = self._shortformer_pos_embed(shortformer_pos_embed, positions, residual)
         mask = _block_mask(attention_mask, residual.shape[1], residual.device)
 
         for block in self.blocks[start_at_layer:stop_at_layer]:
-            residual = block(residual, positions, mask)
+            residual = block(residual, positions, mask, pos_embed)
         if stop_at_layer is not None:
             return residual
 
@@ -197,8 +216,11 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         device = self.embed.W_E.device
         return tokens.to(device), _normalize_mask(attention_mask, device)
 
-    def _embed(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Token (and learned position) embeddings, and the position id of every token."""
+    def _embed(
+        self, tokens: Tensor, attention_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Token (and learned position) embeddings, the position id of every token, and the
+        shortformer position embeddings (None unless the model is a shortformer)."""
         positions = positions_from_mask(attention_mask, tokens.shape[1]).to(tokens.device)
         positions = positions.expand(tokens.shape[0], -1)  # [b, p]: hooks see full batches
         if self.cfg.use_hook_tokens:
@@ -206,14 +228,34 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         residual = self.hook_embed(self.embed(tokens))
         if self.cfg.post_embedding_norm:
             residual = self.ln_embed(residual)
-        if self.cfg.positional_embedding_type == "standard":
-            if tokens.shape[1] > self.cfg.n_ctx:
-                raise ValueError(
-                    f"Input has {tokens.shape[1]} tokens but this model's learned positions end "
-                    f"at n_ctx={self.cfg.n_ctx}; shorten the input."
-                )
-            residual = residual + self.hook_pos_embed(self.pos_embed(positions))
-        return residual, positions
+        if self.cfg.positional_embedding_type not in _LEARNED_POSITIONS:
+            return residual, positions, None
+        pos_embed = self._learned_positions(positions)
+        if self.cfg.positional_embedding_type == "shortformer":
+            return residual, positions, pos_embed  # read by attention, not added to the stream
+        return residual + pos_embed, positions, None
+
+    def _learned_positions(self, positions: Tensor) -> Tensor:
+        if positions.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"Input has {positions.shape[1]} tokens but this model's learned positions end "
+                f"at n_ctx={self.cfg.n_ctx}; shorten the input."
+            )
+        return self.hook_pos_embed(self.pos_embed(positions))  # [b, p, d_model]
+
+    def _shortformer_pos_embed(
+        self, given: Tensor | None, positions: Tensor, residual: Tensor
+    ) -> Tensor:
+        """A run from start_at_layer: the given shortformer embeddings, or those of the positions
+        (the classic library silently ran without positions when none were passed)."""
+        if given is None:
+            return self._learned_positions(positions.expand(residual.shape[0], -1))
+        if given.dim() != 3 or given.shape[1:] != residual.shape[1:]:
+            raise ValueError(
+                f"shortformer_pos_embed must be [batch, pos, d_model] like the residual stream "
+                f"{tuple(residual.shape)}, got {tuple(given.shape)}."
+            )
+        return given.to(residual.device)
 
     def loss_fn(
         self,
@@ -267,7 +309,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
 
     @property
     def W_pos(self) -> Tensor:
-        if self.cfg.positional_embedding_type != "standard":
+        if self.cfg.positional_embedding_type not in _LEARNED_POSITIONS:
             raise AttributeError(
                 f"This model uses {self.cfg.positional_embedding_type} positions; "
                 "it has no learned W_pos."
@@ -352,8 +394,22 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             if not self.cfg.attn_only:
                 block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
         if self.cfg.final_norm:
-            self.ln_final = make_norm(self.cfg).to(self.embed.W_E.device)
+            final = make_norm(self.cfg, kind=_final_norm_type(self.cfg))
+            self.ln_final = final.to(self.embed.W_E.device)
         self.setup()
+
+
+# Position schemes with a learned table W_pos (hook_pos_embed): added to the residual stream, or
+# (shortformer) to the normalized query and key inputs of every attention layer.
+_LEARNED_POSITIONS = ("standard", "shortformer")
+
+
+def _final_norm_type(cfg: TransformerConfig) -> str | None:
+    """ln_final's type: the blocks' type, or its RMS counterpart with cfg.final_rms (old SoLU
+    models end on an RMSNorm although their blocks use LayerNorm)."""
+    if cfg.final_rms and cfg.normalization_type in ("LN", "LNPre"):
+        return "RMS" if cfg.normalization_type == "LN" else "RMSPre"
+    return cfg.normalization_type
 
 
 def _normalize_mask(mask: Tensor | None, device: torch.device | None = None) -> Tensor | None:
