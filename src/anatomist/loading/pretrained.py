@@ -346,3 +346,48 @@ def with_tied_tensor(
         yield name, tensor
     if not seen and tied is not None:
         yield target, tied
+
+
+# --- the unprocessed loaders of HookedEncoder and HookedEncoderDecoder ---------------------------
+def open_family_checkpoint(
+    model_name: str | os.PathLike[str],
+    family: Family,
+    loader: str,
+    hint: str,
+    hf_model: Any = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    want_tokenizer: bool = True,
+) -> _Source:
+    """Open a checkpoint that must belong to `family` (else an error naming what it is, the
+    `loader` that was used, and the `hint` of which loader to use instead)."""
+    from anatomist.families.registry import UnsupportedArchitectureError
+
+    source = _open_source(model_name, hf_model, revision, local_files_only, want_tokenizer)
+    found = family_for_config(source.hf_config)
+    if found is not family:
+        raise UnsupportedArchitectureError(
+            f"{source.label} is a {found.name} model; {loader} loads {family.name} checkpoints "
+            f"({', '.join(family.architectures)}). {hint}"
+        )
+    return source
+
+
+def fill_and_finish(
+    model: Any,
+    family: Family,
+    source: _Source,
+    tensors: Iterable[tuple[str, Tensor]],
+    tokenizer: Any,
+    device: str | torch.device | None,
+    move_to_device: bool,
+    progress: bool,
+) -> Any:
+    """Fill a model built with uninitialised weights, attach the tokenizer, move it, and return
+    it in eval mode (no weight processing)."""
+    fill_weights(model, family, tensors, source.label, progress=progress)
+    model.cfg.from_checkpoint = True
+    model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer)
+    if move_to_device and device is not None:
+        model.to(device)
+    return model.eval()

@@ -198,19 +198,6 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         self.setup()
 
     # --- construction ------------------------------------------------------------------------
-    def init_weights(self) -> None:
-        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
-        if self.cfg.seed is not None:
-            torch.manual_seed(self.cfg.seed)
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "W" or leaf.startswith("W_"):
-                nn.init.normal_(param, std=self.cfg.init_range)
-            elif leaf == "w":
-                nn.init.ones_(param)
-            else:
-                nn.init.zeros_(param)
-
     @classmethod
     def from_pretrained(
         cls,
@@ -233,22 +220,24 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         the masked-LM head (``BertForMaskedLM``, ``BertForPreTraining``).
         """
         from anatomist.families import bert
-        from anatomist.families.registry import UnsupportedArchitectureError, family_for_config
         from anatomist.loading.pretrained import (
-            _open_source,
-            fill_weights,
+            fill_and_finish,
+            open_family_checkpoint,
             parse_dtype,
             with_tied_tensor,
         )
 
-        source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
-        family = family_for_config(source.hf_config)
-        if family is not bert.FAMILY:
-            raise UnsupportedArchitectureError(
-                f"{source.label} is a {family.name} model; HookedEncoder loads BERT checkpoints "
-                f"({', '.join(bert.ARCHITECTURES)}). Load decoder-only models with "
-                "anatomist.HookedTransformer.from_pretrained."
-            )
+        source = open_family_checkpoint(
+            model_name,
+            bert.FAMILY,
+            "HookedEncoder",
+            "Load decoder-only models with anatomist.HookedTransformer.from_pretrained, T5 with "
+            "anatomist.HookedEncoderDecoder.from_pretrained.",
+            hf_model,
+            revision,
+            local_files_only,
+            want_tokenizer=tokenizer is None,
+        )
         cfg = bert.build_encoder_config(source.hf_config)
         cfg.model_name = source.name
         cfg.dtype = parse_dtype(dtype)
@@ -263,12 +252,9 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         tensors = source.tensors
         if with_head and cfg.tie_word_embeddings:
             tensors = with_tied_tensor(tensors, bert.TIED_SOURCE, bert.TIED_TARGET)
-        fill_weights(model, family, tensors, source.label, progress=progress)
-        model.cfg.from_checkpoint = True
-        model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer)
-        if move_to_device and device is not None:
-            model.to(device)
-        return model.eval()
+        return fill_and_finish(
+            model, bert.FAMILY, source, tensors, tokenizer, device, move_to_device, progress
+        )  # type: ignore[no-any-return]
 
     # --- forward -----------------------------------------------------------------------------
     def forward(

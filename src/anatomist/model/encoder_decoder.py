@@ -248,19 +248,6 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         self.setup()
 
     # --- construction ------------------------------------------------------------------------
-    def init_weights(self) -> None:
-        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
-        if self.cfg.seed is not None:
-            torch.manual_seed(self.cfg.seed)
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("W_") or leaf == "weight":
-                nn.init.normal_(param, std=self.cfg.init_range)
-            elif leaf == "w":
-                nn.init.ones_(param)
-            else:
-                nn.init.zeros_(param)
-
     @classmethod
     def from_pretrained(
         cls,
@@ -277,22 +264,24 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         """Load a T5 checkpoint: a local folder, a cached repo id, a registry name (``t5-small``),
         or an instantiated Hugging Face model (`hf_model`). No weight processing is applied."""
         from anatomist.families import t5
-        from anatomist.families.registry import UnsupportedArchitectureError, family_for_config
         from anatomist.loading.pretrained import (
-            _open_source,
-            fill_weights,
+            fill_and_finish,
+            open_family_checkpoint,
             parse_dtype,
             with_tied_tensor,
         )
 
-        source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
-        family = family_for_config(source.hf_config)
-        if family is not t5.FAMILY:
-            raise UnsupportedArchitectureError(
-                f"{source.label} is a {family.name} model; HookedEncoderDecoder loads T5 "
-                f"checkpoints ({', '.join(t5.ARCHITECTURES)}). Load decoder-only models with "
-                "anatomist.HookedTransformer.from_pretrained, BERT with HookedEncoder."
-            )
+        source = open_family_checkpoint(
+            model_name,
+            t5.FAMILY,
+            "HookedEncoderDecoder",
+            "Load decoder-only models with anatomist.HookedTransformer.from_pretrained, BERT with "
+            "anatomist.HookedEncoder.from_pretrained.",
+            hf_model,
+            revision,
+            local_files_only,
+            want_tokenizer=tokenizer is None,
+        )
         cfg = t5.build_encoder_decoder_config(source.hf_config)
         cfg.model_name = source.name
         cfg.dtype = parse_dtype(dtype)
@@ -303,12 +292,9 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             decoder_start_token_id=t5.decoder_start_token_id(source.hf_config),
         )
         tensors = with_tied_tensor(source.tensors, t5.TIED_SOURCE, t5.TIED_TARGET)
-        fill_weights(model, family, tensors, source.label, progress=progress)
-        model.cfg.from_checkpoint = True
-        model.set_tokenizer(tokenizer if tokenizer is not None else source.tokenizer)
-        if move_to_device and device is not None:
-            model.to(device)
-        return model.eval()
+        return fill_and_finish(
+            model, t5.FAMILY, source, tensors, tokenizer, device, move_to_device, progress
+        )  # type: ignore[no-any-return]
 
     # --- forward -----------------------------------------------------------------------------
     def forward(

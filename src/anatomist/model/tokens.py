@@ -59,13 +59,9 @@ class TokenizerMixin:
     ) -> tuple[Tensor, Tensor | None]:
         """Token ids ``[batch, pos]`` and the attention mask (None when nothing is padded)."""
         tok = self._require_tokenizer()
-        texts = [input] if isinstance(input, str) else list(input)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("Expected a string or a non-empty list of strings.")
+        texts = _texts(input)
         prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-        side = padding_side or self.cfg.default_padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        side = self._padding_side(padding_side)
         bos = tok.bos_token_id
         rows: list[list[int]] = []
         for text in texts:
@@ -75,15 +71,14 @@ class TokenizerMixin:
             if truncate and len(ids) > self.cfg.n_ctx:
                 ids = ids[: self.cfg.n_ctx]
             rows.append(ids)
-        length = max(len(r) for r in rows)
-        pad = self._pad_token_id
-        tokens = torch.full((len(rows), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
-            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
-            mask[i, span] = 1
+        tokens, mask = _pad_rows(rows, self._pad_token_id, side)
         return tokens, (None if bool(mask.all()) else mask)
+
+    def _padding_side(self, padding_side: str | None) -> str:
+        side = padding_side or self.cfg.default_padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+        return str(side)
 
     def to_tokens(
         self,
@@ -186,15 +181,10 @@ class SpecialTokensMixin(TokenizerMixin):
         alone). Token types are all 0 when the tokenizer gives none.
         """
         tok = self._require_tokenizer()
-        texts = [input] if isinstance(input, str) else list(input)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("Expected a string or a non-empty list of strings.")
         special = self.cfg.default_prepend_bos if add_special_tokens is None else add_special_tokens
-        side = padding_side or self.cfg.default_padding_side
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-        rows = []
-        for text in texts:
+        side = self._padding_side(padding_side)
+        rows, type_rows = [], []
+        for text in _texts(input):
             enc = tok(
                 text,
                 add_special_tokens=special,
@@ -202,16 +192,10 @@ class SpecialTokensMixin(TokenizerMixin):
                 max_length=self.cfg.n_ctx if truncate else None,
             )
             ids = list(enc["input_ids"])
-            rows.append((ids, list(enc.get("token_type_ids") or [0] * len(ids))))
-        length = max(len(ids) for ids, _ in rows)
-        tokens = torch.full((len(rows), length), self._pad_token_id, dtype=torch.long)
-        types = torch.zeros((len(rows), length), dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (ids, type_ids) in enumerate(rows):
-            span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
-            tokens[i, span] = torch.tensor(ids, dtype=torch.long)
-            types[i, span] = torch.tensor(type_ids, dtype=torch.long)
-            mask[i, span] = 1
+            rows.append(ids)
+            type_rows.append(list(enc.get("token_type_ids") or [0] * len(ids)))
+        tokens, mask = _pad_rows(rows, self._pad_token_id, side)
+        types, _ = _pad_rows(type_rows, 0, side)
         return tokens, types, mask
 
     def tokenize_with_mask(
@@ -254,3 +238,22 @@ class SpecialTokensMixin(TokenizerMixin):
         if isinstance(input, str):
             input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
         return super().get_token_position(single_token, input, mode, prepend_bos, padding_side)
+
+
+def _texts(input: TextInput) -> list[str]:
+    texts = [input] if isinstance(input, str) else list(input)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("Expected a string or a non-empty list of strings.")
+    return texts
+
+
+def _pad_rows(rows: list[list[int]], pad: int, side: str) -> tuple[Tensor, Tensor]:
+    """Rows of ids padded to one length on `side`: ``(ids, mask)``, each ``[batch, pos]``."""
+    length = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        span = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
+        tokens[i, span] = torch.tensor(ids, dtype=torch.long)
+        mask[i, span] = 1
+    return tokens, mask

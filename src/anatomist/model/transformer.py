@@ -70,19 +70,6 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         self.setup()
 
     # --- construction ------------------------------------------------------------------------
-    def init_weights(self) -> None:
-        """Random init for training from scratch: N(0, init_range) matrices, zero biases."""
-        if self.cfg.seed is not None:
-            torch.manual_seed(self.cfg.seed)
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.lstrip("_").startswith("W_"):
-                nn.init.normal_(param, std=self.cfg.init_range)
-            elif leaf == "w":
-                nn.init.ones_(param)
-            else:
-                nn.init.zeros_(param)
-
     @classmethod
     def from_pretrained(
         cls, model_name: str | os.PathLike[str], **kwargs: Any

@@ -1,7 +1,8 @@
 """Weight views stacked over layers, and device moves that keep ``cfg`` in step.
 
-Shared by `HookedTransformer` and `HookedEncoder`: both keep a ``blocks`` list whose blocks
-have ``attn`` and ``mlp`` submodules with the classic weight names.
+Shared by `HookedTransformer`, `HookedEncoder` and `HookedEncoderDecoder`: each keeps a
+``blocks`` list whose blocks have ``attn`` and ``mlp`` submodules with the classic weight names.
+Also their common random init (`init_weights`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class StackedWeightsMixin:
@@ -94,6 +95,20 @@ class StackedWeightsMixin:
     @property
     def b_out(self) -> Tensor:
         return self._stack_mlp("b_out")
+
+    def init_weights(self) -> None:
+        """Random init for training from scratch: N(0, init_range) weight matrices and
+        embedding tables, norm weights 1, biases 0."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        for name, param in self.named_parameters():  # type: ignore[attr-defined]
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.lstrip("_").startswith("W") or leaf == "weight":
+                nn.init.normal_(param, std=self.cfg.init_range)
+            elif leaf == "w":
+                nn.init.ones_(param)
+            else:
+                nn.init.zeros_(param)
 
     def all_head_labels(self) -> list[str]:
         return [
