@@ -113,7 +113,7 @@ class TokenizerMixin:
         if isinstance(input, list) and input and isinstance(input[0], str):
             return [self.to_str_tokens(s, prepend_bos, padding_side) for s in input]  # type: ignore[misc,return-value]
         if isinstance(input, str):
-            ids = self.to_tokens(input, prepend_bos, padding_side, move_to_device=False)[0]
+            ids = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
         else:
             ids = torch.as_tensor(input)
             if ids.dim() == 2 and ids.shape[0] > 1:
@@ -123,7 +123,7 @@ class TokenizerMixin:
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that is exactly one token (error otherwise)."""
-        ids = self.to_tokens(string, prepend_bos=False, move_to_device=False)[0]
+        ids = self.tokenize_with_mask(string, prepend_bos=False)[0][0]
         if ids.numel() != 1:
             pieces = self.to_str_tokens(ids)
             raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
@@ -146,7 +146,7 @@ class TokenizerMixin:
         if mode not in ("first", "last"):
             raise ValueError(f"mode must be 'first' or 'last', got {mode!r}.")
         if isinstance(input, str):
-            tokens = self.to_tokens(input, prepend_bos, padding_side, move_to_device=False)
+            tokens = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
         else:
             tokens = torch.as_tensor(input)
         if tokens.dim() == 2:
@@ -209,35 +209,6 @@ class SpecialTokensMixin(TokenizerMixin):
         adding the tokenizer's own special tokens."""
         tokens, _, mask = self._encode(input, prepend_bos, padding_side, truncate)
         return tokens, (None if bool(mask.all()) else mask)
-
-    def to_str_tokens(
-        self,
-        input: TextInput | Tensor | list[int],
-        prepend_bos: bool | None = None,
-        padding_side: str | None = None,
-    ) -> list[str] | list[list[str]]:
-        if isinstance(input, str):
-            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
-        return super().to_str_tokens(input, prepend_bos, padding_side)
-
-    def to_single_token(self, string: str) -> int:
-        ids = self.tokenize_with_mask(string, prepend_bos=False)[0][0]
-        if ids.numel() != 1:
-            pieces = self.to_str_tokens(ids)
-            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {pieces}.")
-        return int(ids[0])
-
-    def get_token_position(
-        self,
-        single_token: str | int,
-        input: str | Tensor,
-        mode: str = "first",
-        prepend_bos: bool | None = None,
-        padding_side: str | None = None,
-    ) -> int:
-        if isinstance(input, str):
-            input = self.tokenize_with_mask(input, prepend_bos, padding_side)[0]
-        return super().get_token_position(single_token, input, mode, prepend_bos, padding_side)
 
 
 def _texts(input: TextInput) -> list[str]:
