@@ -43,3 +43,15 @@ def test_main_leaves_autograd_as_it_was(folder: Path) -> None:
 
     main(["inspect", str(folder), "--no-progress"])
     assert torch.is_grad_enabled()
+
+
+def test_inspect_loads_encoder_decoders_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.model.test_encoder_decoder import save_t5
+
+    save_t5(tmp_path)
+    assert main(["inspect", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "as HookedEncoderDecoder" in out
+    assert "decoder.0.hook_cross_attn_out" in out and "decoder.1.hook_cross_attn_out" not in out

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -36,16 +37,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _load(name: str, progress: bool):  # type: ignore[no-untyped-def]
-    from anatomist import HookedTransformer
+def _load(name: str, progress: bool, any_kind: bool = False):  # type: ignore[no-untyped-def]
+    """Load `name` as a decoder-only model; with `any_kind`, encoders (BERT) and
+    encoder-decoders (T5) load as HookedEncoder / HookedEncoderDecoder instead of failing."""
+    from anatomist import HookedEncoder, HookedEncoderDecoder, HookedTransformer
+    from anatomist.families.bert import EncoderOnlyError
+    from anatomist.families.t5 import EncoderDecoderOnlyError
 
     start = time.perf_counter()
-    model = HookedTransformer.from_pretrained(name, progress=progress)
+    try:
+        model: Any = HookedTransformer.from_pretrained(name, progress=progress)
+    except EncoderOnlyError:
+        if not any_kind:
+            raise
+        model = HookedEncoder.from_pretrained(name, progress=progress)
+    except EncoderDecoderOnlyError:
+        if not any_kind:
+            raise
+        model = HookedEncoderDecoder.from_pretrained(name, progress=progress)
     cfg = model.cfg
     print(
-        f"Loaded {cfg.model_name} in {time.perf_counter() - start:.1f}s: {cfg.n_layers} layers, "
-        f"d_model {cfg.d_model}, {cfg.n_heads} heads ({cfg.n_kv_heads} key/value), "
-        f"vocab {cfg.d_vocab}."
+        f"Loaded {cfg.model_name} as {type(model).__name__} in "
+        f"{time.perf_counter() - start:.1f}s: {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads ({cfg.n_kv_heads} key/value), vocab {cfg.d_vocab}."
     )
     return model
 
@@ -84,10 +98,13 @@ def run_demo(name: str, prompt: str, answer: str, seq_len: int, progress: bool) 
 
 
 def run_inspect(name: str, progress: bool) -> None:
-    model = _load(name, progress)
+    model = _load(name, progress, any_kind=True)
     print(model.cfg)
     names = list(model.hook_dict)
-    shown = [n for n in names if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+    stacks = ("blocks.", "encoder.", "decoder.")  # every block of a stack has the same hooks
+    shown = [
+        n for n in names if not n.startswith(stacks) or any(n.startswith(f"{s}0.") for s in stacks)
+    ]
     print(f"{len(names)} hook points; outside blocks and in block 0 (blocks 1.. alike):")
     for hook_name in shown:
         opt_in = model.hook_dict[hook_name].opt_in
