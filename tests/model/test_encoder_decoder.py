@@ -277,6 +277,26 @@ def test_greedy_generation_matches_hugging_face(
     )
     assert torch.equal(ours, expected)
     assert len(set(ours[:, 1:].flatten().tolist())) > 2  # not a degenerate repetition
+    # Stopping: take a token row 0 produces as its end-of-sequence token; row 0 stops there
+    # and is padded, row 1 goes on (or stops where it meets the token), as in Hugging Face.
+    stop = int(expected[0, 3])
+    expected = hf.generate(
+        tokens,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        eos_token_id=stop,
+        use_cache=False,
+    )
+    ours = model.generate(
+        tokens,
+        one_zero_attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        eos_token_id=stop,
+        verbose=False,
+    )
+    assert torch.equal(ours, expected)
 
 
 def test_text_input_and_string_generation(tmp_path: Path) -> None:

@@ -408,7 +408,8 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         Returns the decoder sequence ``[b, 1 + new]`` (start token included, as Hugging Face's
         ``generate`` does) for ``return_type="tokens"``, or the decoded text without special
         tokens for ``"str"``; ``"input"`` means str for text input and tokens otherwise.
-        Sequences that finish early are padded with the end-of-sequence token. Hooks added with
+        Sequences that finish early are padded with the pad token (the tokenizer's, else
+        `decoder_start_token_id`), as Hugging Face does. Hooks added with
         ``model.hooks(...)`` fire at every step, over the whole decoder sequence so far.
         """
         if return_type not in ("input", "str", "tokens", "tensor"):
@@ -432,7 +433,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             else:
                 new = logits.argmax(-1)
             if stops:
-                new = torch.where(finished, stops[0], new)
+                new = torch.where(finished, self._generation_pad_id, new)
                 finished |= torch.isin(new, torch.tensor(stops, device=new.device))
             out = torch.cat([out, new[:, None]], dim=1)
             if stops and bool(finished.all()):
@@ -442,6 +443,11 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             texts = tok.batch_decode(out.tolist(), skip_special_tokens=True)
             return texts[0] if isinstance(input, str) else texts
         return out
+
+    @property
+    def _generation_pad_id(self) -> int:
+        pad = None if self.tokenizer is None else self.tokenizer.pad_token_id
+        return self.decoder_start_token_id if pad is None else int(pad)
 
     def _stop_tokens(self, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:
         if not stop_at_eos:
