@@ -31,6 +31,7 @@ ACTIVATION_FUNCTIONS = (
     "relu",
     "silu",
     "solu_ln",
+    "xielu",  # learned alphas on each MLP (Apertus)
 )
 
 

@@ -46,7 +46,6 @@ UNSUPPORTED: dict[str, str] = {
     "never runs",
     "Wav2Vec2Model": "an audio encoder, not a language model",
     "HubertModel": "an audio encoder, not a language model",
-    "ApertusForCausalLM": "needs the xIELU activation, which the native model does not have yet",
     "GptOssForCausalLM": "needs attention sinks and its mixture-of-experts, not implemented yet",
 }
 

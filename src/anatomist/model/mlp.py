@@ -1,4 +1,8 @@
-"""MLPs: standard (``act(x W_in + b_in) W_out``) and gated (SwiGLU: ``act(x W_gate) * x W_in``)."""
+"""MLPs: standard (``act(x W_in + b_in) W_out``) and gated (SwiGLU: ``act(x W_gate) * x W_in``).
+
+Most activations are fixed functions (`ACTIVATIONS`); xIELU has two learned scalars per MLP
+(``xielu_alpha_p``, ``xielu_alpha_n``), which live on the MLP module beside its weights.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,27 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "solu_ln": lambda x: x * F.softmax(x, dim=-1),
 }
 
+# xIELU (Huang et al. 2024, arXiv:2411.13010) as transformers' `XIELUActivation` runs it: beta and
+# eps are fixed (transformers keeps them as buffers), the alphas are learned and start at 0.8.
+XIELU_BETA = 0.5
+XIELU_EPS = -1e-6
+XIELU_ALPHA_INIT = 0.8
+
+
+def xielu(x: Tensor, alpha_p_raw: Tensor, alpha_n_raw: Tensor) -> Tensor:
+    """``alpha_p x^2 + beta x`` for x > 0, ``alpha_n (expm1(min(x, eps)) - x) + beta x`` otherwise,
+    with ``alpha_p = softplus(alpha_p_raw)`` and ``alpha_n = beta + softplus(alpha_n_raw)``.
+
+    Op for op transformers' Python path (`XIELUActivation._xielu_python`), in the input's dtype.
+    """
+    alpha_p = F.softplus(alpha_p_raw)
+    alpha_n = XIELU_BETA + F.softplus(alpha_n_raw)
+    return torch.where(
+        x > 0,
+        alpha_p * x * x + XIELU_BETA * x,
+        (torch.expm1(torch.clamp(x, max=XIELU_EPS)) - x) * alpha_n + XIELU_BETA * x,
+    )
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -35,13 +60,38 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(m, dtype=dtype))
         self.W_out = nn.Parameter(torch.empty(m, d, dtype=dtype))
         self.b_out = nn.Parameter(torch.zeros(d, dtype=dtype))
-        self.act = ACTIVATIONS[cfg.act_fn]
+        self.act: Callable[[Tensor], Tensor]
+        if cfg.act_fn == "xielu":
+            # xIELU's learned scalars, stored as transformers stores them (before softplus, [1]).
+            self.xielu_alpha_p = nn.Parameter(torch.empty(1, dtype=dtype))
+            self.xielu_alpha_n = nn.Parameter(torch.empty(1, dtype=dtype))
+            self.init_own_parameters()
+            self.act = self._xielu  # a bound method, so copies of the module use their own alphas
+        else:
+            self.act = ACTIVATIONS[cfg.act_fn]
         self.hook_pre = HookPoint()  # [b, p, d_mlp], before the nonlinearity
         self.hook_post = HookPoint()  # [b, p, d_mlp], after it
         self.solu_ln = cfg.act_fn.endswith("_ln")
         if self.solu_ln:  # SoLU: the activation, then a LayerNorm over d_mlp
             self.hook_mid = HookPoint()  # [b, p, d_mlp], between the activation and the norm
             self.ln = LayerNorm(cfg, cfg.d_mlp)
+
+    def init_own_parameters(self) -> None:
+        """xIELU's alphas at transformers' initial values (alpha_p = alpha_n = 0.8, stored as
+        inverse softplus, computed in the model's dtype as there); `init_weights` calls this
+        after its generic init, which would leave them 0."""
+        if self.cfg.act_fn != "xielu":
+            return
+        dtype = self.xielu_alpha_p.dtype
+        with torch.no_grad():
+            for raw, alpha in (
+                (self.xielu_alpha_p, XIELU_ALPHA_INIT),
+                (self.xielu_alpha_n, XIELU_ALPHA_INIT - XIELU_BETA),
+            ):
+                raw.copy_(torch.log(torch.expm1(torch.tensor(alpha, dtype=dtype))))
+
+    def _xielu(self, x: Tensor) -> Tensor:
+        return xielu(x, self.xielu_alpha_p, self.xielu_alpha_n)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.hook_pre(_linear(x, self.W_in, self.b_in))

@@ -98,7 +98,8 @@ class StackedWeightsMixin:
 
     def init_weights(self) -> None:
         """Random init for training from scratch: N(0, init_range) weight matrices and
-        embedding tables, norm weights 1, biases 0."""
+        embedding tables, norm weights 1, biases 0; a module with other parameters sets them in
+        its `init_own_parameters()`."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
         for name, param in self.named_parameters():  # type: ignore[attr-defined]
@@ -109,6 +110,11 @@ class StackedWeightsMixin:
                 nn.init.ones_(param)
             else:
                 nn.init.zeros_(param)
+        for module in self.modules():  # type: ignore[attr-defined]
+            # Parameters that start elsewhere (xIELU's alphas) are set by their module.
+            init_own = getattr(module, "init_own_parameters", None)
+            if callable(init_own):
+                init_own()
 
     def all_head_labels(self) -> list[str]:
         return [
