@@ -31,6 +31,7 @@ ACTIVATION_FUNCTIONS = (
     "relu",
     "silu",
     "solu_ln",
+    "quick_gelu",  # x * sigmoid(1.702 x) (GPT-OSS experts' gate)
     "xielu",  # learned alphas on each MLP (Apertus)
 )
 
@@ -53,12 +54,15 @@ class TransformerConfig:
     # What the blocks compute.
     act_fn: str | None = "gelu_new"  # MLP nonlinearity (see ACTIVATION_FUNCTIONS)
     gated_mlp: bool = False  # SwiGLU-style: act(x W_gate) * (x W_in)
+    swiglu_limit: float | None = None  # ... act(min(gate, L)) * (clamp(lin, -L, L) + 1) (GPT-OSS)
     num_experts: int | None = None  # mixture of experts: experts per MLP (None: one dense MLP)
     experts_per_token: int | None = None  # ... experts each token is routed to (top-k)
     norm_topk_prob: bool = False  # ... rescale the top-k routing weights to sum to 1 (Mixtral)
     d_mlp_shared: int | None = None  # ... width of an always-on, sigmoid-gated shared expert
     moe_layers: list[int] | None = None  # ... layers whose MLP has experts (None: every layer) ...
     d_mlp_dense: int | None = None  # ... width of the dense MLP of the others (None: d_mlp)
+    router_bias: bool = False  # ... the router has a bias, b_router (GPT-OSS)
+    router_softmax_over_topk: bool = False  # ... top-k of the logits, then softmax (GPT-OSS)
     normalization_type: str | None = "LN"  # LN | LNPre | RMS | RMSPre | None (Pre = folded weights)
     eps: float = 1e-5  # normalization epsilon
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre (GPT-J, NeoX)
@@ -70,6 +74,7 @@ class TransformerConfig:
     final_norm: bool = True  # ln_final before the unembedding (False: the checkpoint has none)
     final_rms: bool = False  # ln_final is an RMSNorm while the blocks use LayerNorm (old SoLU)
     attn_scores_soft_cap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    attn_sinks: bool = False  # a learned logit per head joins each softmax, valueless (GPT-OSS)
     output_logits_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     causal: bool = True  # each position attends only to itself and earlier ones (False: BERT)
     use_attn_scale: bool = True  # divide attention scores by attn_scale
@@ -193,6 +198,8 @@ class TransformerConfig:
                     f"moe_layers={self.moe_layers} needs num_experts and layer indices in "
                     f"0..{self.n_layers - 1}."
                 )
+        if self.swiglu_limit is not None and not self.gated_mlp:
+            raise ValueError("swiglu_limit clamps a gated MLP's two branches; set gated_mlp=True.")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether `layer`'s MLP is the mixture of experts (else a dense MLP, d_mlp_dense wide)."""

@@ -132,7 +132,13 @@ def check_invariants(folder: Path, case: Case) -> None:
             ln1_post = model.blocks[i].ln1_post
             assert (attn_out - ln1_post(result.sum(-2) + b_O)).abs().max() <= 1e-5
         pattern, scores = cache["pattern", i], cache["attn_scores", i]
-        assert (pattern - scores.softmax(-1)).abs().max() <= 1e-6
+        if cfg.attn_sinks:  # each head's sink logit joins the softmax; the pattern drops it
+            sinks = model.blocks[i].attn.sinks[None, :, None, None].expand(*scores.shape[:-1], 1)
+            expected = torch.cat([scores, sinks], dim=-1).softmax(-1)[..., :-1]
+            assert (pattern.sum(-1) < 1).all()
+        else:
+            expected = scores.softmax(-1)
+        assert (pattern - expected).abs().max() <= 1e-6
         if cfg.attn_only:
             assert (post - (pre + attn_out)).abs().max() <= 1e-5
         elif cfg.parallel_attn_mlp:

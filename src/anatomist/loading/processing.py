@@ -8,7 +8,9 @@
 - `center_unembed`: make each row of ``W_U`` (and ``b_U``) zero-mean over the vocabulary;
   log-probabilities are unchanged because softmax ignores a constant shift.
 - `fold_value_biases`: move ``b_V`` into ``b_O`` (each pattern row sums to 1, so the value bias
-  contributes ``sum_h b_V[h] @ W_O[h]`` at every position).
+  contributes ``sum_h b_V[h] @ W_O[h]`` at every position). Not with attention sinks
+  (``cfg.attn_sinks``, GPT-OSS): there a row sums to 1 minus the sink's share, which varies with
+  the position, so ``b_V`` stays where it is.
 
 Logits change only by a per-position constant (log-probs are identical up to float error);
 tests/loading/test_processing.py proves it on every family.
@@ -58,7 +60,7 @@ def process_weights(
     False for each: folding when there is nothing to fold, the blocks are Post-LN or positions
     are added after ln1 (shortformer), centering the writing weights unless every reader of the
     residual stream normalizes it with a LayerNorm, centering the unembedding when the logits are
-    soft-capped.
+    soft-capped, folding the value biases when attention has sinks.
     """
     # The arguments shadow the step functions' names, hence the _STEPS table.
     cfg = model.cfg
@@ -67,7 +69,7 @@ def process_weights(
         "fold_ln": norm in ("LN", "RMS") and _unfoldable(cfg) is None,
         "center_writing_weights": norm in _LAYER_NORMS and _mean_sensitive_reader(cfg) is None,
         "center_unembed": cfg.output_logits_soft_cap is None,
-        "fold_value_biases": True,
+        "fold_value_biases": _value_bias_reach(cfg) is None,
     }
     asked = {
         "fold_ln": fold_ln,
@@ -99,6 +101,16 @@ def _mean_sensitive_reader(cfg: Any) -> str | None:
         return "the unembedding reads the residual stream without a final norm"
     if cfg.final_rms:
         return "the final norm is an RMSNorm (cfg.final_rms), which keeps the mean"
+    return None
+
+
+def _value_bias_reach(cfg: Any) -> str | None:
+    """Why b_V does not reach the output as a constant (None: it does, pattern rows sum to 1)."""
+    if cfg.attn_sinks:
+        return (
+            "with attention sinks a pattern row sums to 1 minus the sink's share, so b_V's "
+            "contribution varies with the position"
+        )
     return None
 
 
@@ -173,12 +185,14 @@ def _dense_mlps(mlp: Any) -> list[Any]:
 
 def _fold_into_router(moe: MoE, norm: Any, fold_bias: bool, center: bool) -> None:
     """Fold the norm into the router (and the shared expert's gate), which read it too."""
-    if fold_bias and bool(norm.b.any()):
+    no_slot = not moe.cfg.router_bias or moe.shared_expert is not None  # the shared gate has none
+    if fold_bias and no_slot and bool(norm.b.any()):
         raise NotImplementedError(
-            "Folding a LayerNorm bias into a mixture of experts needs a router bias, which this "
-            "model has no slot for; load with fold_ln=False."
+            "Folding a LayerNorm bias into a mixture of experts needs a router bias (and a "
+            "shared-expert gate bias), which this model has no slot for; load with fold_ln=False."
         )
-    _fold_into_matrix(moe.W_router, None, norm, False, center)
+    router_bias = moe.b_router if moe.cfg.router_bias else None
+    _fold_into_matrix(moe.W_router, router_bias, norm, fold_bias, center)
     if moe.shared_expert is not None:
         _fold_into_matrix(moe.W_shared_gate, None, norm, False, center)
 
@@ -250,6 +264,9 @@ def center_unembed(model: Any) -> None:
 @torch.no_grad()
 def fold_value_biases(model: Any) -> None:
     """Move each layer's value bias into its output bias: ``b_O += sum_h b_V[h] @ W_O[h]``."""
+    reason = _value_bias_reach(model.cfg)
+    if reason is not None:
+        raise ValueError(f"fold_value_biases is not valid for this model: {reason}.")
     for block in model.blocks:
         attn = block.attn
         _, _, _, b_V_kv = attn.kv_weights

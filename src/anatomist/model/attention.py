@@ -7,6 +7,13 @@ per query head, as the classic library did.
 
 Attention runs through ``scaled_dot_product_attention`` unless a hook needs the scores or the
 pattern (``hook_attn_scores`` / ``hook_pattern``); then the explicit path runs for this layer.
+
+Attention sinks (``cfg.attn_sinks``, GPT-OSS): each head has a learned logit ``sinks[h]`` that
+joins every query's softmax as one more key with no value, so a query can attend to nothing::
+
+    pattern = softmax([scores, sinks[h]])[..., :-1]        # rows sum to 1 - p(sink)
+
+The scores and the pattern keep their ``[b, h, q, k]`` shape over the real keys.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class Attention(nn.Module):
         self._register_kv(kv, d, dh, dtype)
         self.W_O = nn.Parameter(torch.empty(h, dh, d, dtype=dtype))
         self.b_O = nn.Parameter(torch.zeros(d, dtype=dtype))
+        if cfg.attn_sinks:  # each head's learned sink logit (GPT-OSS)
+            self.sinks = nn.Parameter(torch.zeros(h, dtype=dtype))
 
         self.scale = cfg.attn_scale if cfg.use_attn_scale else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:
@@ -116,6 +125,8 @@ class Attention(nn.Module):
             bias = self._alibi(positions).to(qh.dtype)  # [b, h, 1, k]
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask, bias)
+        elif self.cfg.attn_sinks:
+            z = self._fused_attention_with_sinks(qh, kh, vh, mask, bias)
         else:
             attn_mask: Tensor | None = mask
             if bias is not None:  # SDPA takes the bias as a float mask, -inf where masked
@@ -174,8 +185,57 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        if self.cfg.attn_sinks:  # the sink joins the softmax; the pattern keeps the real keys
+            sink = self.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
+            probs = F.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)
+            pattern = self.hook_pattern(probs[..., :-1].to(q.dtype))
+        else:
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return pattern @ v  # [b, h, q, dh]
+
+    def _fused_attention_with_sinks(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None
+    ) -> Tensor:
+        """Attention with sinks through ``scaled_dot_product_attention``: the sink is one more key.
+
+        Queries get `pad` extra features, the first holding ``sinks[h]`` over the softmax scale;
+        the real keys get zeros there, the sink key is zero except a one in that feature, and its
+        value is zero. So ``q.k`` is unchanged for the real keys (plus exact zeros), the sink's
+        score is ``sinks[h]`` (to rounding), and the sink adds nothing to the output. The extra
+        features keep the head size a multiple of 8, which the fused kernels want; the mask gets
+        a column that always lets the sink in. Per query head, so it works under GQA.
+        """
+        b, h, q_len, dh = q.shape
+        kv, k_len = k.shape[1], k.shape[-2]
+        pad = 8 - dh % 8
+        sink_feature = (self.sinks * self.scale).to(q.dtype)  # SDPA multiplies by 1 / scale
+        q_extra = q.new_zeros(b, h, q_len, pad)
+        q_extra[..., 0] = sink_feature[None, :, None]
+        sink_key = k.new_zeros(b, kv, 1, dh + pad)
+        sink_key[..., dh] = 1.0
+        k = torch.cat([F.pad(k, (0, pad)), sink_key], dim=-2)  # [b, kv, k + 1, dh + pad]
+        v = F.pad(v, (0, 0, 0, 1))  # [b, kv, k + 1, dh], the sink's value is zero
+        q = torch.cat([q, q_extra], dim=-1)  # [b, h, q, dh + pad]
+
+        allowed = mask
+        if allowed is None and self.cfg.causal:
+            allowed = causal_mask(q_len, k_len, q.device)
+        attn_mask: Tensor | None = allowed
+        if bias is not None:  # ALiBi: a float mask, -inf where masked
+            attn_mask = bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))
+        if attn_mask is None:
+            attn_mask = torch.ones(1, 1, q_len, k_len + 1, dtype=torch.bool, device=q.device)
+        else:  # the sink's column: always allowed (True, or a zero bias)
+            sink_allowed = 1.0 if attn_mask.dtype == torch.bool else 0.0
+            attn_mask = F.pad(attn_mask, (0, 1), value=sink_allowed)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            scale=1.0 / self.scale,
+            enable_gqa=self.cfg.is_grouped_query,
+        )
 
 
 class GroupedQueryAttention(Attention):

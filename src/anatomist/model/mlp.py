@@ -26,6 +26,8 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
     # SoLU (Elhage et al. 2022): x * softmax(x), followed by a LayerNorm inside the MLP.
     "solu_ln": lambda x: x * F.softmax(x, dim=-1),
+    # QuickGELU, x * sigmoid(1.702 x): transformers' "quick_gelu", and GPT-OSS's gate (alpha=1.702).
+    "quick_gelu": lambda x: x * torch.sigmoid(x * 1.702),
 }
 
 # xIELU (Huang et al. 2024, arXiv:2411.13010) as transformers' `XIELUActivation` runs it: beta and
@@ -114,7 +116,12 @@ class GatedMLP(MLP):
     def forward(self, x: Tensor) -> Tensor:
         pre = self.hook_pre(_linear(x, self.W_gate, self.b_gate))  # gate pre-activation
         pre_linear = self.hook_pre_linear(_linear(x, self.W_in, self.b_in))
-        post = self.hook_post(self.act(pre) * pre_linear)
+        limit = self.cfg.swiglu_limit
+        if limit is None:
+            post = self.act(pre) * pre_linear
+        else:  # GPT-OSS's clamped SwiGLU: the hooks above see both branches before the clamps
+            post = self.act(pre.clamp(max=limit)) * (pre_linear.clamp(-limit, limit) + 1)
+        post = self.hook_post(post)
         return _linear(post, self.W_out, self.b_out)
 
 

@@ -1,4 +1,4 @@
-"""Sparse mixture-of-experts MLP (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE).
+"""Sparse mixture-of-experts MLP (Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE, GPT-OSS).
 
 A router scores every expert for every token; each token runs through its top
 ``experts_per_token`` experts and the layer returns their outputs weighted by the routing weights::
@@ -9,11 +9,22 @@ A router scores every expert for every token; each token runs through its top
     out[t] = sum_j weights[t, j] * experts[indices[t, j]](x[t])
     out += sigmoid(x @ W_shared_gate) * shared_expert(x)   # only with cfg.d_mlp_shared (Qwen2-MoE)
 
-This is transformers' routing (softmax over all experts, then top-k, in float32).
+This is transformers' routing (softmax over all experts, then top-k, in float32). GPT-OSS
+(``cfg.router_bias``, ``cfg.router_softmax_over_topk``) routes on biased logits and takes the
+softmax over the chosen experts' logits only::
+
+    logits = x @ W_router + b_router
+    top, indices = topk(logits, experts_per_token)
+    weights = softmax(top)                            # float32
+
+which is the same as the normalised top-k of the full softmax up to rounding, in the reference's
+order. Its experts are gated MLPs with biases and GPT-OSS's clamped SwiGLU (``cfg.swiglu_limit``,
+see `anatomist.model.mlp.GatedMLP`).
 
 Weights (classic orientation, ``[in, out]``)::
 
-    blocks.{i}.mlp.W_router                [d_model, num_experts]   the router (no bias)
+    blocks.{i}.mlp.W_router                [d_model, num_experts]   the router
+    blocks.{i}.mlp.b_router                [num_experts]            its bias (cfg.router_bias)
     blocks.{i}.mlp.experts.{e}.W_in        [d_model, d_mlp]         each expert is an `MLP`
     blocks.{i}.mlp.experts.{e}.W_gate      [d_model, d_mlp]         (gated experts), or
     blocks.{i}.mlp.experts.{e}.W_out       [d_mlp, d_model]         `GatedMLP` with cfg.gated_mlp;
@@ -67,6 +78,8 @@ class MoE(nn.Module):
         d, dtype = cfg.d_model, cfg.dtype
         expert_cfg = dense_config(cfg)
         self.W_router = nn.Parameter(torch.empty(d, n_experts, dtype=dtype))
+        if cfg.router_bias:
+            self.b_router = nn.Parameter(torch.zeros(n_experts, dtype=dtype))
         self.experts = nn.ModuleList(make_mlp(expert_cfg) for _ in range(n_experts))
         self.shared_expert: nn.Module | None = None
         if cfg.d_mlp_shared is not None:
@@ -79,11 +92,18 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, p, d = x.shape
         flat = x.reshape(b * p, d)  # [n, d]
-        logits = flat @ self.W_router  # [n, num_experts]
-        probs = logits.float().softmax(dim=-1)
-        weights, indices = probs.topk(self.experts_per_token, dim=-1)  # [n, k]
-        if self.cfg.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.cfg.router_bias:
+            logits = torch.addmm(self.b_router, flat, self.W_router)  # [n, num_experts]
+        else:
+            logits = flat @ self.W_router  # [n, num_experts]
+        if self.cfg.router_softmax_over_topk:
+            top, indices = logits.topk(self.experts_per_token, dim=-1)  # [n, k]
+            weights = top.float().softmax(dim=-1)
+        else:
+            probs = logits.float().softmax(dim=-1)
+            weights, indices = probs.topk(self.experts_per_token, dim=-1)  # [n, k]
+            if self.cfg.norm_topk_prob:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = self.hook_expert_weights(weights.to(x.dtype).view(b, p, -1))
         indices = self.hook_expert_indices(indices.view(b, p, -1))
         out = self._experts_out(flat, weights.reshape(b * p, -1), indices.reshape(b * p, -1))
