@@ -46,7 +46,6 @@ UNSUPPORTED: dict[str, str] = {
     "never runs",
     "Wav2Vec2Model": "an audio encoder, not a language model",
     "HubertModel": "an audio encoder, not a language model",
-    "GptOssForCausalLM": "needs attention sinks and its mixture-of-experts, not implemented yet",
 }
 
 
