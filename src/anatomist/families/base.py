@@ -4,6 +4,11 @@ A family turns a checkpoint's own config.json into a `TransformerConfig`, and ea
 tensor (by its Hugging Face name) into native tensors (by classic HookedTransformer name). Rules
 are regular expressions over tensor names with a small transform each; ``{i}`` in a native name is
 the layer index captured from the Hugging Face name.
+
+Shared by the family modules: the transforms below, the rule builders (`linear_rules`,
+`qkv_rules`, `mlp_rules`, `norm_rules`: one call per projection or norm, weight and bias
+together) and `rope_settings`. Llama's config reader and rules, on which most later families are
+a diff, live in `anatomist.families.llama` (`llama_style_config`).
 """
 
 from __future__ import annotations
@@ -42,20 +47,27 @@ class Family:
     ignore: tuple[str, ...] = ()  # regexes of HF tensors that carry no weights we need
     _compiled: list[tuple[re.Pattern[str], WeightRule]] = field(default_factory=list, repr=False)
 
-    def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
-        """Native tensors for one checkpoint tensor ({} for ignored ones)."""
+    def rule_for(self, name: str) -> tuple[WeightRule, re.Match[str]] | None:
+        """The first rule whose pattern matches the whole tensor name, and the match."""
         if not self._compiled:
             self._compiled.extend((rule.compiled(), rule) for rule in self.rules)
         for regex, rule in self._compiled:
             match = regex.fullmatch(name)
-            if match is None:
-                continue
-            values = rule.transform(tensor, cfg)
-            fill = {"i": "", **match.groupdict(), "kv": "_" if cfg.is_grouped_query else ""}
-            return {target.format(**fill): v for target, v in zip(rule.targets, values)}
-        if any(re.fullmatch(p, name) for p in self.ignore):
-            return {}
-        raise KeyError(name)
+            if match is not None:
+                return rule, match
+        return None
+
+    def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
+        """Native tensors for one checkpoint tensor ({} for ignored ones)."""
+        found = self.rule_for(name)
+        if found is None:
+            if any(re.fullmatch(p, name) for p in self.ignore):
+                return {}
+            raise KeyError(name)
+        rule, match = found
+        values = rule.transform(tensor, cfg)
+        fill = {"i": "", **match.groupdict(), "kv": "_" if cfg.is_grouped_query else ""}
+        return {target.format(**fill): v for target, v in zip(rule.targets, values)}
 
 
 # --- transforms shared by families --------------------------------------------------------------
@@ -94,20 +106,82 @@ def output_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t.T.reshape(cfg.n_heads, -1, t.shape[0]),)
 
 
+def shared_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    """A parallel block's one norm, read by attention and the MLP alike: loaded as ln1 and ln2."""
+    return (t, t)
+
+
+def input_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
+    """A norm that is ln1, and also ln2 when the block is parallel (attention and MLP read it)."""
+    return (t, t) if cfg.parallel_attn_mlp else (t,)
+
+
+# --- rule builders shared by families -----------------------------------------------------------
+def linear_rules(
+    hf_name: str,
+    weight: str,
+    bias: str | None = None,
+    transform: Transform = transpose,
+    bias_transform: Transform = same,
+) -> tuple[WeightRule, ...]:
+    """A projection `hf_name` (regex, without ``.weight``): its weight through `transform` to the
+    native `weight`, and, when `bias` is given, its bias through `bias_transform`."""
+    rules = (WeightRule(hf_name + r"\.weight", (weight,), transform),)
+    if bias is None:
+        return rules
+    return rules + (WeightRule(hf_name + r"\.bias", (bias,), bias_transform),)
+
+
+def norm_rules(hf_name: str, *targets: str, transform: Transform = same) -> tuple[WeightRule, ...]:
+    """A LayerNorm `hf_name` (regex, without ``.weight``): weight and bias to ``{target}.w`` and
+    ``{target}.b`` of each native norm in `targets` (several for a norm shared by a parallel
+    block, with `transform` returning one tensor per target)."""
+    return tuple(
+        WeightRule(hf_name + rf"\.{param}", tuple(f"{t}.{short}" for t in targets), transform)
+        for param, short in (("weight", "w"), ("bias", "b"))
+    )
+
+
+def mlp_rules(w_in: str, w_out: str, transform: Transform = transpose) -> tuple[WeightRule, ...]:
+    """An ungated MLP's two projections (regexes, without ``.weight``), with biases: `w_in` ->
+    W_in/b_in, `w_out` -> W_out/b_out; `transform` turns a stored weight into [in, out]
+    (`transpose` for nn.Linear, `same` for GPT-2's Conv1D)."""
+    mlp = "blocks.{i}.mlp."
+    return linear_rules(w_in, mlp + "W_in", mlp + "b_in", transform) + linear_rules(
+        w_out, mlp + "W_out", mlp + "b_out", transform
+    )
+
+
+def qkv_rules(prefix: str, biases: bool = True) -> tuple[WeightRule, ...]:
+    """Separate query, key and value projections ``{prefix}q_proj``/``k_proj``/``v_proj``
+    (nn.Linear, [heads * d_head, d_model]), with their biases when `biases`; keys and values may
+    have fewer heads than queries (grouped-query attention)."""
+    a = "blocks.{i}.attn."
+    q_bias, k_bias, v_bias = (a + "b_Q", a + "{kv}b_K", a + "{kv}b_V") if biases else (None,) * 3
+    return (
+        *linear_rules(prefix + "q_proj", a + "W_Q", q_bias, query_weight, query_bias),
+        *linear_rules(prefix + "k_proj", a + "{kv}W_K", k_bias, kv_weight, kv_bias),
+        *linear_rules(prefix + "v_proj", a + "{kv}W_V", v_bias, kv_weight, kv_bias),
+    )
+
+
 # The rope scaling types the native rotary computes (anatomist.model.positions), as transformers
 # names them.
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
 def rope_settings(
-    hf: dict[str, Any], original_max_positions: int | None = None
+    hf: dict[str, Any],
+    original_max_positions: int | None = None,
+    default_theta: float = 10000.0,
 ) -> tuple[float, dict[str, Any] | None]:
     """rope theta and scaling from either config style (transformers 5 `rope_parameters`, or
     the older `rope_theta` + `rope_scaling`), the scaling completed with the defaults transformers
     fills in. `original_max_positions` is a config-level pretraining length that overrides the
-    scaling's own, as in transformers for config classes that declare one (Phi-3)."""
+    scaling's own, as in transformers for config classes that declare one (Phi-3);
+    `default_theta` is the config class's theta when the file names none."""
     params = hf.get("rope_parameters") or {}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    theta = float(params.get("rope_theta", hf.get("rope_theta", default_theta)))
     scaling = hf.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind == "default":

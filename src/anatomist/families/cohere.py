@@ -12,12 +12,12 @@ before rotary.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import granite, llama
-from anatomist.families.base import Family, WeightRule, same
-from anatomist.families.gptj import shared_norm
+from anatomist.families.base import Family, WeightRule, rope_settings, shared_norm
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -27,16 +27,18 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     logit_scale = hf.get("logit_scale", 0.0625)
     if logit_scale is None:
         raise ValueError("Cohere config has logit_scale=None, which the architecture cannot run.")
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = granite.checked_rope(hf, default_theta=500000.0)
-    cfg.normalization_type = "LN"
-    cfg.eps = hf.get("layer_norm_eps") or 1e-5
-    cfg.parallel_attn_mlp = True
-    cfg.rotary_adjacent_pairs = True
+    cfg = llama.llama_style_config(
+        hf,
+        "CohereForCausalLM",
+        rope=partial(rope_settings, default_theta=500000.0),
+        normalization_type="LN",
+        eps=hf.get("layer_norm_eps") or 1e-5,
+        parallel_attn_mlp=True,
+        rotary_adjacent_pairs=True,
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+    )
     if hf.get("use_qk_norm"):
         cfg.qk_norm, cfg.qk_norm_type, cfg.qk_norm_per_head_weights = True, "LN", True
-    cfg.tie_word_embeddings = hf.get("tie_word_embeddings", True)
-    cfg.original_architecture = "CohereForCausalLM"
     return granite.with_folded_scales(cfg, logits=float(logit_scale))
 
 
@@ -46,8 +48,7 @@ NORM_RULES = (
         _L + r"input_layernorm\.weight", ("blocks.{i}.ln1.w", "blocks.{i}.ln2.w"), shared_norm
     ),
     # use_qk_norm: weights [heads, d_head], as the native per-head norms hold them
-    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
-    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
+    *llama.QK_NORM_RULES,
 )
 OTHER_RULES = tuple(
     rule
@@ -63,5 +64,5 @@ FAMILY = Family(
     model_types=("cohere",),
     build_config=build_config,
     rules=(granite.EMBED_TIED, granite.UNEMBED) + NORM_RULES + OTHER_RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=llama.IGNORE,
 )

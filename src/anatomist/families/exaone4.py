@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import llama, olmo2
+from anatomist.families import olmo2
 from anatomist.families.base import Family
-from anatomist.families.mistral import llama_rope
-from anatomist.families.qwen2 import LAYER_TYPES
+from anatomist.families.llama import llama_rope, llama_style_config
+from anatomist.families.qwen2 import checked_layer_types
 
 
 def layer_types_of(hf: dict[str, Any], window: int | None) -> list[str]:
@@ -36,13 +36,7 @@ def layer_types_of(hf: dict[str, Any], window: int | None) -> list[str]:
             "sliding_attention" if pattern and (i + 1) % pattern != 0 else "full_attention"
             for i in range(n_layers)
         ]
-    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-    if unknown:
-        raise NotImplementedError(
-            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
-        )
-    if len(layer_types) < n_layers:
-        raise ValueError(f"layer_types has {len(layer_types)} entries for {n_layers} layers.")
+    checked_layer_types(layer_types, n_layers)
     return list(layer_types[:n_layers])
 
 
@@ -55,18 +49,20 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
             "cannot build their mask either); set sliding_window or mark every layer "
             "full_attention."
         )
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
-    cfg.eps = hf.get("rms_norm_eps", 1e-5)
-    cfg.pre_norm = False
-    cfg.post_norm_type = "RMS"
-    cfg.qk_norm = True
+    cfg = llama_style_config(
+        hf,
+        "Exaone4ForCausalLM",
+        rope=llama_rope,
+        eps=hf.get("rms_norm_eps", 1e-5),
+        pre_norm=False,
+        post_norm_type="RMS",
+        qk_norm=True,
+    )
     if window is not None:  # hybrid: full-attention layers are NoPE (Exaone4Attention.forward)
         cfg.sliding_window, cfg.layer_types = window, layer_types
         cfg.nope_layers = [
             i for i, kind in enumerate(layer_types) if kind == "full_attention"
         ] or None
-    cfg.original_architecture = "Exaone4ForCausalLM"
     return cfg
 
 

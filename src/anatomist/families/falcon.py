@@ -30,9 +30,17 @@ from typing import Any
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule, same, transpose
+from anatomist.families.base import (
+    Family,
+    WeightRule,
+    input_norm,
+    mlp_rules,
+    norm_rules,
+    rope_settings,
+    same,
+    transpose,
+)
 from anatomist.families.gpt_neox import attn_out_weight
-from anatomist.families.granite import checked_rope
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -60,7 +68,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
                 "Falcon without new_decoder_architecture and multi_query=False needs "
                 f"num_kv_heads == num_attention_heads (got {n_kv} and {n_heads})."
             )
-    theta, scaling = (10000.0, None) if alibi else checked_rope(hf)  # ALiBi: no rotary
+    theta, scaling = (10000.0, None) if alibi else rope_settings(hf)  # ALiBi: no rotary
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
@@ -100,23 +108,10 @@ def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return _groups(t, cfg)
 
 
-def input_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
-    # In a parallel block with one norm, attention and the MLP read the same normalized input.
-    return (t, t) if cfg.parallel_attn_mlp else (t,)
-
-
 _B = r"(?:transformer\.)?h\.(?P<i>\d+)\."
 _A = "blocks.{i}.attn."
 _QKV = (_A + "W_Q", _A + "{kv}W_K", _A + "{kv}W_V")
 _QKV_BIAS = (_A + "b_Q", _A + "{kv}b_K", _A + "{kv}b_V")
-_BOTH = ("blocks.{i}.ln1", "blocks.{i}.ln2")
-
-
-def _norm_rules(hf_norm: str, targets: tuple[str, ...], transform: Any) -> tuple[WeightRule, ...]:
-    return tuple(
-        WeightRule(hf_norm + rf"\.{param}", tuple(f"{t}.{short}" for t in targets), transform)
-        for param, short in (("weight", "w"), ("bias", "b"))
-    )
 
 
 FAMILY = Family(
@@ -126,19 +121,18 @@ FAMILY = Family(
     build_config=build_config,
     rules=(
         WeightRule(r"(?:transformer\.)?word_embeddings\.weight", ("embed.W_E",), same),
-        *_norm_rules(_B + "input_layernorm", _BOTH, input_norm),
-        *_norm_rules(_B + "ln_attn", ("blocks.{i}.ln1",), same),
-        *_norm_rules(_B + "ln_mlp", ("blocks.{i}.ln2",), same),
-        *_norm_rules(_B + "post_attention_layernorm", ("blocks.{i}.ln2",), same),
+        *norm_rules(
+            _B + "input_layernorm", "blocks.{i}.ln1", "blocks.{i}.ln2", transform=input_norm
+        ),
+        *norm_rules(_B + "ln_attn", "blocks.{i}.ln1"),
+        *norm_rules(_B + "ln_mlp", "blocks.{i}.ln2"),
+        *norm_rules(_B + "post_attention_layernorm", "blocks.{i}.ln2"),
         WeightRule(_B + r"self_attention\.query_key_value\.weight", _QKV, split_qkv_weight),
         WeightRule(_B + r"self_attention\.query_key_value\.bias", _QKV_BIAS, split_qkv_bias),
         WeightRule(_B + r"self_attention\.dense\.weight", (_A + "W_O",), attn_out_weight),
         WeightRule(_B + r"self_attention\.dense\.bias", (_A + "b_O",), same),
-        WeightRule(_B + r"mlp\.dense_h_to_4h\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_B + r"mlp\.dense_h_to_4h\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_B + r"mlp\.dense_4h_to_h\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_B + r"mlp\.dense_4h_to_h\.bias", ("blocks.{i}.mlp.b_out",), same),
-        *_norm_rules(r"(?:transformer\.)?ln_f", ("ln_final",), same),
+        *mlp_rules(_B + r"mlp\.dense_h_to_4h", _B + r"mlp\.dense_4h_to_h"),
+        *norm_rules(r"(?:transformer\.)?ln_f", "ln_final"),
         WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
     ),
 )

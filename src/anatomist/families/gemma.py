@@ -17,8 +17,7 @@ from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families.base import Family, WeightRule
-from anatomist.families.llama import _L, RULES
-from anatomist.families.mistral import llama_rope
+from anatomist.families.llama import _L, IGNORE, RULES, head_dim, llama_rope, llama_style_config
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -26,30 +25,16 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         raise NotImplementedError(
             "use_bidirectional_attention=True (non-causal Gemma) is not supported."
         )
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim", 256) or d_model // n_heads
-    theta, scaling = llama_rope(hf)
     act = hf.get("hidden_act", "gelu_pytorch_tanh")
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "GemmaForCausalLM",
+        rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 8192),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
+        d_head=head_dim(hf, default=256),
         act_fn="gelu_pytorch_tanh" if act == "gelu" else act,
-        gated_mlp=True,
-        normalization_type="RMS",
-        eps=hf.get("rms_norm_eps", 1e-6),
-        embed_scale=math.sqrt(d_model),
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
+        embed_scale=math.sqrt(hf["hidden_size"]),
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
-        original_architecture="GemmaForCausalLM",
     )
 
 
@@ -73,5 +58,5 @@ FAMILY = Family(
         *(WeightRule(pattern, (target,), plus_one) for pattern, target in _NORMS.items()),
         *(rule for rule in RULES if rule.pattern not in _NORMS),
     ),
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

@@ -14,7 +14,7 @@ from typing import Any
 from anatomist.config import TransformerConfig
 from anatomist.families import gemma
 from anatomist.families.base import Family, WeightRule
-from anatomist.families.llama import _L, RULES
+from anatomist.families.llama import _L, IGNORE, RULES
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -49,5 +49,5 @@ FAMILY = Family(
     model_types=("gemma2",),
     build_config=build_config,
     rules=NORM_RULES + OTHER_RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

@@ -12,22 +12,20 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, WeightRule, rope_settings
+from anatomist.families.base import Family, WeightRule
+from anatomist.families.llama import IGNORE, head_dim, llama_style_config
 from anatomist.families.phi3 import _FUSED
-
-_L = llama._L
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    cfg = llama.build_config(hf)
-    theta, scaling = rope_settings(hf)
     params = {**(hf.get("rope_parameters") or {}), **(hf.get("rope_scaling") or {})}
     factor = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)))
-    cfg.rotary_base, cfg.rope_scaling = theta, scaling
-    cfg.rotary_dim = int(cfg.d_head * factor)
-    cfg.rotary_adjacent_pairs = True
-    cfg.original_architecture = "GlmForCausalLM"
-    return cfg
+    return llama_style_config(
+        hf,
+        "GlmForCausalLM",
+        rotary_dim=int(head_dim(hf) * factor),
+        rotary_adjacent_pairs=True,
+    )
 
 
 GATE_UP = next(rule for rule in _FUSED if "gate_up_proj" in rule.pattern)
@@ -39,5 +37,5 @@ FAMILY = Family(
     model_types=("glm",),
     build_config=build_config,
     rules=RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

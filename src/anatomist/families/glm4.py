@@ -13,8 +13,7 @@ from typing import Any
 from anatomist.config import TransformerConfig
 from anatomist.families import glm
 from anatomist.families.base import Family, WeightRule, same
-
-_L = glm._L
+from anatomist.families.llama import _L
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:

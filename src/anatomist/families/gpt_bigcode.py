@@ -15,7 +15,8 @@ from typing import Any
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule, output_weight, same, transpose
+from anatomist.families.base import Family, WeightRule, linear_rules, output_weight, transpose
+from anatomist.families.gpt2 import _B, gpt2_rules, gpt2_style_config
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -23,23 +24,11 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         raise NotImplementedError(
             "gpt_bigcode: add_cross_attention=True (an encoder-decoder variant) is not supported."
         )
-    d_model, n_heads = hf["n_embd"], hf["n_head"]
-    return TransformerConfig(
-        n_layers=hf["n_layer"],
-        d_model=d_model,
-        n_ctx=hf["n_positions"],
-        d_head=d_model // n_heads,
-        n_heads=n_heads,
-        n_key_value_heads=1 if hf.get("multi_query", True) else n_heads,
-        d_mlp=hf.get("n_inner") or 4 * d_model,
-        d_vocab=hf["vocab_size"],
+    return gpt2_style_config(
+        hf,
+        "GPTBigCodeForCausalLM",
+        n_key_value_heads=1 if hf.get("multi_query", True) else hf["n_head"],
         act_fn=hf.get("activation_function", "gelu_pytorch_tanh"),
-        normalization_type="LN",
-        eps=hf.get("layer_norm_epsilon", 1e-5),
-        use_attn_scale=hf.get("scale_attn_weights", True),
-        positional_embedding_type="standard",
-        tie_word_embeddings=hf.get("tie_word_embeddings", True),
-        original_architecture="GPTBigCodeForCausalLM",
     )
 
 
@@ -60,41 +49,23 @@ def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return tuple(b.view(-1, e) for b in t.split([h * e, kv * e, kv * e]))
 
 
-_B = r"(?:transformer\.)?h\.(?P<i>\d+)\."
 _A = "blocks.{i}.attn."
+ATTENTION_RULES = (
+    WeightRule(
+        _B + r"attn\.c_attn\.weight", (_A + "W_Q", _A + "{kv}W_K", _A + "{kv}W_V"), split_qkv_weight
+    ),
+    WeightRule(
+        _B + r"attn\.c_attn\.bias", (_A + "b_Q", _A + "{kv}b_K", _A + "{kv}b_V"), split_qkv_bias
+    ),
+    *linear_rules(_B + r"attn\.c_proj", _A + "W_O", _A + "b_O", output_weight),
+)
 
 FAMILY = Family(
     name="gpt_bigcode",
     architectures=("GPTBigCodeForCausalLM", "GPTBigCodeModel"),
     model_types=("gpt_bigcode",),
     build_config=build_config,
-    rules=(
-        WeightRule(r"(?:transformer\.)?wte\.weight", ("embed.W_E",), same),
-        WeightRule(r"(?:transformer\.)?wpe\.weight", ("pos_embed.W_pos",), same),
-        WeightRule(_B + r"ln_1\.weight", ("blocks.{i}.ln1.w",), same),
-        WeightRule(_B + r"ln_1\.bias", ("blocks.{i}.ln1.b",), same),
-        WeightRule(
-            _B + r"attn\.c_attn\.weight",
-            (_A + "W_Q", _A + "{kv}W_K", _A + "{kv}W_V"),
-            split_qkv_weight,
-        ),
-        WeightRule(
-            _B + r"attn\.c_attn\.bias",
-            (_A + "b_Q", _A + "{kv}b_K", _A + "{kv}b_V"),
-            split_qkv_bias,
-        ),
-        WeightRule(_B + r"attn\.c_proj\.weight", (_A + "W_O",), output_weight),
-        WeightRule(_B + r"attn\.c_proj\.bias", (_A + "b_O",), same),
-        WeightRule(_B + r"ln_2\.weight", ("blocks.{i}.ln2.w",), same),
-        WeightRule(_B + r"ln_2\.bias", ("blocks.{i}.ln2.b",), same),
-        WeightRule(_B + r"mlp\.c_fc\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_B + r"mlp\.c_fc\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_B + r"mlp\.c_proj\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_B + r"mlp\.c_proj\.bias", ("blocks.{i}.mlp.b_out",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.weight", ("ln_final.w",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.bias", ("ln_final.b",), same),
-        WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
-    ),
+    rules=gpt2_rules(ATTENTION_RULES, mlp=transpose),  # nn.Linear: stored [out, in]
     # The causal-mask buffer older checkpoints saved.
     ignore=(r"(?:transformer\.)?bias", _B + r"attn\.(?:masked_)?bias"),
 )

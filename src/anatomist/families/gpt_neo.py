@@ -12,14 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import (
-    Family,
-    WeightRule,
-    output_weight,
-    query_weight,
-    same,
-    transpose,
-)
+from anatomist.families.base import Family, linear_rules, output_weight, qkv_rules, transpose
+from anatomist.families.gpt2 import _B, gpt2_rules
 
 _LAYER_TYPES = {"global": "full_attention", "local": "sliding_attention"}
 
@@ -66,35 +60,19 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     )
 
 
-_B = r"(?:transformer\.)?h\.(?P<i>\d+)\."
 _SA = _B + r"attn\.attention\."
 _A = "blocks.{i}.attn."
+ATTENTION_RULES = (
+    *qkv_rules(_SA, biases=False),
+    *linear_rules(_SA + "out_proj", _A + "W_O", _A + "b_O", output_weight),
+)
 
 FAMILY = Family(
     name="gpt_neo",
     architectures=("GPTNeoForCausalLM", "GPTNeoModel"),
     model_types=("gpt_neo",),
     build_config=build_config,
-    rules=(
-        WeightRule(r"(?:transformer\.)?wte\.weight", ("embed.W_E",), same),
-        WeightRule(r"(?:transformer\.)?wpe\.weight", ("pos_embed.W_pos",), same),
-        WeightRule(_B + r"ln_1\.weight", ("blocks.{i}.ln1.w",), same),
-        WeightRule(_B + r"ln_1\.bias", ("blocks.{i}.ln1.b",), same),
-        WeightRule(_SA + r"q_proj\.weight", (_A + "W_Q",), query_weight),
-        WeightRule(_SA + r"k_proj\.weight", (_A + "W_K",), query_weight),
-        WeightRule(_SA + r"v_proj\.weight", (_A + "W_V",), query_weight),
-        WeightRule(_SA + r"out_proj\.weight", (_A + "W_O",), output_weight),
-        WeightRule(_SA + r"out_proj\.bias", (_A + "b_O",), same),
-        WeightRule(_B + r"ln_2\.weight", ("blocks.{i}.ln2.w",), same),
-        WeightRule(_B + r"ln_2\.bias", ("blocks.{i}.ln2.b",), same),
-        WeightRule(_B + r"mlp\.c_fc\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_B + r"mlp\.c_fc\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_B + r"mlp\.c_proj\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_B + r"mlp\.c_proj\.bias", ("blocks.{i}.mlp.b_out",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.weight", ("ln_final.w",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.bias", ("ln_final.b",), same),
-        WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
-    ),
+    rules=gpt2_rules(ATTENTION_RULES, mlp=transpose),  # nn.Linear: stored [out, in]
     # The causal-mask buffers older checkpoints saved.
     ignore=(_SA + r"(?:masked_)?bias",),
 )

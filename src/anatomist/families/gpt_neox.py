@@ -5,6 +5,9 @@ What differs from GPT-2: rotary positions (halves pairing, as Llama) on only the
 and MLP both read resid_pre, each through its own LayerNorm), and one fused ``query_key_value``
 projection whose output rows are grouped per head as ``[head][q|k|v][d_head]``. The output
 embedding is untied by default and stored as ``embed_out`` (older checkpoints) or ``lm_head``.
+
+Shared with other families: `partial_rotary_settings` (StableLM, Phi) and `neox_layer_rules`
+(BLOOM).
 """
 
 from __future__ import annotations
@@ -14,27 +17,36 @@ from typing import Any
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule, rope_settings, same, transpose
+from anatomist.families.base import (
+    Family,
+    WeightRule,
+    linear_rules,
+    mlp_rules,
+    norm_rules,
+    rope_settings,
+    same,
+    transpose,
+)
 
 
-def partial_rotary(
+def partial_rotary_settings(
     hf: dict[str, Any], d_head: int, legacy_factor_key: str, legacy_theta_key: str, default: float
-) -> tuple[int, float, dict[str, Any] | None]:
-    """(rotary_dim, theta, rope_scaling) for a partial-rotary family, from either config style:
-    transformers 5 keeps ``partial_rotary_factor`` and ``rope_theta`` in ``rope_parameters``,
-    older files keep them at the top level under the family's own names."""
+) -> dict[str, Any]:
+    """The rotary fields of TransformerConfig (rotary_dim, rotary_base, rope_scaling) for a
+    partial-rotary family, from either config style: transformers 5 keeps
+    ``partial_rotary_factor`` and ``rope_theta`` in ``rope_parameters``, older files keep them at
+    the top level under the family's own names."""
     params = hf.get("rope_parameters") or {}
     factor = params.get("partial_rotary_factor", hf.get(legacy_factor_key, default))
     theta, scaling = rope_settings(hf)
     if "rope_theta" not in params and "rope_theta" not in hf and legacy_theta_key in hf:
         theta = float(hf[legacy_theta_key])
-    return int(d_head * float(factor)), theta, scaling
+    return dict(rotary_dim=int(d_head * float(factor)), rotary_base=theta, rope_scaling=scaling)
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_head = d_model // n_heads
-    rotary_dim, theta, scaling = partial_rotary(hf, d_head, "rotary_pct", "rotary_emb_base", 0.25)
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
@@ -48,9 +60,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         eps=hf.get("layer_norm_eps", 1e-5),
         parallel_attn_mlp=hf.get("use_parallel_residual", True),
         positional_embedding_type="rotary",
-        rotary_dim=rotary_dim,
-        rotary_base=theta,
-        rope_scaling=scaling,
+        **partial_rotary_settings(hf, d_head, "rotary_pct", "rotary_emb_base", 0.25),
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         original_architecture="GPTNeoXForCausalLM",
     )
@@ -72,8 +82,23 @@ def attn_out_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model),)
 
 
+def neox_layer_rules(layer: str, attention: str) -> tuple[WeightRule, ...]:
+    """One GPT-NeoX layer's tensors under the regex `layer` (also BLOOM's layout): the
+    ``input_layernorm``, the fused per-head ``{attention}.query_key_value`` and the output
+    ``{attention}.dense``, the ``post_attention_layernorm``, and the MLP's ``dense_h_to_4h`` and
+    ``dense_4h_to_h``."""
+    a, qkv = "blocks.{i}.attn.", layer + attention + r"\.query_key_value"
+    return (
+        *norm_rules(layer + "input_layernorm", "blocks.{i}.ln1"),
+        WeightRule(qkv + r"\.weight", (a + "W_Q", a + "W_K", a + "W_V"), split_qkv_weight),
+        WeightRule(qkv + r"\.bias", (a + "b_Q", a + "b_K", a + "b_V"), split_qkv_bias),
+        *linear_rules(layer + attention + r"\.dense", a + "W_O", a + "b_O", attn_out_weight),
+        *norm_rules(layer + "post_attention_layernorm", "blocks.{i}.ln2"),
+        *mlp_rules(layer + r"mlp\.dense_h_to_4h", layer + r"mlp\.dense_4h_to_h"),
+    )
+
+
 _L = r"(?:gpt_neox\.)?layers\.(?P<i>\d+)\."
-_A = "blocks.{i}.attn."
 
 FAMILY = Family(
     name="gpt_neox",
@@ -82,28 +107,8 @@ FAMILY = Family(
     build_config=build_config,
     rules=(
         WeightRule(r"(?:gpt_neox\.)?embed_in\.weight", ("embed.W_E",), same),
-        WeightRule(_L + r"input_layernorm\.weight", ("blocks.{i}.ln1.w",), same),
-        WeightRule(_L + r"input_layernorm\.bias", ("blocks.{i}.ln1.b",), same),
-        WeightRule(
-            _L + r"attention\.query_key_value\.weight",
-            (_A + "W_Q", _A + "W_K", _A + "W_V"),
-            split_qkv_weight,
-        ),
-        WeightRule(
-            _L + r"attention\.query_key_value\.bias",
-            (_A + "b_Q", _A + "b_K", _A + "b_V"),
-            split_qkv_bias,
-        ),
-        WeightRule(_L + r"attention\.dense\.weight", (_A + "W_O",), attn_out_weight),
-        WeightRule(_L + r"attention\.dense\.bias", (_A + "b_O",), same),
-        WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln2.w",), same),
-        WeightRule(_L + r"post_attention_layernorm\.bias", ("blocks.{i}.ln2.b",), same),
-        WeightRule(_L + r"mlp\.dense_h_to_4h\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_L + r"mlp\.dense_h_to_4h\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_L + r"mlp\.dense_4h_to_h\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_L + r"mlp\.dense_4h_to_h\.bias", ("blocks.{i}.mlp.b_out",), same),
-        WeightRule(r"(?:gpt_neox\.)?final_layer_norm\.weight", ("ln_final.w",), same),
-        WeightRule(r"(?:gpt_neox\.)?final_layer_norm\.bias", ("ln_final.b",), same),
+        *neox_layer_rules(_L, "attention"),
+        *norm_rules(r"(?:gpt_neox\.)?final_layer_norm", "ln_final"),
         WeightRule(r"(?:embed_out|lm_head)\.weight", ("unembed.W_U",), transpose),
     ),
     ignore=(

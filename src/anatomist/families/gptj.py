@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    linear_rules,
+    mlp_rules,
+    norm_rules,
     output_weight,
-    query_weight,
+    qkv_rules,
     same,
-    transpose,
+    shared_norm,
 )
+from anatomist.families.gpt2 import _B, _T
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -51,12 +53,6 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     )
 
 
-def shared_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
-    # One LayerNorm feeds both attention and MLP.
-    return (t, t)
-
-
-_B = r"(?:transformer\.)?h\.(?P<i>\d+)\."
 _A = "blocks.{i}.attn."
 
 FAMILY = Family(
@@ -65,21 +61,13 @@ FAMILY = Family(
     model_types=("gptj",),
     build_config=build_config,
     rules=(
-        WeightRule(r"(?:transformer\.)?wte\.weight", ("embed.W_E",), same),
-        WeightRule(_B + r"ln_1\.weight", ("blocks.{i}.ln1.w", "blocks.{i}.ln2.w"), shared_norm),
-        WeightRule(_B + r"ln_1\.bias", ("blocks.{i}.ln1.b", "blocks.{i}.ln2.b"), shared_norm),
-        WeightRule(_B + r"attn\.q_proj\.weight", (_A + "W_Q",), query_weight),
-        WeightRule(_B + r"attn\.k_proj\.weight", (_A + "W_K",), query_weight),
-        WeightRule(_B + r"attn\.v_proj\.weight", (_A + "W_V",), query_weight),
-        WeightRule(_B + r"attn\.out_proj\.weight", (_A + "W_O",), output_weight),
-        WeightRule(_B + r"mlp\.fc_in\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_B + r"mlp\.fc_in\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_B + r"mlp\.fc_out\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_B + r"mlp\.fc_out\.bias", ("blocks.{i}.mlp.b_out",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.weight", ("ln_final.w",), same),
-        WeightRule(r"(?:transformer\.)?ln_f\.bias", ("ln_final.b",), same),
-        WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
-        WeightRule(r"lm_head\.bias", ("unembed.b_U",), same),
+        WeightRule(_T + r"wte\.weight", ("embed.W_E",), same),
+        *norm_rules(_B + "ln_1", "blocks.{i}.ln1", "blocks.{i}.ln2", transform=shared_norm),
+        *qkv_rules(_B + r"attn\.", biases=False),
+        *linear_rules(_B + r"attn\.out_proj", _A + "W_O", transform=output_weight),
+        *mlp_rules(_B + r"mlp\.fc_in", _B + r"mlp\.fc_out"),
+        *norm_rules(_T + "ln_f", "ln_final"),
+        *linear_rules(r"lm_head", "unembed.W_U", "unembed.b_U"),
     ),
     ignore=(_B + r"attn\.(?:masked_)?bias",),
 )

@@ -7,8 +7,8 @@ residual add, and the logits are divided by ``logits_scaling``. The last two hav
 they are folded into the weights at load (W_O, b_O, W_out, b_out; and W_U, also when W_U comes
 from the tied input embedding). ``mlp_bias`` also puts a bias on the gate projection (b_gate).
 
-Also the home of two helpers the Cohere and Falcon families share: `FoldedScalesConfig` (how a
-transform learns a scalar it folds) and `checked_rope`.
+Also the home of `FoldedScalesConfig` (how a transform learns a scalar it folds), which Cohere
+shares.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, WeightRule, output_weight, rope_settings, same
+from anatomist.families.base import Family, WeightRule, output_weight, same
 
 
 @dataclass
@@ -53,21 +53,13 @@ def with_folded_scales(
     )
 
 
-def checked_rope(hf: dict[str, Any], default_theta: float = 10000.0) -> tuple[float, Any]:
-    """(theta, rope_scaling) like `base.rope_settings`, with the architecture's own default
-    theta."""
-    theta, scaling = rope_settings(hf)
-    if "rope_theta" not in (hf.get("rope_parameters") or {}) and "rope_theta" not in hf:
-        theta = default_theta
-    return theta, scaling
-
-
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = checked_rope(hf)
-    cfg.embed_scale = float(hf.get("embedding_multiplier", 1.0))
-    cfg.attn_scale = 1.0 / float(hf.get("attention_multiplier", 1.0))
-    cfg.original_architecture = "GraniteForCausalLM"
+    cfg = llama.llama_style_config(
+        hf,
+        "GraniteForCausalLM",
+        embed_scale=float(hf.get("embedding_multiplier", 1.0)),
+        attn_scale=1.0 / float(hf.get("attention_multiplier", 1.0)),
+    )
     return with_folded_scales(
         cfg,
         residual=float(hf.get("residual_multiplier", 1.0)),
@@ -123,5 +115,5 @@ FAMILY = Family(
     model_types=("granite",),
     build_config=build_config,
     rules=RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=llama.IGNORE,
 )

@@ -11,24 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import llama
 from anatomist.families.base import Family
-from anatomist.families.mistral import llama_rope
+from anatomist.families.llama import IGNORE, RULES, llama_rope, llama_style_config
 from anatomist.families.seed_oss import GATE_BIAS
-
-_L = llama._L
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    cfg = llama.build_config(hf)
+    cfg = llama_style_config(hf, "HeliumForCausalLM", rope=llama_rope, rotary_adjacent_pairs=True)
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         raise ValueError(
             f"Helium needs num_attention_heads * head_dim ({cfg.n_heads} * {cfg.d_head}) to "
             f"equal hidden_size ({cfg.d_model}): its o_proj is hidden_size x hidden_size."
         )
-    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
-    cfg.rotary_adjacent_pairs = True
-    cfg.original_architecture = "HeliumForCausalLM"
     return cfg
 
 
@@ -37,6 +31,6 @@ FAMILY = Family(
     architectures=("HeliumForCausalLM", "HeliumModel"),
     model_types=("helium",),
     build_config=build_config,
-    rules=(GATE_BIAS,) + llama.RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    rules=(GATE_BIAS, *RULES),
+    ignore=IGNORE,
 )

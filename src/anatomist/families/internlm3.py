@@ -11,21 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import llama
 from anatomist.families.base import Family
-from anatomist.families.mistral import llama_rope
+from anatomist.families.llama import IGNORE, RULES, head_dim, llama_rope, llama_style_config
 from anatomist.families.seed_oss import GATE_BIAS
-
-_L = llama._L
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    hf = dict(hf)
-    hf.setdefault("head_dim", 128)  # InternLM3Config's default, unlike Llama's
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
-    cfg.original_architecture = "InternLM3ForCausalLM"
-    return cfg
+    return llama_style_config(
+        hf,
+        "InternLM3ForCausalLM",
+        rope=llama_rope,
+        d_head=head_dim(hf, default=128),  # InternLM3Config's default, unlike Llama's
+    )
 
 
 FAMILY = Family(
@@ -33,6 +30,6 @@ FAMILY = Family(
     architectures=("InternLM3ForCausalLM",),
     model_types=("internlm3",),
     build_config=build_config,
-    rules=(GATE_BIAS,) + llama.RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    rules=(GATE_BIAS, *RULES),
+    ignore=IGNORE,
 )

@@ -12,8 +12,8 @@ from typing import Any
 from anatomist.config import TransformerConfig
 from anatomist.families import mistral
 from anatomist.families.base import Family
-from anatomist.families.llama import _L, RULES
-from anatomist.families.qwen2 import LAYER_TYPES
+from anatomist.families.llama import IGNORE, RULES
+from anatomist.families.qwen2 import checked_layer_types
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -23,13 +23,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         hf.get("layer_types")
         or ["sliding_attention" if window is not None else "full_attention"] * n_layers
     )
-    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-    if unknown:
-        raise NotImplementedError(
-            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
-        )
-    if len(layer_types) < n_layers:
-        raise ValueError(f"layer_types has {len(layer_types)} entries for {n_layers} layers.")
+    checked_layer_types(layer_types, n_layers)
     if window is None or "sliding_attention" not in layer_types:
         cfg.sliding_window, cfg.layer_types = None, None
     else:
@@ -44,5 +38,5 @@ FAMILY = Family(
     model_types=("ministral",),
     build_config=build_config,
     rules=RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

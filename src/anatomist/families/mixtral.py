@@ -23,8 +23,7 @@ from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families.base import Family, WeightRule, transpose
-from anatomist.families.llama import _L, RULES
-from anatomist.families.mistral import llama_rope
+from anatomist.families.llama import _L, IGNORE, RULES, llama_rope, llama_style_config
 
 
 @dataclass(frozen=True)
@@ -34,25 +33,22 @@ class MoEFamily(Family):
     stacked over experts (``[num_experts, ...]``) and split into one tensor per expert."""
 
     def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
-        if not self._compiled:
-            self._compiled.extend((rule.compiled(), rule) for rule in self.rules)
-        for regex, rule in self._compiled:
-            match = regex.fullmatch(name)
-            if match is None:
-                continue
-            groups = match.groupdict()
-            fill = {"i": groups.get("i", ""), "kv": "_" if cfg.is_grouped_query else ""}
-            native: dict[str, Tensor] = {}
-            for target, value in zip(rule.targets, rule.transform(tensor, cfg)):
-                if "{e}" not in target:
-                    native[target.format(**fill)] = value
-                elif "e" in groups:
-                    native[target.format(e=groups["e"], **fill)] = value
-                else:
-                    for e, per_expert in enumerate(value.unbind(0)):
-                        native[target.format(e=e, **fill)] = per_expert
-            return native
-        return super().convert(name, tensor, cfg)  # ignored tensors, or the KeyError
+        found = self.rule_for(name)
+        if found is None:
+            return super().convert(name, tensor, cfg)  # ignored tensors, or the KeyError
+        rule, match = found
+        groups = match.groupdict()
+        fill = {"i": groups.get("i", ""), "kv": "_" if cfg.is_grouped_query else ""}
+        native: dict[str, Tensor] = {}
+        for target, value in zip(rule.targets, rule.transform(tensor, cfg)):
+            if "{e}" not in target:
+                native[target.format(**fill)] = value
+            elif "e" in groups:
+                native[target.format(e=groups["e"], **fill)] = value
+            else:
+                for e, per_expert in enumerate(value.unbind(0)):
+                    native[target.format(e=e, **fill)] = per_expert
+        return native
 
 
 def fused_gate_up(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
@@ -79,8 +75,6 @@ EXPERT_RULES = (
     WeightRule(_M + r"experts\.down_proj", (_X + "W_out",), fused_down),
 )
 
-IGNORE = (_L + r"self_attn\.rotary_emb\.inv_freq",)
-
 
 def expert_count(hf: dict[str, Any], default: int | None = None) -> int:
     """Experts per layer; configs name it `num_experts` or `num_local_experts` (attribute maps
@@ -100,30 +94,14 @@ def moe_settings(hf: dict[str, Any], norm_topk_prob: bool, n_experts: int) -> di
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = llama_rope(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "MixtralForCausalLM",
+        rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 4096 * 32),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("hidden_act", "silu"),
-        gated_mlp=True,
         **moe_settings(hf, norm_topk_prob=True, n_experts=expert_count(hf, default=8)),
-        normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-5),
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
         sliding_window=hf.get("sliding_window"),
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="MixtralForCausalLM",
     )
 
 

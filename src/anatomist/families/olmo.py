@@ -12,7 +12,7 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, rope_settings
+from anatomist.families.base import Family
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -21,28 +21,11 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
             f"olmo: clip_qkv={hf['clip_qkv']} (clamping q, k and v after projection) is not "
             "supported by the native model."
         )
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = rope_settings(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
-        n_ctx=hf.get("max_position_embeddings", 2048),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("hidden_act", "silu"),
-        gated_mlp=True,
+    return llama.llama_style_config(
+        hf,
+        "OlmoForCausalLM",
         normalization_type="LNPre",  # OlmoLayerNorm: no weight, no bias
         eps=1e-5,  # hard-coded in OlmoLayerNorm
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="OlmoForCausalLM",
     )
 
 
@@ -52,5 +35,5 @@ FAMILY = Family(
     model_types=("olmo",),
     build_config=build_config,
     rules=llama.RULES,  # same tensor names; the norm rules never match (no norm tensors)
-    ignore=(r"(?:model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    ignore=llama.IGNORE,
 )

@@ -12,27 +12,26 @@ from typing import Any
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
 from anatomist.families.base import Family, WeightRule, same
-
-_L = llama._L
+from anatomist.families.llama import _L, IGNORE, QK_NORM_RULES, llama_style_config
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     if hf.get("clip_qkv") is not None:
         raise NotImplementedError("OLMo 2 with clip_qkv is not supported.")
-    cfg = llama.build_config(hf)
-    cfg.pre_norm = False
-    cfg.post_norm_type = "RMS"
-    cfg.qk_norm = True
-    cfg.qk_norm_over_heads = True
-    cfg.original_architecture = "Olmo2ForCausalLM"
-    return cfg
+    return llama_style_config(
+        hf,
+        "Olmo2ForCausalLM",
+        pre_norm=False,
+        post_norm_type="RMS",
+        qk_norm=True,
+        qk_norm_over_heads=True,
+    )
 
 
 POST_NORM_RULES = (
     WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln1_post.w",), same),
     WeightRule(_L + r"post_feedforward_layernorm\.weight", ("blocks.{i}.ln2_post.w",), same),
-    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
-    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
+    *QK_NORM_RULES,
 )
 RULES = POST_NORM_RULES + tuple(r for r in llama.RULES if "layernorm" not in r.pattern)
 
@@ -42,5 +41,5 @@ FAMILY = Family(
     model_types=("olmo2",),
     build_config=build_config,
     rules=RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

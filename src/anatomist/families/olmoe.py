@@ -15,16 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import WeightRule, same
-from anatomist.families.llama import _L, RULES
-from anatomist.families.mistral import llama_rope
-from anatomist.families.mixtral import (
-    EXPERT_RULES,
-    IGNORE,
-    MoEFamily,
-    expert_count,
-    moe_settings,
-)
+from anatomist.families.llama import IGNORE, QK_NORM_RULES, RULES, llama_rope, llama_style_config
+from anatomist.families.mixtral import EXPERT_RULES, MoEFamily, expert_count, moe_settings
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -33,31 +25,18 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
             f"olmoe: clip_qkv={hf['clip_qkv']} (clamping q, k and v after projection) is not "
             "supported by the native model."
         )
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = d_model // n_heads  # q_norm spans hidden_size, so heads must tile it
-    theta, scaling = llama_rope(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "OlmoeForCausalLM",
+        rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 4096),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        # q_norm spans hidden_size, so heads must tile it (head_dim is not read)
+        d_head=hf["hidden_size"] // hf["num_attention_heads"],
         d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("hidden_act", "silu"),
-        gated_mlp=True,
         **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
-        normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-5),
         qk_norm=True,
         qk_norm_over_heads=True,
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="OlmoeForCausalLM",
     )
 
 
@@ -66,11 +45,6 @@ FAMILY = MoEFamily(
     architectures=("OlmoeForCausalLM", "OlmoeModel"),
     model_types=("olmoe",),
     build_config=build_config,
-    rules=(
-        *RULES,
-        *EXPERT_RULES,
-        WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
-        WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
-    ),
+    rules=(*RULES, *EXPERT_RULES, *QK_NORM_RULES),
     ignore=IGNORE,
 )

@@ -61,7 +61,7 @@ def split_gate_up(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return transpose(gate, cfg) + transpose(up, cfg)
 
 
-_L = r"(?:model\.)?layers\.(?P<i>\d+)\."
+_L = llama._L
 _FUSED = (
     WeightRule(
         _L + r"self_attn\.qkv_proj\.weight",

@@ -20,16 +20,9 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families.base import WeightRule, transpose
-from anatomist.families.llama import _L, RULES
-from anatomist.families.mistral import llama_rope
-from anatomist.families.mixtral import (
-    EXPERT_RULES,
-    IGNORE,
-    MoEFamily,
-    expert_count,
-    moe_settings,
-)
-from anatomist.families.qwen2 import LAYER_TYPES
+from anatomist.families.llama import _L, IGNORE, RULES, llama_rope, llama_style_config
+from anatomist.families.mixtral import EXPERT_RULES, MoEFamily, expert_count, moe_settings
+from anatomist.families.qwen2 import checked_layer_types
 
 
 def mlp_settings(hf: dict[str, Any], shared_expert: bool) -> dict[str, Any]:
@@ -63,13 +56,7 @@ def window_settings(hf: dict[str, Any]) -> tuple[int | None, list[str] | None]:
         else "full_attention"
         for i in range(n_layers)
     ]
-    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-    if unknown:
-        raise NotImplementedError(
-            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
-        )
-    if len(layer_types) < n_layers:
-        raise ValueError(f"layer_types has {len(layer_types)} entries for {n_layers} layers.")
+    checked_layer_types(layer_types, n_layers)
     window = hf.get("sliding_window") if sliding else None
     if not window or "sliding_attention" not in layer_types:
         return None, None
@@ -77,31 +64,15 @@ def window_settings(hf: dict[str, Any]) -> tuple[int | None, list[str] | None]:
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = llama_rope(hf)
     window, layer_types = window_settings(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "Qwen2MoeForCausalLM",
+        rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 32768),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("hidden_act", "silu"),
-        gated_mlp=True,
         **mlp_settings(hf, shared_expert=True),
-        normalization_type="RMS",
-        eps=hf.get("rms_norm_eps", 1e-6),
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
         sliding_window=window,
         layer_types=layer_types,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="Qwen2MoeForCausalLM",
     )
 
 

@@ -15,39 +15,20 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import WeightRule, same
-from anatomist.families.llama import _L, RULES
-from anatomist.families.mistral import llama_rope
-from anatomist.families.mixtral import EXPERT_RULES, IGNORE, MoEFamily
+from anatomist.families.llama import IGNORE, QK_NORM_RULES, RULES, llama_rope, llama_style_config
+from anatomist.families.mixtral import EXPERT_RULES, MoEFamily
 from anatomist.families.qwen2_moe import mlp_settings
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = llama_rope(hf)
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "Qwen3MoeForCausalLM",
+        rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 32768),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("hidden_act", "silu"),
-        gated_mlp=True,
         **mlp_settings(hf, shared_expert=False),
-        normalization_type="RMS",
-        eps=hf.get("rms_norm_eps", 1e-6),
         qk_norm=True,
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
-        sliding_window=window,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="Qwen3MoeForCausalLM",
+        sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window", False) else None,
     )
 
 
@@ -56,11 +37,6 @@ FAMILY = MoEFamily(
     architectures=("Qwen3MoeForCausalLM", "Qwen3MoeModel"),
     model_types=("qwen3_moe",),
     build_config=build_config,
-    rules=(
-        *RULES,
-        *EXPERT_RULES,
-        WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
-        WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
-    ),
+    rules=(*RULES, *EXPERT_RULES, *QK_NORM_RULES),
     ignore=IGNORE,
 )

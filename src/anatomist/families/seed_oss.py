@@ -11,18 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import llama
 from anatomist.families.base import Family, WeightRule, same
-from anatomist.families.mistral import llama_rope
-
-_L = llama._L
+from anatomist.families.llama import _L, IGNORE, RULES, llama_rope, llama_style_config
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
-    cfg.original_architecture = "SeedOssForCausalLM"
-    return cfg
+    return llama_style_config(hf, "SeedOssForCausalLM", rope=llama_rope)
 
 
 GATE_BIAS = WeightRule(_L + r"mlp\.gate_proj\.bias", ("blocks.{i}.mlp.b_gate",), same)
@@ -32,6 +26,6 @@ FAMILY = Family(
     architectures=("SeedOssForCausalLM", "SeedOssModel"),
     model_types=("seed_oss",),
     build_config=build_config,
-    rules=(GATE_BIAS,) + llama.RULES,
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    rules=(GATE_BIAS, *RULES),
+    ignore=IGNORE,
 )

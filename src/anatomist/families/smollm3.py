@@ -11,13 +11,13 @@ transformers' SDPA and eager attention apply them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import llama
 from anatomist.families.base import Family
-from anatomist.families.mistral import llama_rope
-from anatomist.families.qwen2 import LAYER_TYPES
+from anatomist.families.llama import IGNORE, RULES, llama_rope, llama_style_config
+from anatomist.families.qwen2 import checked_layer_types
 from anatomist.families.seed_oss import GATE_BIAS
 
 DEFAULT_THETA = 2_000_000.0  # SmolLM3Config.default_theta
@@ -44,13 +44,7 @@ def layer_types_of(hf: dict[str, Any], uses_rope: list[bool]) -> list[str]:
         layer_types = [
             "sliding_attention" if sliding and not rope else "full_attention" for rope in uses_rope
         ]
-    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-    if unknown:
-        raise NotImplementedError(
-            f"layer_types {unknown} are not supported (supported: {', '.join(LAYER_TYPES)})."
-        )
-    if len(layer_types) < len(uses_rope):
-        raise ValueError(f"layer_types has {len(layer_types)} entries for {len(uses_rope)} layers.")
+    checked_layer_types(layer_types, len(uses_rope))
     return list(layer_types[: len(uses_rope)])
 
 
@@ -64,15 +58,15 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
             "cannot build their mask either); set sliding_window or mark every layer "
             "full_attention."
         )
-    cfg = llama.build_config(hf)
-    cfg.rotary_base, cfg.rope_scaling = llama_rope(hf)
-    if "rope_theta" not in (hf.get("rope_parameters") or {}) and "rope_theta" not in hf:
-        cfg.rotary_base = DEFAULT_THETA
-    cfg.nope_layers = [i for i, rope in enumerate(uses_rope) if not rope] or None
+    cfg = llama_style_config(
+        hf,
+        "SmolLM3ForCausalLM",
+        rope=partial(llama_rope, default_theta=DEFAULT_THETA),
+        nope_layers=[i for i, rope in enumerate(uses_rope) if not rope] or None,
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+    )
     if "sliding_attention" in layer_types:
         cfg.sliding_window, cfg.layer_types = window, layer_types
-    cfg.tie_word_embeddings = hf.get("tie_word_embeddings", True)
-    cfg.original_architecture = "SmolLM3ForCausalLM"
     return cfg
 
 
@@ -81,6 +75,6 @@ FAMILY = Family(
     architectures=("SmolLM3ForCausalLM", "SmolLM3Model"),
     model_types=("smollm3",),
     build_config=build_config,
-    rules=(GATE_BIAS, *llama.RULES),
-    ignore=(llama._L + r"self_attn\.rotary_emb\.inv_freq",),
+    rules=(GATE_BIAS, *RULES),
+    ignore=IGNORE,
 )

@@ -12,36 +12,24 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, WeightRule, rope_settings, same, transpose
+from anatomist.families.base import Family, WeightRule, mlp_rules, same
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = rope_settings(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama.llama_style_config(
+        hf,
+        "Starcoder2ForCausalLM",
         n_ctx=hf.get("max_position_embeddings", 4096),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "gelu_pytorch_tanh"),
+        gated_mlp=False,
         normalization_type="LN",
         eps=hf.get("norm_epsilon", 1e-5),
         sliding_window=hf.get("sliding_window"),  # every layer, when set
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
-        original_architecture="Starcoder2ForCausalLM",
     )
 
 
-_L = r"(?:model\.)?layers\.(?P<i>\d+)\."
+_L = llama._L
 
 FAMILY = Family(
     name="starcoder2",
@@ -52,11 +40,8 @@ FAMILY = Family(
         *llama.RULES,  # embeddings, q/k/v/o weights and biases, norm weights, lm_head
         WeightRule(_L + r"input_layernorm\.bias", ("blocks.{i}.ln1.b",), same),
         WeightRule(_L + r"post_attention_layernorm\.bias", ("blocks.{i}.ln2.b",), same),
-        WeightRule(_L + r"mlp\.c_fc\.weight", ("blocks.{i}.mlp.W_in",), transpose),
-        WeightRule(_L + r"mlp\.c_fc\.bias", ("blocks.{i}.mlp.b_in",), same),
-        WeightRule(_L + r"mlp\.c_proj\.weight", ("blocks.{i}.mlp.W_out",), transpose),
-        WeightRule(_L + r"mlp\.c_proj\.bias", ("blocks.{i}.mlp.b_out",), same),
+        *mlp_rules(_L + r"mlp\.c_fc", _L + r"mlp\.c_proj"),
         WeightRule(r"(?:model\.)?norm\.bias", ("ln_final.b",), same),
     ),
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=llama.IGNORE,
 )
