@@ -22,7 +22,7 @@ from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families.base import Family, Transform, WeightRule, rope_settings, same
-from anatomist.families.llama import _L, RULES
+from anatomist.families.llama import _L, IGNORE, QK_NORM_RULES, RULES, llama_style_config
 from anatomist.model.mlp import XIELU_BETA, XIELU_EPS
 
 DEFAULT_ROPE_THETA = 12000000.0
@@ -44,29 +44,15 @@ def apertus_rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d_model // n_heads
-    theta, scaling = apertus_rope(hf)
-    return TransformerConfig(
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
+    return llama_style_config(
+        hf,
+        "ApertusForCausalLM",
+        rope=apertus_rope,
         n_ctx=hf.get("max_position_embeddings", 65536),
-        d_head=d_head,
-        n_heads=n_heads,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
         act_fn=hf.get("hidden_act", "xielu"),
         gated_mlp=False,
-        normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-5),
         qk_norm=True,
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_base=theta,
-        rope_scaling=scaling,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        original_architecture="ApertusForCausalLM",
     )
 
 
@@ -97,12 +83,11 @@ FAMILY = Family(
         *RULES,
         WeightRule(_L + r"attention_layernorm\.weight", ("blocks.{i}.ln1.w",), same),
         WeightRule(_L + r"feedforward_layernorm\.weight", ("blocks.{i}.ln2.w",), same),
-        WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
-        WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
+        *QK_NORM_RULES,
         WeightRule(_M + r"alpha_p", ("blocks.{i}.mlp.xielu_alpha_p",), same),
         WeightRule(_M + r"alpha_n", ("blocks.{i}.mlp.xielu_alpha_n",), same),
         WeightRule(_M + r"beta", (), _fixed("beta", XIELU_BETA)),
         WeightRule(_M + r"eps", (), _fixed("eps", XIELU_EPS)),
     ),
-    ignore=(_L + r"self_attn\.rotary_emb\.inv_freq",),
+    ignore=IGNORE,
 )

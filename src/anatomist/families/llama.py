@@ -101,7 +101,7 @@ RULES = (
     *qkv_rules(_L + r"self_attn\."),
     *linear_rules(_L + r"self_attn\.o_proj", _A + "W_O", _A + "b_O", output_weight),
     WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln2.w",), same),
-    *linear_rules(_L + r"mlp\.gate_proj", "blocks.{i}.mlp.W_gate"),  # biased only in some families
+    *linear_rules(_L + r"mlp\.gate_proj", "blocks.{i}.mlp.W_gate", "blocks.{i}.mlp.b_gate"),
     *mlp_rules(_L + r"mlp\.up_proj", _L + r"mlp\.down_proj"),
     WeightRule(r"(?:model\.)?norm\.weight", ("ln_final.w",), same),
     WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),

@@ -80,4 +80,5 @@ CASES = {
         LlamaForCausalLM, _config(rope_scaling={"rope_type": "dynamic", "factor": 3.7})
     ),
     "biases": Case(LlamaForCausalLM, _config(attention_bias=True, num_key_value_heads=2)),
+    "mlp-biases": Case(LlamaForCausalLM, _config(mlp_bias=True, num_key_value_heads=2)),
 }
