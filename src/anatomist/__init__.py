@@ -6,6 +6,7 @@
 """
 
 from anatomist import utils
+from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.cache import ActivationCache
 from anatomist.config import HookedTransformerConfig, TransformerConfig
 from anatomist.hooks import (
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationCache",
     "CheckpointError",
+    "FactoredMatrix",
     "HookDisabledError",
     "HookHandle",
     "HookPoint",

@@ -1,0 +1,5 @@
+"""Analysis tools over models and their caches (weight-space circuits, evals, logit lens)."""
+
+from anatomist.analysis.factored_matrix import FactoredMatrix
+
+__all__ = ["FactoredMatrix"]
