@@ -11,6 +11,9 @@
   contributes ``sum_h b_V[h] @ W_O[h]`` at every position). Not with attention sinks
   (``cfg.attn_sinks``, GPT-OSS): there a row sums to 1 minus the sink's share, which varies with
   the position, so ``b_V`` stays where it is.
+- `refactor_factored_attn_matrices` (opt-in): new factors of each head's ``W_Q W_K^T`` and
+  ``W_V W_O`` from their SVD, the products unchanged; its docstring says what it does under
+  grouped-query attention, rotary, sinks and QK norms (tests/analysis/test_refactor.py).
 
 Logits change only by a per-position constant (log-probs are identical up to float error);
 tests/loading/test_processing.py proves it on every family.
@@ -35,12 +38,15 @@ skip `center_writing_weights`: the final RMSNorm does not remove the mean.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.model.moe import MoE
 
 _LAYER_NORMS = ("LN", "LNPre")
@@ -276,11 +282,129 @@ def fold_value_biases(model: Any) -> None:
     model.cfg.processing["fold_value_biases"] = True
 
 
+@torch.no_grad()
 def refactor_factored_attn_matrices(model: Any) -> None:
-    raise NotImplementedError(
-        "refactor_factored_attn_matrices is not available yet; it arrives with the weight-space "
-        "analysis (FactoredMatrix). Load with refactor_factored_attn_matrices=False."
-    )
+    """Re-factor each head's ``W_Q, W_K`` and ``W_V, W_O`` by SVD, keeping ``W_Q W_K^T`` and
+    ``W_V W_O`` (and so the model's output) unchanged, as the classic step did.
+
+    Elhage et al. (2021, "A Mathematical Framework for Transformer Circuits") note that only the
+    products matter; this picks the factorization the singular value decomposition gives:
+
+    - OV: ``W_V W_O = U S V^T``, so ``W_V = U S`` (orthogonal columns) and ``W_O = V^T``
+      (orthonormal rows: a rotation into the residual stream, so ``z`` has the norm of the head's
+      output). ``b_V`` first moves into ``b_O`` as in `fold_value_biases`.
+    - QK: ``W_Q W_K^T = U S V^T``, so ``W_Q = U S^1/2`` and ``W_K = V S^1/2`` (column n of each
+      has the same norm). The biases join as an extra input row, ``[W_Q; b_Q] [W_K; b_K]^T``
+      (an input whose last coordinate is 1), so the full bilinear form of the scores is kept.
+
+    Where the classic step stopped, this one goes on (docs/differences.md):
+
+    - Grouped-query attention: a key/value head is shared by a group of query heads, so one
+      change of basis per group is all there is. The SVD is taken of the group's stacked
+      products, ``[W_Q[h1]; W_Q[h2]; ...] W_K^T`` and ``W_V [W_O[h1], W_O[h2], ...]``; for groups
+      of one (multi-head attention) this is exactly the classic refactor.
+    - Rotary layers: scores are ``q R(i - j) k^T``, so a change of basis ``M`` of ``d_head``
+      must commute with every rotation: plane by plane, a rotation and a scale (all there is
+      when the planes' frequencies differ). The SVD is taken over the features rotary leaves
+      alone (``rotary_dim < d_head``), and each rotated plane is scaled so that its query and
+      key weights have the same norm, the rotary analogue of ``S^1/2`` on each side. OV is
+      refactored in full (rotary does not touch values). NoPE layers get the full refactor.
+    - Attention sinks: a pattern row does not sum to 1, so ``b_V`` stays a value bias and joins
+      the OV SVD as an extra input row, like the QK biases.
+    - Norms of the queries and keys (``cfg.qk_norm``) are not linear, so QK is left as it is (a
+      warning says so) and only OV is refactored.
+
+    Folding the norms first is not needed for the output to be unchanged (the refactor acts on
+    whatever the attention reads), but without it the SVD is of the norm-scaled matrices.
+    Computed in float64. Records ``cfg.processing["refactor_factored_attn_matrices"]``, and
+    ``"fold_value_biases"`` where ``b_V`` moved into ``b_O``.
+    """
+    cfg = model.cfg
+    if cfg.qk_norm:
+        warnings.warn(
+            "refactor_factored_attn_matrices refactors only OV for this model: its queries and "
+            "keys are normalized (cfg.qk_norm) before the scores, which a change of basis of W_Q "
+            "and W_K does not survive, so they are left as they are.",
+            stacklevel=2,
+        )
+    for block in model.blocks:
+        if not cfg.qk_norm:
+            _refactor_qk(block.attn)
+        _refactor_ov(block.attn, fold_b_V=_value_bias_reach(cfg) is None)
+    cfg.processing["refactor_factored_attn_matrices"] = True
+    if _value_bias_reach(cfg) is None:
+        cfg.processing["fold_value_biases"] = True
+
+
+def _refactor_qk(attn: Any) -> None:
+    """Make each group's ``[W_Q; b_Q]`` and ``[W_K; b_K]`` even (see the docstring above)."""
+    W_K, b_K, _, _ = attn.kv_weights
+    kv, d, dh = W_K.shape
+    group = attn.W_Q.shape[0] // kv
+    Q = torch.cat([attn.W_Q, attn.b_Q[:, None]], dim=1).double()  # [h, d + 1, dh]
+    Q = Q.reshape(kv, group * (d + 1), dh)  # each group's query heads stacked
+    K = torch.cat([W_K, b_K[:, None]], dim=1).double()  # [kv, d + 1, dh]
+    rotary = attn.rotary
+    rotated = rotary.rotary_dim if rotary is not None else 0
+    if rotated:
+        first, second = _rotary_planes(rotated, rotary.adjacent)
+        q_norm = (Q[..., first].square() + Q[..., second].square()).sum(1).sqrt()  # [kv, planes]
+        k_norm = (K[..., first].square() + K[..., second].square()).sum(1).sqrt()
+        scale = torch.where((q_norm > 0) & (k_norm > 0), (k_norm / q_norm).sqrt(), 1.0)
+        for cols in (first, second):
+            Q[..., cols] *= scale[:, None, :]
+            K[..., cols] /= scale[:, None, :]
+    if rotated < dh:  # features rotary leaves alone: any change of basis of them is allowed
+        U, S, V = _svd_of_product(Q[..., rotated:], K[..., rotated:])
+        Q[..., rotated:] = U * S.sqrt()[:, None, :]
+        K[..., rotated:] = V * S.sqrt()[:, None, :]
+    Q = Q.reshape(kv * group, d + 1, dh)
+    attn.W_Q.copy_(Q[:, :-1])
+    attn.b_Q.copy_(Q[:, -1])
+    W_K.copy_(K[:, :-1])
+    b_K.copy_(K[:, -1])
+
+
+def _refactor_ov(attn: Any, fold_b_V: bool) -> None:
+    """SVD each group's ``W_V [W_O[h1], W_O[h2], ...]``: ``W_V = U S``, ``W_O = V^T``."""
+    _, _, W_V, b_V = attn.kv_weights
+    kv, d, dh = W_V.shape
+    group = attn.W_O.shape[0] // kv
+    if fold_b_V:  # b_V reaches the output as a constant: move it into b_O
+        attn.b_O += torch.einsum("he,hed->d", attn.b_V, attn.W_O)
+        b_V.zero_()
+        V_in = W_V.double()  # [kv, d, dh]
+    else:  # keep b_V, refactored with W_V as an extra input row
+        V_in = torch.cat([W_V, b_V[:, None]], dim=1).double()  # [kv, d + 1, dh]
+    # [h, dh, d] -> [kv, dh, group * d]: each group's output maps side by side
+    W_O = attn.W_O.double().reshape(kv, group, dh, d).transpose(1, 2).reshape(kv, dh, group * d)
+    U, S, V = _svd_of_product(V_in, W_O.mT)
+    V_in = U * S[:, None, :]
+    W_V.copy_(V_in[:, :d])
+    if not fold_b_V:
+        b_V.copy_(V_in[:, d])
+    W_O = V.mT.reshape(kv, dh, group, d).transpose(1, 2).reshape(kv * group, dh, d)
+    attn.W_O.copy_(W_O)
+
+
+def _rotary_planes(rotary_dim: int, adjacent: bool) -> tuple[Tensor, Tensor]:
+    """The two feature indices of each plane rotary rotates (see `model.positions.Rotary`)."""
+    if adjacent:  # GPT-J: (0, 1), (2, 3), ...
+        first = torch.arange(0, rotary_dim, 2)
+        return first, first + 1
+    first = torch.arange(rotary_dim // 2)  # halves: (i, i + rotary_dim / 2)
+    return first, first + rotary_dim // 2
+
+
+def _svd_of_product(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``A @ B^T = U diag(S) V^T`` for ``A [..., m, r]``, ``B [..., n, r]`` (float64, computed
+    in the r-wide space): ``U [..., m, r]``, ``S [..., r]`` descending, ``V [..., n, r]``, with
+    zero columns where the product has fewer than r nonzero singular values."""
+    U, S, V = FactoredMatrix(A, B.mT).svd(rtol=0)
+    missing = A.shape[-1] - S.shape[-1]
+    if missing:
+        U, V, S = F.pad(U, (0, missing)), F.pad(V, (0, missing)), F.pad(S, (0, missing))
+    return U, S, V
 
 
 _STEPS: dict[str, Callable[..., None]] = {
