@@ -221,14 +221,6 @@ def test_unsupported_gpt_oss_configs_are_refused(
         family_for_architecture("GptOssForCausalLM").build_config({**TINY_HF, **overrides})
 
 
-def test_quantized_expert_tensors_are_refused_with_a_way_out() -> None:
-    family = family_for_architecture("GptOssForCausalLM")
-    cfg = family.build_config(TINY_HF)
-    packed = torch.zeros(4, 48, 1, 16, dtype=torch.uint8)
-    with pytest.raises(NotImplementedError, match="dequantize=True"):
-        family.convert("model.layers.0.mlp.experts.gate_up_proj_blocks", packed, cfg)
-
-
 def test_gpt_oss_defaults_follow_transformers() -> None:
     from transformers import GptOssConfig
 

@@ -5,6 +5,10 @@ tensor (by its Hugging Face name) into native tensors (by classic HookedTransfor
 are regular expressions over tensor names with a small transform each; ``{i}`` in a native name is
 the layer index captured from the Hugging Face name.
 
+Some checkpoints store one tensor in several parts (a norm per attention head, a quantized
+weight's blocks and scales): a family's `TensorGroup`s say how to join them, and loading joins
+each group into one tensor (`Family.assembled`) before converting it like any other.
+
 Shared by the family modules: the transforms below, the rule builders (`linear_rules`,
 `qkv_rules`, `mlp_rules`, `norm_rules`: one call per projection or norm, weight and bias
 together) and `rope_settings`. Llama's config reader and rules, on which most later families are
@@ -14,7 +18,7 @@ a diff, live in `anatomist.families.llama` (`llama_style_config`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,27 @@ class WeightRule:
 
 
 @dataclass(frozen=True)
+class TensorGroup:
+    """Checkpoint tensors that are parts of one tensor, the whole, which is then converted like
+    any checkpoint tensor under its own name (e.g. ``q_layernorm.norms.{h}.weight`` for each head
+    -> ``q_layernorm.weight``; ``gate_up_proj_blocks`` + ``gate_up_proj_scales`` ->
+    ``gate_up_proj``)."""
+
+    pattern: str  # regex over a part's name; (?P<part>...) says which part it is
+    whole: str  # the whole's name: a `re.Match.expand` template over the pattern (\g<group>)
+    parts: Callable[[re.Match[str], TransformerConfig], tuple[str, ...]]  # all parts, in order
+    # the parts (in `parts` order) -> the whole; a ValueError names what is wrong with them
+    combine: Callable[[tuple[Tensor, ...], TransformerConfig], Tensor]
+
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+
+class TensorPartsError(ValueError):
+    """A tensor stored in parts cannot be assembled: a part is missing or malformed."""
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     architectures: tuple[str, ...]  # HF architecture class names this family loads
@@ -45,6 +70,10 @@ class Family:
     build_config: Callable[[dict[str, Any]], TransformerConfig]
     rules: tuple[WeightRule, ...]
     ignore: tuple[str, ...] = ()  # regexes of HF tensors that carry no weights we need
+    groups: tuple[TensorGroup, ...] = ()  # tensors stored in parts, joined before conversion
+    # the quantization methods (config.json's quantization_config.quant_method) whose tensors
+    # `groups` dequantize; a checkpoint quantized any other way is refused
+    quant_methods: tuple[str, ...] = ()
     _compiled: list[tuple[re.Pattern[str], WeightRule]] = field(default_factory=list, repr=False)
 
     def rule_for(self, name: str) -> tuple[WeightRule, re.Match[str]] | None:
@@ -57,6 +86,49 @@ class Family:
                 return rule, match
         return None
 
+    def assembled(
+        self, tensors: Iterable[tuple[str, Tensor]], cfg: TransformerConfig
+    ) -> Iterator[tuple[str, Tensor]]:
+        """`tensors`, with the parts of each `TensorGroup` replaced by their whole, yielded when
+        its last part arrives. Parts are held only until then, so a whole is built while its
+        parts are still memory-mapped and they are released once it is. A part the group does
+        not expect (a head beyond the config's) passes through unchanged, for `convert` to
+        refuse; a group still missing parts at the end is a `TensorPartsError`."""
+        groups = [(group.compiled(), group) for group in self.groups]
+        # whole name -> (a part's match, the parts it needs, the parts so far)
+        pending: dict[str, tuple[re.Match[str], tuple[str, ...], dict[str, Tensor]]] = {}
+        for name, tensor in tensors:
+            found = next(
+                ((m, g) for regex, g in groups if (m := regex.fullmatch(name)) is not None), None
+            )
+            if found is None:
+                yield name, tensor
+                continue
+            match, group = found
+            needed = group.parts(match, cfg)
+            if match["part"] not in needed:
+                yield name, tensor
+                continue
+            whole = match.expand(group.whole)
+            parts = pending.setdefault(whole, (match, needed, {}))[2]
+            parts[match["part"]] = tensor
+            if len(parts) < len(needed):
+                continue
+            del parts, tensor  # the generator keeps no reference to parts or whole
+            yield whole, _joined(group, whole, pending.pop(whole), cfg)
+        if pending:
+            lacking = [
+                f"{_part_name(match, p)} (a part of {whole})"
+                for whole, (match, needed, parts) in pending.items()
+                for p in needed
+                if p not in parts
+            ]
+            shown = ", ".join(lacking[:4]) + (" ..." if len(lacking) > 4 else "")
+            raise TensorPartsError(
+                f"the checkpoint has only some parts of tensors stored in parts; it lacks "
+                f"{len(lacking)}: {shown}."
+            )
+
     def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
         """Native tensors for one checkpoint tensor ({} for ignored ones)."""
         found = self.rule_for(name)
@@ -68,6 +140,25 @@ class Family:
         values = rule.transform(tensor, cfg)
         fill = {"i": "", **match.groupdict(), "kv": "_" if cfg.is_grouped_query else ""}
         return {target.format(**fill): v for target, v in zip(rule.targets, values)}
+
+
+def _joined(
+    group: TensorGroup,
+    whole: str,
+    entry: tuple[re.Match[str], tuple[str, ...], dict[str, Tensor]],
+    cfg: TransformerConfig,
+) -> Tensor:
+    _, needed, parts = entry
+    try:
+        return group.combine(tuple(parts.pop(p) for p in needed), cfg)
+    except ValueError as error:
+        raise TensorPartsError(f"{whole}: {error}") from None
+
+
+def _part_name(match: re.Match[str], part: str) -> str:
+    """The name of another part of the group whose part `match` matched."""
+    name = match.string
+    return name[: match.start("part")] + part + name[match.end("part") :]
 
 
 # --- transforms shared by families --------------------------------------------------------------

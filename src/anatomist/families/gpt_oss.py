@@ -19,19 +19,28 @@ Differences from Llama:
 Weight processing folds the RMSNorms and centers the unembedding; value biases stay unfolded
 (with sinks a pattern row does not sum to 1).
 
-Not supported: the MXFP4-quantized expert tensors of the released checkpoints
-(``*_blocks``/``*_scales``); dequantize them first (see the error message). A `swiglu_alpha`
-other than 1.702 is refused.
+The released checkpoints store the expert matrices MXFP4-quantized (config.json:
+``quantization_config`` with ``quant_method`` "mxfp4"; its ``modules_to_not_convert`` lists what
+stayed float, which the tensor names say as well): ``gate_up_proj_blocks [E, 2m, d/32, 16]`` and
+``gate_up_proj_scales [E, 2m, d/32]`` (``down_proj``: ``[E, d, m/32, 16]`` and ``[E, d, m/32]``),
+uint8. Each row holds groups of 32 values: 16 bytes of 4-bit E2M1 numbers, two per byte (low
+nibble first), and one E8M0 scale byte, 2**(byte - 127). A `TensorGroup` joins each pair and
+dequantizes it as transformers does (``convert_moe_packed_tensors``, bit for bit: bfloat16,
+exact for every value), to the float ``[E, d, 2m]`` / ``[E, m, d]`` layout above.
+
+Not supported: a `swiglu_alpha` other than 1.702.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import WeightRule, rope_settings, same, transpose
+from anatomist.families.base import TensorGroup, WeightRule, rope_settings, same, transpose
 from anatomist.families.llama import _L, RULES
 from anatomist.families.mixtral import MoEFamily, expert_count
 
@@ -117,17 +126,50 @@ def interleaved_gate_up(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]
     return t[..., ::2], t[..., 1::2]
 
 
-def quantized_experts(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
-    raise NotImplementedError(
-        "This GPT-OSS checkpoint stores its expert weights MXFP4-quantized (*_blocks / *_scales), "
-        "which anatomist does not dequantize. Save a dequantized copy with transformers and load "
-        "that: GptOssForCausalLM.from_pretrained(name, quantization_config=Mxfp4Config("
-        "dequantize=True), dtype=torch.bfloat16).save_pretrained(folder)."
-    )
+# MXFP4 (OCP Microscaling Formats v1.0): E2M1 values by their 4-bit code (sign in the top bit),
+# as transformers' FP4_VALUES; a block of 32 shares one E8M0 scale, 2**(byte - 127).
+FP4_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+_E8M0_BIAS = 127
+
+
+def dequantize_mxfp4(blocks: Tensor, scales: Tensor) -> Tensor:
+    """MXFP4 ``blocks [E, rows, G, 16]`` and ``scales [E, rows, G]`` (uint8) -> bfloat16
+    ``[E, G * 32, rows]``: transformers' ``convert_moe_packed_tensors``, bit for bit (the same
+    table lookups and ``ldexp``), one expert at a time to bound the temporaries."""
+    if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+        raise ValueError(
+            f"MXFP4 blocks and scales are uint8; got {blocks.dtype} and {scales.dtype}."
+        )
+    if blocks.dim() != 4 or blocks.shape[-1] != 16 or blocks.shape[:-1] != scales.shape:
+        raise ValueError(
+            f"MXFP4 blocks [E, rows, groups, 16] need scales [E, rows, groups]; got blocks "
+            f"{tuple(blocks.shape)} and scales {tuple(scales.shape)}."
+        )
+    lut = torch.tensor(FP4_E2M1, dtype=torch.bfloat16)
+    n_experts, rows, groups, _ = blocks.shape
+    out = torch.empty(n_experts, rows, groups, 32, dtype=torch.bfloat16)  # [E, rows, G, 32]
+    for e in range(n_experts):
+        packed = blocks[e]  # [rows, G, 16]
+        out[e, ..., 0::2] = lut[(packed & 0x0F).int()]  # element 2j: the low nibble
+        out[e, ..., 1::2] = lut[(packed >> 4).int()]
+        exponent = scales[e].int() - _E8M0_BIAS  # [rows, G]
+        torch.ldexp(out[e], exponent[..., None], out=out[e])
+    return out.view(n_experts, rows, groups * 32).transpose(1, 2)  # [E, G * 32, rows]
+
+
+def _blocks_and_scales(match: re.Match[str], cfg: TransformerConfig) -> tuple[str, ...]:
+    return ("blocks", "scales")
 
 
 _M = _L + r"mlp\."
 _X = "blocks.{i}.mlp.experts.{e}."
+
+MXFP4_EXPERTS = TensorGroup(
+    r"(?P<weight>" + _M + r"experts\.(?:gate_up|down)_proj)_(?P<part>blocks|scales)",
+    whole=r"\g<weight>",
+    parts=_blocks_and_scales,
+    combine=lambda parts, cfg: dequantize_mxfp4(*parts),
+)
 
 GPT_OSS_RULES = (
     WeightRule(_L + r"self_attn\.sinks", ("blocks.{i}.attn.sinks",), same),
@@ -139,7 +181,6 @@ GPT_OSS_RULES = (
     ),
     WeightRule(_M + r"experts\.down_proj", (_X + "W_out",), same),  # [E, m, d]
     WeightRule(_M + r"experts\.down_proj_bias", (_X + "b_out",), same),  # [E, d]
-    WeightRule(_M + r"experts\.\w+_(?:blocks|scales)", (), quantized_experts),
 )
 
 FAMILY = MoEFamily(
@@ -148,4 +189,6 @@ FAMILY = MoEFamily(
     model_types=("gpt_oss",),
     build_config=build_config,
     rules=(*RULES, *GPT_OSS_RULES),
+    groups=(MXFP4_EXPERTS,),
+    quant_methods=("mxfp4",),
 )

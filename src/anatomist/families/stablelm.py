@@ -12,16 +12,13 @@ native ``attn.q_norm.w [n_heads, d_head]`` (``k_norm``: ``[n_kv_heads, d_head]``
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, input_norm, norm_rules
+from anatomist.families.base import Family, TensorGroup, input_norm, norm_rules
 from anatomist.families.gpt_neox import partial_rotary_settings
 
 
@@ -49,47 +46,29 @@ NORM_RULES = (
     *norm_rules(r"(?:model\.)?norm", "ln_final"),
 )
 OTHER_RULES = tuple(rule for rule in llama.RULES if "norm" not in rule.pattern)
-_PER_HEAD_NORM = re.compile(
-    _L + r"self_attn\.(?P<qk>[qk])_layernorm\.norms\.(?P<h>\d+)\.(?P<p>weight|bias)"
+# One LayerNorm per head: ``{q,k}_layernorm.norms.{h}.weight``, stacked into
+# ``{q,k}_layernorm.weight [heads, d_head]`` by the group, then loaded like any norm.
+PER_HEAD_NORMS = TensorGroup(
+    r"(?P<norm>" + _L + r"self_attn\.(?P<qk>[qk])_layernorm)\.norms\.(?P<part>\d+)\."
+    r"(?P<param>weight|bias)",
+    whole=r"\g<norm>.\g<param>",
+    parts=lambda match, cfg: tuple(
+        str(h) for h in range(cfg.n_heads if match["qk"] == "q" else cfg.n_kv_heads)
+    ),
+    combine=lambda heads, cfg: torch.stack(heads),
+)
+QK_NORM_RULES = (
+    *norm_rules(_L + r"self_attn\.q_layernorm", "blocks.{i}.attn.q_norm"),
+    *norm_rules(_L + r"self_attn\.k_layernorm", "blocks.{i}.attn.k_norm"),
 )
 
 
-@dataclass(frozen=True)
-class PerHeadNormFamily(Family):
-    """StableLM's loader: collects the per-head QK norm tensors of a layer (one per head) and
-    returns them stacked, ``[heads, d_head]``, once the last head arrives."""
-
-    # target -> (the config of the load in progress, tensors by head); entries of another load
-    # (one that failed halfway) are discarded.
-    _pending: dict[str, tuple[TransformerConfig, dict[int, Tensor]]] = field(
-        default_factory=dict, repr=False
-    )
-
-    def convert(self, name: str, tensor: Tensor, cfg: TransformerConfig) -> dict[str, Tensor]:
-        match = _PER_HEAD_NORM.fullmatch(name)
-        if match is None:
-            return super().convert(name, tensor, cfg)
-        qk, head = match["qk"], int(match["h"])
-        heads = cfg.n_heads if qk == "q" else cfg.n_kv_heads
-        if head >= heads:
-            raise KeyError(name)
-        param = "w" if match["p"] == "weight" else "b"
-        target = f"blocks.{match['i']}.attn.{qk}_norm.{param}"
-        owner, parts = self._pending.get(target, (cfg, {}))
-        parts = parts if owner is cfg else {}
-        parts[head] = tensor
-        if len(parts) < heads:
-            self._pending[target] = (cfg, parts)
-            return {}
-        self._pending.pop(target, None)
-        return {target: torch.stack([parts[h] for h in range(heads)])}
-
-
-FAMILY = PerHeadNormFamily(
+FAMILY = Family(
     name="stablelm",
     architectures=("StableLmForCausalLM", "StableLmModel"),
     model_types=("stablelm",),
     build_config=build_config,
-    rules=NORM_RULES + OTHER_RULES,
+    rules=NORM_RULES + QK_NORM_RULES + OTHER_RULES,
     ignore=llama.IGNORE,
+    groups=(PER_HEAD_NORMS,),
 )

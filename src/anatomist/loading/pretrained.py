@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family
+from anatomist.families.base import Family, TensorPartsError
 from anatomist.families.registry import family_for_config
 from anatomist.loading.errors import CheckpointError
 
@@ -108,6 +108,7 @@ def load_pretrained(
     else:
         source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
     family = family_for_config(source.hf_config)
+    refuse_unknown_quantization(source.hf_config, family, source.label)
     cfg = family.build_config(source.hf_config)
     cfg.model_name = source.name
     cfg.dtype = load_dtype
@@ -233,6 +234,29 @@ def _folder_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def refuse_unknown_quantization(hf_config: dict[str, Any], family: Family, label: str) -> None:
+    """A `CheckpointError` for a checkpoint whose config.json declares a quantization (its
+    ``quantization_config``) that `family` does not dequantize: GPTQ, AWQ, bitsandbytes, FP8
+    and the like store packed integers and scales that would otherwise be refused tensor by
+    tensor with a misleading message, or read as garbage."""
+    quantization = hf_config.get("quantization_config")
+    if not quantization:
+        return
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if method in family.quant_methods:
+        return
+    readable = (
+        f"; it reads {', '.join(family.quant_methods)} checkpoints" if family.quant_methods else ""
+    )
+    raise CheckpointError(
+        f"{label} is quantized (config.json's quantization_config: quant_method {method!r}), "
+        f"which anatomist does not dequantize for the {family.name} family{readable}. Load the "
+        "unquantized original, or a float copy: transformers can write one for the methods it "
+        "dequantizes (model = AutoModelForCausalLM.from_pretrained(name); model.dequantize(); "
+        "model.save_pretrained(folder))."
+    )
+
+
 def fill_weights(
     model: Any,
     family: Family,
@@ -242,6 +266,7 @@ def fill_weights(
 ) -> None:
     """Convert and assign checkpoint tensors into a model built with uninitialised weights.
 
+    Tensors stored in parts (the family's `TensorGroup`s) are joined first, one whole at a time.
     Biases the checkpoint lacks become zeros; a tied output embedding is copied from the input
     embedding; any other missing weight, a shape mismatch, or an unknown tensor name is a
     `CheckpointError` naming the checkpoint.
@@ -249,7 +274,7 @@ def fill_weights(
     cfg: TransformerConfig = model.cfg  # type: ignore[assignment]
     expected = dict(model.named_parameters())
     loaded: set[str] = set()
-    for hf_name, tensor in _progress(tensors, progress, label):
+    for hf_name, tensor in _assembled(family, _progress(tensors, progress, label), cfg, label):
         try:
             native = family.convert(hf_name, tensor, cfg)
         except KeyError:
@@ -264,6 +289,11 @@ def fill_weights(
                     continue
                 raise CheckpointError(
                     f"{label}: tensor {hf_name!r} maps to unknown weight {key!r}."
+                )
+            if not value.is_floating_point():
+                raise CheckpointError(
+                    f"{label}: tensor {hf_name!r} is stored as {value.dtype}, not floats: a "
+                    f"quantized format the {family.name} family does not dequantize."
                 )
             want = expected[key].shape
             if value.shape != want:
@@ -299,6 +329,15 @@ def fill_weights(
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
             reset()
+
+
+def _assembled(
+    family: Family, tensors: Iterable[tuple[str, Tensor]], cfg: TransformerConfig, label: str
+) -> Iterator[tuple[str, Tensor]]:
+    try:
+        yield from family.assembled(tensors, cfg)
+    except TensorPartsError as error:
+        raise CheckpointError(f"{label}: {error}") from None
 
 
 def _progress(
@@ -370,6 +409,7 @@ def open_family_checkpoint(
             f"{source.label} is a {found.name} model; {loader} loads {family.name} checkpoints "
             f"({', '.join(family.architectures)}). {hint}"
         )
+    refuse_unknown_quantization(source.hf_config, family, source.label)
     return source
 
 
