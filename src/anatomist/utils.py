@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anatomist.analysis.factored_matrix import FactoredMatrix
+
 _LAYER_TYPE_ALIASES = {
     "a": "attn",
     "m": "mlp",
@@ -196,3 +198,36 @@ def test_prompt(
 
 
 test_prompt.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def composition_scores(
+    left: FactoredMatrix, right: FactoredMatrix, broadcast_dims: bool = True
+) -> Tensor:
+    """How much ``left`` feeds ``right``: ``||L R||_F / (||L||_F ||R||_F)``, in ``[0, 1]``.
+
+    ``L = left.AB`` and ``R = right.AB`` in the row-vector convention (``x @ L @ R``), so for
+    heads in layers ``i < j`` the classic calls are ``composition_scores(OV_i, QK_j)`` (Q
+    composition), ``(OV_i, QK_j.T)`` (K) and ``(OV_i, OV_j)`` (V) (Elhage et al. 2021, "A
+    Mathematical Framework for Transformer Circuits", section on composition).
+
+    With ``broadcast_dims`` the result is ``[*left_leading, *right_leading]`` (every left
+    matrix against every right one); otherwise the leading dims broadcast against each other.
+    Computed in float64 from the factors (no ``d_model x d_model`` product) and returned as
+    float64. A zero matrix on either side gives NaN (0 / 0).
+    """
+    if broadcast_dims:
+        n_left, n_right = left.ndim - 2, right.ndim - 2
+        for i in range(n_left):
+            right = right.unsqueeze(i)
+        for i in range(n_right):
+            left = left.unsqueeze(n_left + i)
+    if left.rdim != right.ldim:
+        raise ValueError(
+            "composition_scores needs left.rdim == right.ldim; shapes were left "
+            f"{tuple(left.shape)}, right {tuple(right.shape)}"
+        )
+    left = FactoredMatrix(left.A.double(), left.B.double())
+    right = FactoredMatrix(right.A.double(), right.B.double())
+    product = left @ right
+    assert isinstance(product, FactoredMatrix)
+    return product.norm() / (left.norm() * right.norm())

@@ -265,7 +265,7 @@ class FactoredMatrix:
             else rtol
         )
         threshold = tol * S[..., :1]  # S is descending: S[..., :1] is the largest
-        keep = torch.gt(S, threshold)
+        keep = torch.gt(S, threshold) if tol > 0 else torch.ones_like(S, dtype=torch.bool)
         rank = int(keep.sum(-1).max()) if keep.numel() else 0
         S = torch.where(keep, S, torch.zeros_like(S))[..., :rank]
         U = Qa @ Um[..., :rank]
