@@ -281,21 +281,21 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         """Turn on ``hook_tokens`` (the input ids)."""
         self.cfg.use_hook_tokens = use_hook_tokens
 
-    # --- weight views, stacked over layers ---------------------------------------------------
+    # --- weight views (stacked ones: StackedWeightsMixin) -----------------------------------
     @property
-    def W_E(self) -> Tensor:
+    def W_E(self) -> Tensor:  # [d_vocab, d_embed or d_model], the parameter itself
         return self.embed.W_E
 
     @property
-    def W_U(self) -> Tensor:
+    def W_U(self) -> Tensor:  # [d_embed or d_model, d_vocab], the parameter itself
         return self.unembed.W_U
 
     @property
-    def b_U(self) -> Tensor:
+    def b_U(self) -> Tensor:  # [d_vocab], the parameter itself
         return self.unembed.b_U
 
     @property
-    def W_pos(self) -> Tensor:
+    def W_pos(self) -> Tensor:  # [n_ctx, d_model], the parameter itself
         if self.cfg.positional_embedding_type not in _LEARNED_POSITIONS:
             raise AttributeError(
                 f"This model uses {self.cfg.positional_embedding_type} positions; "
@@ -306,8 +306,88 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
     @property
     def W_E_pos(self) -> Tensor:
         """Token and position embeddings concatenated, [d_vocab + n_ctx, d_model] (tokens as
-        written to the residual stream, i.e. through W_proj_in where cfg.d_embed is set)."""
+        written to the residual stream, i.e. through W_proj_in where cfg.d_embed is set).
+        A concatenation is a copy: editing it does not edit the model."""
         return torch.cat([self.embed.W_E_residual, self.W_pos], dim=0)
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Tensor:
+        """The constant the layers before `layer` add to the residual stream, ``[d_model]``.
+
+        The sum of each attention layer's ``b_O`` and each MLP's ``b_out`` over layers
+        ``0 .. layer - 1`` (`layer` in ``[0, n_layers]``); with `mlp_input`, also layer
+        `layer`'s ``b_O``, which the MLP of that layer reads (not in parallel blocks, whose MLP
+        reads the block's input). `include_mlp_biases=False` leaves out the MLPs' biases (to
+        pair with attention outputs split into heads and MLP outputs kept whole).
+
+        Where a norm follows a sublayer's output (``cfg.post_norm_type``, Gemma 2), the constant
+        that sublayer writes is that norm's bias (none for RMSNorm), not ``b_O``/``b_out``.
+        Mixture-of-experts layers count only when their experts have no output biases (a
+        token's experts vary, so their biases are not a constant).
+        """
+        cfg = self.cfg
+        if not 0 <= layer <= cfg.n_layers:
+            raise ValueError(f"layer must be in [0, n_layers={cfg.n_layers}], got {layer}.")
+        if mlp_input and layer == cfg.n_layers:
+            raise ValueError(
+                "mlp_input=True needs a layer below n_layers: there is no MLP after the last."
+            )
+        if cfg.post_layer_norm:
+            raise ValueError(
+                "In Post-LN blocks (cfg.post_layer_norm) the residual stream is normalized after "
+                "every sublayer, so the layers' biases do not accumulate in it."
+            )
+        bias = torch.zeros_like(self.blocks[0].attn.b_O)  # [d_model]
+        for block in self.blocks[:layer]:
+            bias = bias + self._written_bias(block, "attn")
+            if include_mlp_biases and not cfg.attn_only:
+                bias = bias + self._written_bias(block, "mlp")
+        if mlp_input and not cfg.parallel_attn_mlp:
+            bias = bias + self._written_bias(self.blocks[layer], "attn")
+        return bias
+
+    def _written_bias(self, block: Any, sublayer: str) -> Tensor:
+        """The constant a block's attention or MLP adds to the residual stream."""
+        if self.cfg.post_norm_type is not None:
+            post_norm = block.ln1_post if sublayer == "attn" else block.ln2_post
+            b = getattr(post_norm, "b", None)
+            return b if b is not None else torch.zeros_like(block.attn.b_O)
+        if sublayer == "attn":
+            return block.attn.b_O  # type: ignore[no-any-return]
+        if not self.cfg.is_moe_layer(block.layer_idx):
+            return block.mlp.b_out  # type: ignore[no-any-return]
+        moe = block.mlp
+        experts = [*moe.experts, *([moe.shared_expert] if moe.shared_expert is not None else [])]
+        if any(bool(expert.b_out.any()) for expert in experts):
+            raise ValueError(
+                f"Layer {block.layer_idx} is a mixture of experts whose experts have output "
+                "biases: which experts a token uses varies, so their biases are not a constant. "
+                "Pass include_mlp_biases=False, or read the MLP outputs from the cache."
+            )
+        return torch.zeros_like(block.attn.b_O)
+
+    def all_composition_scores(self, mode: str) -> Tensor:
+        """Composition scores of every earlier head into every later head (Elhage et al. 2021),
+        ``[n_layers, n_heads, n_layers, n_heads]``: entry ``[l1, h1, l2, h2]`` is
+        ``||OV[l1, h1] @ M[l2, h2]||_F / (||OV[l1, h1]||_F ||M[l2, h2]||_F)`` with ``M`` = ``QK``
+        (mode "Q": the earlier head writes what the later head's queries read), ``QK^T`` ("K":
+        its keys) or ``OV`` ("V": its values). Zero unless ``l1 < l2``."""
+        from anatomist.utils import composition_scores
+
+        left = self.OV
+        if mode == "Q":
+            right = self.QK
+        elif mode == "K":
+            right = self.QK.T
+        elif mode == "V":
+            right = self.OV
+        else:
+            raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}.")
+        scores = composition_scores(left, right, broadcast_dims=True)
+        layers = torch.arange(self.cfg.n_layers, device=scores.device)
+        earlier = layers[:, None, None, None] < layers[None, None, :, None]
+        return torch.where(earlier, scores, torch.zeros_like(scores))
 
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
         """Unembedding directions ``W_U[:, token]``: [d_model] for one token, [..., d_model] else.

@@ -3,56 +3,194 @@
 Shared by `HookedTransformer`, `HookedEncoder` and `HookedEncoderDecoder`: each keeps a
 ``blocks`` list whose blocks have ``attn`` and ``mlp`` submodules with the classic weight names.
 Also their common random init (`init_weights`).
+
+Stacked views share storage with the parameters. The parameters stay per block (so
+``state_dict`` names are the classic ones), but the blocks' parameters of one kind live as
+consecutive slices of one ``[n_layers, ...]`` tensor, and ``model.W_Q`` is that tensor: an
+in-place edit of ``model.W_Q[l, h]`` (under ``torch.no_grad()``, as for any parameter) edits
+``model.blocks[l].attn.W_Q[h]``. The layout is made on the first access: the parameters are
+copied once into one stacked tensor and each Parameter is pointed at its slice
+(``param.data = stacked[l]``), so the Parameter objects, and optimizers and hooks holding them,
+are unchanged. Whatever gives a parameter new memory (``.to(device or dtype)``,
+``load_state_dict(assign=True)``) undoes the layout; the next access makes it again. Memory stays
+one copy of the weights, two for one kind of weight while it is laid out.
+
+With gradients enabled and parameters that require them, a view is also a differentiable
+function of the parameters (the gradient of ``W_Q[l]`` reaches ``blocks[l].attn.W_Q``), as the
+classic ``torch.stack`` was; editing it in place then fails, as editing a parameter does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 
+def stacked_parameters(params: Sequence[Tensor]) -> Tensor:
+    """`params` (one per layer, same shape) as one ``[n_layers, ...]`` tensor sharing their
+    storage; laid out first if they are not consecutive slices of one tensor yet.
+
+    A parameter used by two layers (or a computed tensor) cannot be a slice of its own layer:
+    those are stacked into a copy, as are tensors on the meta device.
+    """
+    if not params:
+        raise ValueError("This model has no layers, so there is nothing to stack.")
+    shared = len({id(p) for p in params}) < len(params)
+    if shared or not all(p.is_leaf for p in params) or params[0].device.type == "meta":
+        return torch.stack(list(params))  # (meta tensors have no storage to share)
+    if _storage_stack(params) is None:
+        _lay_out(params)
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return _StackedParameters.apply(*params)  # type: ignore[no-any-return]
+    view = _storage_stack(params)
+    assert view is not None
+    return view
+
+
+def _storage_stack(params: Sequence[Tensor]) -> Tensor | None:
+    """The ``[n, ...]`` view over the parameters' common storage, or None when they are not
+    consecutive contiguous slices of one storage."""
+    first = params[0]
+    step, offset = first.numel(), first.storage_offset()
+    storage = first.untyped_storage().data_ptr()
+    for i, p in enumerate(params):
+        if (
+            p.shape != first.shape
+            or p.dtype != first.dtype
+            or p.device != first.device
+            or not p.is_contiguous()
+            or p.untyped_storage().data_ptr() != storage
+            or p.storage_offset() != offset + i * step
+        ):
+            return None
+    data = first.detach()
+    return data.as_strided((len(params), *first.shape), (step, *first.stride()), offset)
+
+
+def _lay_out(params: Sequence[Tensor]) -> None:
+    """Copy the parameters into one stacked tensor and point each at its slice."""
+    shapes = {tuple(p.shape) for p in params}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The layers' weights differ in shape ({sorted(shapes)}), so they cannot be stacked; "
+            "read them per layer (model.blocks[i]...)."
+        )
+    # Outside inference mode, so the parameters do not become inference tensors.
+    with torch.inference_mode(False), torch.no_grad():
+        stacked = torch.stack([p.detach() for p in params])
+        for p, layer in zip(params, stacked):
+            p.data = layer
+
+
+class _StackedParameters(torch.autograd.Function):
+    """The shared-storage stack as a function of the parameters: the gradient of slice ``l``
+    goes to parameter ``l`` (the gradient of ``torch.stack``, without its copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, *params: Tensor) -> Tensor:  # type: ignore[override]
+        view = _storage_stack(params)
+        assert view is not None, "the parameters were laid out just before"
+        return view
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        return grad.unbind(0)
+
+
 class StackedWeightsMixin:
-    """``W_Q`` ... ``b_out`` as ``[n_layers, ...]`` tensors (views stacked into new tensors)."""
+    """``W_Q`` ... ``b_out`` as ``[n_layers, ...]`` tensors that share the parameters' storage
+    (see the module docstring); ``QK`` and ``OV`` as `FactoredMatrix` objects.
+
+    Under grouped-query attention ``W_K``, ``W_V``, ``b_K`` and ``b_V`` have one slice per query
+    head, as the classic shapes require: each key/value head is repeated for the query heads
+    that share it, which is a copy (an edit of it does not reach the model). ``_W_K``, ``_W_V``,
+    ``_b_K`` and ``_b_V`` are the stored weights, one slice per key/value head, sharing storage
+    (without GQA they equal ``W_K`` ...).
+    """
 
     blocks: Any
     cfg: Any
 
     def _stack(self, module: str, attr: str) -> Tensor:
-        return torch.stack([getattr(getattr(b, module), attr) for b in self.blocks], dim=0)
+        return stacked_parameters([getattr(getattr(b, module), attr) for b in self.blocks])
 
     @property
     def W_Q(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]
         return self._stack("attn", "W_Q")
 
     @property
-    def W_K(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head] (repeated under GQA)
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Tensor:
-        return self._stack("attn", "W_V")
-
-    @property
     def W_O(self) -> Tensor:  # [n_layers, n_heads, d_head, d_model]
         return self._stack("attn", "W_O")
 
     @property
-    def b_Q(self) -> Tensor:
+    def b_Q(self) -> Tensor:  # [n_layers, n_heads, d_head]
         return self._stack("attn", "b_Q")
 
     @property
-    def b_K(self) -> Tensor:
-        return self._stack("attn", "b_K")
-
-    @property
-    def b_V(self) -> Tensor:
-        return self._stack("attn", "b_V")
-
-    @property
-    def b_O(self) -> Tensor:
+    def b_O(self) -> Tensor:  # [n_layers, d_model]
         return self._stack("attn", "b_O")
+
+    # Keys and values as stored: [n_layers, n_key_value_heads, ...], sharing storage.
+    def _stack_kv(self, attr: str) -> Tensor:
+        return self._stack("attn", f"_{attr}" if self.cfg.is_grouped_query else attr)
+
+    @property
+    def _W_K(self) -> Tensor:  # [n_layers, n_key_value_heads, d_model, d_head]
+        return self._stack_kv("W_K")
+
+    @property
+    def _W_V(self) -> Tensor:  # [n_layers, n_key_value_heads, d_model, d_head]
+        return self._stack_kv("W_V")
+
+    @property
+    def _b_K(self) -> Tensor:  # [n_layers, n_key_value_heads, d_head]
+        return self._stack_kv("b_K")
+
+    @property
+    def _b_V(self) -> Tensor:  # [n_layers, n_key_value_heads, d_head]
+        return self._stack_kv("b_V")
+
+    def _per_query_head(self, kv: Tensor) -> Tensor:
+        """``[n_layers, n_key_value_heads, ...]`` -> ``[n_layers, n_heads, ...]`` (a copy under
+        GQA, the same tensor without)."""
+        if not self.cfg.is_grouped_query:
+            return kv
+        return kv.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=1)
+
+    @property
+    def W_K(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]; repeated (a copy) under GQA
+        return self._per_query_head(self._W_K)
+
+    @property
+    def W_V(self) -> Tensor:  # [n_layers, n_heads, d_model, d_head]; repeated (a copy) under GQA
+        return self._per_query_head(self._W_V)
+
+    @property
+    def b_K(self) -> Tensor:  # [n_layers, n_heads, d_head]; repeated (a copy) under GQA
+        return self._per_query_head(self._b_K)
+
+    @property
+    def b_V(self) -> Tensor:  # [n_layers, n_heads, d_head]; repeated (a copy) under GQA
+        return self._per_query_head(self._b_V)
+
+    @property
+    def QK(self) -> Any:
+        """``W_Q @ W_K^T`` per head, a `FactoredMatrix` ``[n_layers, n_heads, d_model, d_model]``
+        (query side on the left; keys repeated per query head under GQA)."""
+        from anatomist.analysis.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> Any:
+        """``W_V @ W_O`` per head, a `FactoredMatrix` ``[n_layers, n_heads, d_model, d_model]``
+        (values repeated per query head under GQA)."""
+        from anatomist.analysis.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
 
     def _require_mlp(self) -> None:
         if self.cfg.attn_only:
@@ -78,7 +216,7 @@ class StackedWeightsMixin:
         return self._stack_mlp("W_in")
 
     @property
-    def W_gate(self) -> Tensor:
+    def W_gate(self) -> Tensor:  # [n_layers, d_model, d_mlp]
         self._require_mlp()
         if not self.cfg.gated_mlp:
             raise AttributeError("This model's MLPs are not gated: it has no W_gate.")
@@ -89,11 +227,11 @@ class StackedWeightsMixin:
         return self._stack_mlp("W_out")
 
     @property
-    def b_in(self) -> Tensor:
+    def b_in(self) -> Tensor:  # [n_layers, d_mlp]
         return self._stack_mlp("b_in")
 
     @property
-    def b_out(self) -> Tensor:
+    def b_out(self) -> Tensor:  # [n_layers, d_model]
         return self._stack_mlp("b_out")
 
     def init_weights(self) -> None:
@@ -117,6 +255,7 @@ class StackedWeightsMixin:
                 init_own()
 
     def all_head_labels(self) -> list[str]:
+        """``L{layer}H{head}`` for every head, layer-major (the order of ``W_Q.flatten(0, 1)``)."""
         return [
             f"L{layer}H{head}"
             for layer in range(self.cfg.n_layers)
