@@ -67,8 +67,10 @@ def test_refactor_keeps_log_probs(name: str) -> None:
     tokens = random_tokens(model.cfg.d_vocab)
     expected = _log_probs(model, tokens)
     W_Q, W_O = model.blocks[0].attn.W_Q.clone(), model.blocks[0].attn.W_O.clone()
+    assert model.W_O.shape[0] == 2  # stacks the parameters' storage; the refactor writes there
     model.refactor_factored_attn_matrices()
     assert (_log_probs(model, tokens) - expected).abs().max() <= 1e-4
+    assert torch.equal(model.W_O[1], model.blocks[1].attn.W_O)
     assert not torch.allclose(model.blocks[0].attn.W_Q, W_Q, atol=1e-3)  # it did refactor
     assert not torch.allclose(model.blocks[0].attn.W_O, W_O, atol=1e-3)
     assert model.cfg.processing["refactor_factored_attn_matrices"] is True
