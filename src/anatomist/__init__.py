@@ -6,6 +6,7 @@
 """
 
 from anatomist import utils
+from anatomist.analysis import patching as patching
 from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.cache import ActivationCache
 from anatomist.config import HookedTransformerConfig, TransformerConfig
