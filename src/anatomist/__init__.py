@@ -8,6 +8,7 @@
 from anatomist import utils
 from anatomist.analysis import patching as patching
 from anatomist.analysis.factored_matrix import FactoredMatrix
+from anatomist.analysis.svd import SVDInterpreter
 from anatomist.cache import ActivationCache
 from anatomist.config import HookedTransformerConfig, TransformerConfig
 from anatomist.hooks import (
@@ -41,8 +42,10 @@ __all__ = [
     "HookedTransformerConfig",
     "LensHandle",
     "Output",
+    "SVDInterpreter",
     "TransformerConfig",
     "UnknownHookError",
     "UnknownModelError",
+    "patching",
     "utils",
 ]

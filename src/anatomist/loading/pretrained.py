@@ -99,7 +99,13 @@ def load_pretrained(
         )
         revision = checkpoint.revision
     target_dtype = parse_dtype(dtype)
-    processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    processing = (
+        fold_ln
+        or center_writing_weights
+        or center_unembed
+        or fold_value_biases
+        or refactor_factored_attn_matrices
+    )
     # Process in float32 and cast afterwards, so folding does not lose half-precision bits.
     load_dtype = torch.float32 if processing and target_dtype.itemsize < 4 else target_dtype
 
