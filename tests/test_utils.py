@@ -235,3 +235,139 @@ def test_test_prompt_ranks_and_probabilities(capsys: pytest.CaptureFixture[str])
     assert [r[0] for r in quiet] == ["c"]
     assert quiet[0][1] == pytest.approx(probs[2, c].item(), abs=1e-6)
     assert capsys.readouterr().out == ""
+
+
+def test_test_prompt_with_several_answers_compares_first_tokens() -> None:
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(1, 10, 11, generator=gen)
+    stub = _StubTokenizerModel(logits)
+    results = utils.test_prompt("ab", ["c", "de"], stub, print_details=False)
+    probs = logits[0].softmax(-1)
+    # Each answer is " c" / " de" -> only its first token (" ") counts, read after the prompt.
+    space = stub.alphabet.index(" ")
+    assert [r[0] for r in results] == [" ", " "]
+    assert all(r[1] == pytest.approx(probs[2, space].item(), abs=1e-6) for r in results)
+    no_space = utils.test_prompt("ab", ["c", "de"], stub, False, print_details=False)
+    assert [r[0] for r in no_space] == ["c", "d"]
+    d = stub.alphabet.index("d")
+    assert no_space[1][2] == int((probs[2] > probs[2, d]).sum())
+
+
+# --- Slice.unwrap, triangular checks, sample_logits ------------------------------------------------
+
+
+def test_slice_unwrap_keeps_the_axis_of_an_int() -> None:
+    t = torch.arange(12).reshape(3, 4)
+    assert Slice.unwrap(2).apply(t, dim=1).shape == (3, 1)
+    s = Slice((0, 2))
+    assert Slice.unwrap(s) is s
+    assert torch.equal(Slice.unwrap(None).apply(t), t)
+
+
+def test_is_square_and_lower_triangular() -> None:
+    assert utils.is_square(torch.zeros(3, 3)) and not utils.is_square(torch.zeros(3, 4))
+    assert not utils.is_square(torch.zeros(2, 2, 2))
+    assert utils.is_lower_triangular(torch.tril(torch.ones(4, 4)))
+    assert not utils.is_lower_triangular(torch.ones(4, 4))
+    assert not utils.is_lower_triangular(torch.ones(4, 3))
+
+
+def test_sample_logits_is_exported_from_generation() -> None:
+    from anatomist.model.generate import sample_logits
+
+    assert utils.sample_logits is sample_logits
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    assert utils.sample_logits(logits, temperature=0.0).tolist() == [1, 0]
+    assert set(utils.sample_logits(logits.repeat(50, 1), top_k=1).tolist()) <= {0, 1}
+
+
+# --- tokenize_and_concatenate ---------------------------------------------------------------------
+
+
+def _tokenizer() -> Any:
+    from tests.helpers import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+TEXTS = ["the cat sat on the mat", "a dog ran", "the big red house", "mary gave john milk"]
+
+
+def _stream(tok: Any, texts: list[str]) -> list[int]:
+    """The texts' ids joined by EOS, tokenized one by one (the reference for packing)."""
+    ids: list[int] = []
+    for i, text in enumerate(texts):
+        if i:
+            ids.append(tok.eos_token_id)
+        ids.extend(tok.encode(text, add_special_tokens=False))
+    return ids
+
+
+def test_tokenize_and_concatenate_rows_with_bos() -> None:
+    tok = _tokenizer()
+    vocab_size = len(tok)
+    stream = _stream(tok, TEXTS)  # 6 + 1 + 3 + 1 + 4 + 1 + 4 = 20 tokens
+    assert len(stream) == 20
+    ds = utils.tokenize_and_concatenate(TEXTS, tok, max_length=7)
+    # 20 tokens -> 3 rows of 6 (2 dropped), each behind BOS.
+    assert len(ds) == 3 and ds["tokens"].shape == (3, 7)
+    assert (ds["tokens"][:, 0] == tok.bos_token_id).all()
+    assert ds["tokens"][:, 1:].flatten().tolist() == stream[:18]
+    assert ds[1]["tokens"].tolist() == [tok.bos_token_id, *stream[6:12]]
+    assert ds["tokens"].dtype == torch.long
+    assert len(tok) == vocab_size  # the tokenizer is not modified (the classic added a pad token)
+
+    # Without BOS the rows are max_length tokens of the stream.
+    plain = utils.tokenize_and_concatenate(TEXTS, tok, max_length=5, add_bos_token=False)
+    assert plain["tokens"].shape == (4, 5)
+    assert plain["tokens"].flatten().tolist() == stream
+    assert (plain["tokens"] != tok.bos_token_id).all()
+
+
+def test_tokenize_and_concatenate_inputs_and_loader() -> None:
+    tok = _tokenizer()
+    ds = utils.tokenize_and_concatenate(TEXTS, tok, max_length=7)
+    # Rows of dicts (like a datasets.Dataset), with another column name.
+    rows = [{"content": t, "id": i} for i, t in enumerate(TEXTS)]
+    other = utils.tokenize_and_concatenate(iter(rows), tok, max_length=7, column_name="content")
+    assert torch.equal(other["tokens"], ds["tokens"])
+    with pytest.raises(KeyError, match="column_name"):
+        utils.tokenize_and_concatenate(rows, tok, max_length=7)
+    # Streaming packs the same rows lazily.
+    streamed = utils.tokenize_and_concatenate(TEXTS, tok, streaming=True, max_length=7)
+    assert isinstance(streamed, torch.utils.data.IterableDataset)
+    assert torch.equal(torch.stack([r["tokens"] for r in streamed]), ds["tokens"])
+    # A DataLoader yields {"tokens": [batch, max_length]}, as over the classic's dataset.
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["tokens"].shape == (2, 7)
+
+
+def test_tokenize_and_concatenate_short_and_batched_text() -> None:
+    tok = _tokenizer()
+    # Fewer tokens than one row: one row, padded with the pad token (as the classic).
+    short = utils.tokenize_and_concatenate(["the cat"], tok, max_length=6)
+    ids = tok.encode("the cat", add_special_tokens=False)
+    assert short["tokens"].tolist() == [[tok.bos_token_id, *ids, *[tok.pad_token_id] * 3]]
+    # Texts are packed 1000 at a time (the classic's map batches): leftovers do not carry over.
+    texts = ["the cat sat"] * 1001  # 3 tokens each, EOS between
+    ds = utils.tokenize_and_concatenate(texts, tok, max_length=11)
+    first_batch = (1000 * 3 + 999) // 10  # rows from the first 1000 texts
+    assert len(ds) == first_batch + 1  # the last text alone makes one padded row
+    with pytest.raises(ValueError, match="BOS"):
+        no_bos = _tokenizer()
+        no_bos.bos_token = None
+        utils.tokenize_and_concatenate(TEXTS, no_bos)
+    with pytest.raises(TypeError, match="iterable of texts"):
+        utils.tokenize_and_concatenate("the cat", tok)
+    with pytest.raises(ValueError, match="no text"):
+        utils.tokenize_and_concatenate([], tok)
+
+
+def test_tokenize_and_concatenate_on_a_datasets_dataset() -> None:
+    datasets = pytest.importorskip("datasets")
+    tok = _tokenizer()
+    hf = datasets.Dataset.from_dict({"text": TEXTS, "id": list(range(len(TEXTS)))})
+    ds = utils.tokenize_and_concatenate(hf, tok, max_length=7, num_proc=1)
+    assert ds.column_names == ["tokens"]
+    expected = utils.tokenize_and_concatenate(TEXTS, tok, max_length=7)["tokens"]
+    assert torch.equal(ds["tokens"], expected)

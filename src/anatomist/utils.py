@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anatomist.analysis.factored_matrix import FactoredMatrix
+
+# The classic utils.sample_logits; it lives with generation, which uses it.
+from anatomist.model.generate import sample_logits as sample_logits
 
 _LAYER_TYPE_ALIASES = {
     "a": "attn",
@@ -103,6 +107,15 @@ class Slice:
     def __repr__(self) -> str:
         return f"Slice({self.slice!r})"
 
+    @classmethod
+    def unwrap(cls, slice_input: Any) -> Slice:
+        """A Slice from a Slice or its input; an int becomes ``[int]``, so it keeps its axis."""
+        if isinstance(slice_input, Slice):
+            return slice_input
+        if isinstance(slice_input, int):
+            slice_input = [slice_input]
+        return cls(slice_input)
+
 
 def lm_cross_entropy_loss(
     logits: Tensor,
@@ -156,9 +169,191 @@ def get_corner(tensor: Any, n: int = 3) -> Any:
     return tensor[tuple(slice(n) for _ in range(tensor.dim()))]
 
 
+def is_square(x: Tensor) -> bool:
+    """Whether `x` is a square matrix."""
+    return x.dim() == 2 and x.shape[0] == x.shape[1]
+
+
+def is_lower_triangular(x: Tensor) -> bool:
+    """Whether `x` is a square matrix with nothing above the diagonal."""
+    return is_square(x) and bool(torch.equal(x, x.tril()))
+
+
+# --- tokenize_and_concatenate ------------------------------------------------------------------
+
+_TEXTS_PER_BATCH = 1000  # texts packed together, as the classic's datasets.map batches
+
+
+class TokenDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
+    """Rows of packed token ids ``[n_rows, max_length]`` under the column name ``"tokens"``.
+
+    Reads like a ``datasets.Dataset`` in torch format: ``ds[i] == {"tokens": row}``,
+    ``ds["tokens"]`` is the whole tensor, and a ``DataLoader`` over it yields
+    ``{"tokens": [batch, max_length]}``.
+    """
+
+    column_names = ["tokens"]
+
+    def __init__(self, tokens: Tensor) -> None:
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, str):
+            if index != "tokens":
+                raise KeyError(f"The only column is 'tokens', not {index!r}.")
+            return self.tokens
+        return {"tokens": self.tokens[index]}
+
+    def __repr__(self) -> str:
+        return f"TokenDataset(num_rows={len(self)}, max_length={self.tokens.shape[-1]})"
+
+
+class StreamedTokenDataset(torch.utils.data.IterableDataset[dict[str, Tensor]]):
+    """``{"tokens": row}`` rows packed lazily, 1000 texts at a time (``streaming=True``)."""
+
+    def __init__(self, rows: Callable[[], Iterator[Tensor]]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for row in self._rows():
+            yield {"tokens": row}
+
+
+def keep_single_column(dataset: Any, col_name: str) -> Any:
+    """A ``datasets`` dataset with every column but `col_name` removed."""
+    columns = getattr(dataset, "column_names", None) or []
+    others = [c for c in columns if c != col_name]
+    return dataset.remove_columns(others) if others else dataset
+
+
+def tokenize_and_concatenate(
+    dataset: Any,
+    tokenizer: Any,
+    streaming: bool = False,
+    max_length: int = 1024,
+    column_name: str = "text",
+    add_bos_token: bool = True,
+    num_proc: int = 10,
+) -> Any:
+    """Tokenize texts, join them with EOS and cut the stream into rows of `max_length` tokens.
+
+    The classic helper for training and evaluation data: every text is tokenized, texts are
+    joined with the EOS token, and each batch of 1000 texts becomes ``n // seq_len`` rows of
+    ``seq_len = max_length - 1`` tokens (``max_length`` without BOS), the leftover tokens dropped;
+    with `add_bos_token` every row starts with BOS. A batch shorter than one row becomes a single
+    row, padded.
+
+    Args:
+        dataset: a ``datasets.Dataset``/``IterableDataset`` (used through its ``map``; the
+            ``datasets`` package is not needed otherwise), or any iterable of strings or of dicts
+            holding `column_name`.
+        tokenizer: a Hugging Face tokenizer (``tokenizer(texts)["input_ids"]``, ``eos_token_id``,
+            ``bos_token_id``, ``pad_token_id``).
+        streaming: for a plain iterable, pack rows lazily (returns an ``IterableDataset``); for a
+            ``datasets`` dataset, map without worker processes.
+        num_proc: worker processes of ``datasets.map`` (ignored for plain iterables).
+
+    Returns:
+        For a ``datasets`` input, the mapped dataset with the single column ``"tokens"`` in torch
+        format (as the classic); otherwise a `TokenDataset` (``streaming=False``) or a
+        `StreamedTokenDataset`.
+
+    Differences from the classic: each text is tokenized on its own (the classic cut the joined
+    text into 20 chunks at arbitrary characters, splitting words at the cuts), no special tokens
+    are added inside rows (tokenizers that add BOS themselves leaked it mid-row), and the
+    tokenizer is not modified (the classic added a ``<PAD>`` token, whose id can lie outside the
+    model's vocabulary; short batches are padded with the pad or else the EOS token).
+    """
+    seq_len = max_length - 1 if add_bos_token else max_length
+    if seq_len < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for tokens.")
+    if add_bos_token and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError(
+            "add_bos_token=True, but the tokenizer has no BOS token: pass add_bos_token=False."
+        )
+
+    def pack(texts: list[str]) -> Tensor:
+        return _pack_texts(texts, tokenizer, seq_len, add_bos_token)
+
+    if type(dataset).__module__.split(".")[0] == "datasets":
+        dataset = keep_single_column(dataset, column_name)
+
+        def tokenize_function(examples: dict[str, list[str]]) -> dict[str, np.ndarray]:
+            return {"tokens": pack(examples[column_name]).numpy()}
+
+        kwargs: dict[str, Any] = {} if streaming else {"num_proc": num_proc}
+        mapped = dataset.map(
+            tokenize_function, batched=True, remove_columns=[column_name], **kwargs
+        )
+        return mapped.with_format("torch")
+
+    def rows() -> Iterator[Tensor]:
+        for texts in _text_batches(dataset, column_name):
+            yield from pack(texts)
+
+    if streaming:
+        return StreamedTokenDataset(rows)
+    packed = list(rows())
+    if not packed:
+        raise ValueError("The dataset holds no text to tokenize.")
+    return TokenDataset(torch.stack(packed))
+
+
+def _text_batches(dataset: Iterable[Any], column_name: str) -> Iterator[list[str]]:
+    if isinstance(dataset, str):
+        raise TypeError("Pass an iterable of texts (a list of strings), not a single string.")
+    batch: list[str] = []
+    for item in dataset:
+        if isinstance(item, str):
+            batch.append(item)
+        elif isinstance(item, Mapping):
+            if column_name not in item:
+                raise KeyError(
+                    f"A row has no {column_name!r} column (it has {sorted(item)}): "
+                    "pass column_name=."
+                )
+            batch.append(item[column_name])
+        else:
+            raise TypeError(
+                f"Rows must be strings or dicts with a {column_name!r} key, "
+                f"got {type(item).__name__}."
+            )
+        if len(batch) == _TEXTS_PER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _pack_texts(texts: list[str], tokenizer: Any, seq_len: int, add_bos_token: bool) -> Tensor:
+    """One batch of texts -> ``[rows, seq_len (+1 with BOS)]``; an empty batch -> no rows."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ids: list[int] = []
+    for i, text_ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
+        if i > 0 and eos is not None:
+            ids.append(eos)
+        ids.extend(text_ids)
+    width = seq_len + int(add_bos_token)
+    if not ids:
+        return torch.empty(0, width, dtype=torch.long)
+    tokens = torch.tensor(ids, dtype=torch.long)
+    if len(ids) < seq_len:
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = eos if pad is None else pad
+        tokens = torch.cat([tokens, torch.full((seq_len - len(ids),), pad or 0)])
+    n_rows = tokens.shape[0] // seq_len
+    tokens = tokens[: n_rows * seq_len].reshape(n_rows, seq_len)
+    if add_bos_token:
+        tokens = torch.cat([torch.full((n_rows, 1), tokenizer.bos_token_id), tokens], dim=1)
+    return tokens
+
+
 def test_prompt(
     prompt: str,
-    answer: str,
+    answer: str | list[str],
     model: Any,
     prepend_space_to_answer: bool = True,
     print_details: bool = True,
@@ -167,33 +362,42 @@ def test_prompt(
 ) -> list[tuple[str, float, int]]:
     """Print (and return) the answer tokens' ranks and probabilities, and the top-k predictions.
 
-    Returns, per answer token, ``(token, probability, rank)``.
+    Returns, per answer token, ``(token, probability, rank)``. With a list of answers (as the
+    classic), only the next token is compared: one entry per answer, its first token.
     """
-    if prepend_space_to_answer and not answer.startswith(" "):
-        answer = " " + answer
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    if prepend_space_to_answer:
+        answers = [a if a.startswith(" ") else " " + a for a in answers]
     prompt_tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
-    answer_tokens = model.to_tokens(answer, prepend_bos=False)
-    tokens = torch.cat((prompt_tokens, answer_tokens.to(prompt_tokens.device)), dim=1)
-    with torch.no_grad():
-        logits = model(tokens)
-    probs = logits.float().softmax(-1)[0]
     start = prompt_tokens.shape[1] - 1
-    results = []
     if print_details:
         print("Tokenized prompt:", model.to_str_tokens(prompt_tokens))
-        print("Tokenized answer:", model.to_str_tokens(answer_tokens))
-    for i, token in enumerate(answer_tokens[0].tolist()):
-        row = probs[start + i]
-        rank = int((row > row[token]).sum())
-        text = model.to_single_str_token(token)
-        results.append((text, float(row[token]), rank))
+    results = []
+    for text in answers:
+        answer_tokens = model.to_tokens(text, prepend_bos=False)
+        if len(answers) > 1:
+            answer_tokens = answer_tokens[:, :1]
+        tokens = torch.cat((prompt_tokens, answer_tokens.to(prompt_tokens.device)), dim=1)
+        with torch.no_grad():
+            logits = model(tokens)
+        probs = logits.float().softmax(-1)[0]
         if print_details:
-            print(
-                f"Performance on answer token {text!r}: rank {rank}, prob {float(row[token]):.2%}"
-            )
-            top = row.topk(top_k)
-            for r, (p, t) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                print(f"  top {r}: {model.to_single_str_token(t)!r} {p:.2%}")
+            print("Tokenized answer:", model.to_str_tokens(answer_tokens))
+        for i, token in enumerate(answer_tokens[0].tolist()):
+            row = probs[start + i]
+            rank = int((row > row[token]).sum())
+            token_text = model.to_single_str_token(token)
+            results.append((token_text, float(row[token]), rank))
+            if print_details:
+                print(
+                    f"Performance on answer token {token_text!r}: rank {rank}, "
+                    f"logit {float(logits[0, start + i, token]):.2f}, prob {float(row[token]):.2%}"
+                )
+                top = row.topk(min(top_k, row.shape[-1]))
+                for r, (p, t) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                    print(f"  top {r}: {model.to_single_str_token(t)!r} {p:.2%}")
+    if print_details:
+        print("Ranks of the answer tokens:", [(t, rank) for t, _, rank in results])
     return results
 
 
