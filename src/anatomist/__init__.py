@@ -5,8 +5,10 @@
 >>> logits, cache = model.run_with_cache("Hello World")
 """
 
+import sys as _sys
+
 from anatomist import utils
-from anatomist.analysis import patching as patching
+from anatomist.analysis import evals, head_detector, patching
 from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.analysis.svd import SVDInterpreter
 from anatomist.cache import ActivationCache
@@ -27,6 +29,11 @@ from anatomist.model.transformer import HookedTransformer, Output
 
 __version__ = "0.1.0"
 
+# The classic library's module paths: `import anatomist.patching` (and evals, head_detector)
+# works like `from anatomist import patching`.
+for _module in (evals, head_detector, patching):
+    _sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
+
 __all__ = [
     "ActivationCache",
     "CheckpointError",
@@ -46,6 +53,8 @@ __all__ = [
     "TransformerConfig",
     "UnknownHookError",
     "UnknownModelError",
+    "evals",
+    "head_detector",
     "patching",
     "utils",
 ]
