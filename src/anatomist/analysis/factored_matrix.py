@@ -228,8 +228,9 @@ class FactoredMatrix:
         device = _linalg_device(self.device)
         return self.A.to(device, torch.float64), self.B.to(device, torch.float64)
 
-    def _core(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``AB = Qa @ M @ Qb^T`` with orthonormal ``Qa [ldim, p]``, ``Qb [rdim, q]`` (float64).
+    def _core(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``AB = Qa @ M @ Qb^T`` with orthonormal ``Qa [ldim, p]``, ``Qb [rdim, q]`` (float64),
+        and ``||A||_F * ||B||_F`` ``[..., 1]``, the scale of the rounding error in ``M``.
 
         From the reduced QR of ``A`` and ``B^T``; ``M = Ra @ Rb^T`` is only ``p x q`` with
         ``p = min(ldim, mdim)``, ``q = min(rdim, mdim)``.
@@ -237,15 +238,18 @@ class FactoredMatrix:
         A, B = self._float64_factors()
         Qa, Ra = torch.linalg.qr(A)  # [..., ldim, p], [..., p, mdim]
         Qb, Rb = torch.linalg.qr(B.transpose(-2, -1))  # [..., rdim, q], [..., q, mdim]
-        return Qa, Ra @ Rb.transpose(-2, -1), Qb
+        scale = torch.linalg.matrix_norm(Ra) * torch.linalg.matrix_norm(Rb)
+        return Qa, Ra @ Rb.transpose(-2, -1), Qb, scale[..., None]
 
     def svd(self, rtol: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The thin SVD of ``AB`` as ``(U, S, V)`` in float64, with ``AB == U @ diag(S) @ V^T``.
 
         Returns exactly the rank ``r`` of the product: ``U [..., ldim, r]``, ``S [..., r]``
         (descending), ``V [..., rdim, r]``. ``r`` counts the singular values above
-        ``rtol * S.max()``; the default ``rtol`` is ``max(ldim, mdim, rdim) * eps(float64)``, the
-        numerical rank of the float64 product of the given factors. With leading dims, ``r`` is
+        ``rtol * ||A||_F * ||B||_F`` (the size of the rounding error in a product of these
+        factors, which does not shrink with the product's own norm); the default ``rtol`` is
+        ``max(ldim, mdim, rdim) * eps(float64)``, the numerical rank of the float64 product of the
+        given factors. With leading dims, ``r`` is
         the largest rank in the batch and a lower-rank matrix has zeros in its extra slots.
         ``rtol=0`` keeps all ``min(ldim, mdim, rdim)`` values, as the classic class did.
 
@@ -257,14 +261,14 @@ class FactoredMatrix:
         """
         if rtol in self._svd_cache:
             return self._svd_cache[rtol]
-        Qa, M, Qb = self._core()
+        Qa, M, Qb, scale = self._core()
         Um, S, Vmh = torch.linalg.svd(M, full_matrices=False)
         tol = (
             max(self.ldim, self.mdim, self.rdim) * torch.finfo(torch.float64).eps
             if rtol is None
             else rtol
         )
-        threshold = tol * S[..., :1]  # S is descending: S[..., :1] is the largest
+        threshold = tol * scale
         keep = torch.gt(S, threshold) if tol > 0 else torch.ones_like(S, dtype=torch.bool)
         rank = int(keep.sum(-1).max()) if keep.numel() else 0
         S = torch.where(keep, S, torch.zeros_like(S))[..., :rank]
