@@ -241,11 +241,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         self.decoder_final_ln = make_norm(cfg)
         self.unembed = Unembed(cfg)
 
-        if init_weights:
-            self.init_weights()
-        if move_to_device and cfg.device is not None:
-            self.to(cfg.device)
-        self.setup()
+        self._finish_construction(init_weights, move_to_device)
 
     # --- construction ------------------------------------------------------------------------
     @classmethod

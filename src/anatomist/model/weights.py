@@ -234,6 +234,15 @@ class StackedWeightsMixin:
     def b_out(self) -> Tensor:  # [n_layers, d_model]
         return self._stack_mlp("b_out")
 
+    def _finish_construction(self, init_weights: bool, move_to_device: bool) -> None:
+        """The end of every model's ``__init__``: random init when asked, the move to
+        ``cfg.device``, and naming the hook points."""
+        if init_weights:
+            self.init_weights()
+        if move_to_device and self.cfg.device is not None:
+            self.to(self.cfg.device)
+        self.setup()  # type: ignore[attr-defined]
+
     def init_weights(self) -> None:
         """Random init for training from scratch: N(0, init_range) weight matrices and
         embedding tables, norm weights 1, biases 0; a module with other parameters sets them in
