@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
+from anatomist.model.kv_cache import KVCacheEntry
 from anatomist.model.norm import LayerNorm, RMSNorm
 from anatomist.model.positions import Rotary, alibi_bias, alibi_slopes
 
@@ -98,11 +99,15 @@ class Attention(nn.Module):
         value_input: Tensor,
         positions: Tensor,
         mask: Tensor | None,
+        past_kv: KVCacheEntry | None = None,
+        key_positions: Tensor | None = None,
     ) -> Tensor:
         """Inputs are ``[b, p, d_model]``, or ``[b, p, heads, d_model]`` (one input per head).
 
         `mask` is a boolean ``[b, 1, q, k]`` (True = may attend, broadcastable), or None: plain
-        causal attention (or full attention when ``cfg.causal`` is False).
+        causal attention (or full attention when ``cfg.causal`` is False). With `past_kv` the
+        new keys and values (after rotary) join the cached ones, the queries being the last q of
+        the k positions; `key_positions` ``[b, k]`` are then the positions of all keys (ALiBi).
         """
         W_K, b_K, W_V, b_V = self.kv_weights
         q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))  # [b, p, h, dh]
@@ -116,13 +121,16 @@ class Attention(nn.Module):
             k = self.hook_rot_k(self.rotary(k, cos, sin))
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
+        if past_kv is not None:  # cached keys first: [b, kv, cached + p, dh]
+            kh, vh = past_kv.append(kh, vh)
         if self.window is not None and kh.shape[-2] > self.window:
             if not self.cfg.causal:
                 raise NotImplementedError("Sliding windows are only supported in causal models.")
             mask = _within_window(mask, qh.shape[-2], kh.shape[-2], self.window, q.device)
         bias = None
         if self.cfg.positional_embedding_type == "alibi":
-            bias = self._alibi(positions).to(qh.dtype)  # [b, h, 1, k]
+            keys_at = positions if key_positions is None else key_positions
+            bias = self._alibi(keys_at).to(qh.dtype)  # [b, h, 1, k]
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask, bias)
         elif self.cfg.attn_sinks:

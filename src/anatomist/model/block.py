@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
 from anatomist.model.attention import make_attention
+from anatomist.model.kv_cache import KVCacheEntry
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 
@@ -70,9 +71,12 @@ class TransformerBlock(nn.Module):
         positions: Tensor,
         mask: Tensor | None,
         shortformer_pos_embed: Tensor | None = None,
+        past_kv: KVCacheEntry | None = None,
+        key_positions: Tensor | None = None,
     ) -> Tensor:
         """`shortformer_pos_embed` ``[b, p, d_model]``: shortformer models' position embeddings,
-        added to the normalized query and key inputs."""
+        added to the normalized query and key inputs. `past_kv`: this layer's cached keys and
+        values (incremental runs), `key_positions` the positions of all keys then."""
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
         q_in, k_in, v_in = self._attention_inputs(resid_pre)
@@ -80,7 +84,7 @@ class TransformerBlock(nn.Module):
             if q_in.dim() == 4:  # per-head inputs [b, p, heads, d_model]
                 shortformer_pos_embed = shortformer_pos_embed.unsqueeze(2)
             q_in, k_in = q_in + shortformer_pos_embed, k_in + shortformer_pos_embed
-        attn_out = self.attn(q_in, k_in, v_in, positions, mask)
+        attn_out = self.attn(q_in, k_in, v_in, positions, mask, past_kv, key_positions)
         if cfg.post_layer_norm:
             return self._post_layer_norm(resid_pre, self.hook_attn_out(attn_out))
         if cfg.post_norm_type is not None:

@@ -10,8 +10,11 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookedRootModule, HookPoint
+from anatomist.model.attention import causal_mask
 from anatomist.model.block import TransformerBlock
 from anatomist.model.embed import Embed, Unembed
+from anatomist.model.generate import GenerationMixin
+from anatomist.model.kv_cache import KVCache
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed, positions_from_mask
 from anatomist.model.tokens import TokenizerMixin
@@ -28,7 +31,7 @@ class Output(NamedTuple):
     loss: Tensor
 
 
-class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
+class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, HookedRootModule):
     """A decoder-only transformer whose every activation has a named hook point.
 
     ``HookedTransformer(cfg)`` builds a randomly initialised model (for toy models);
@@ -120,8 +123,16 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
         if past_kv_cache is not None:
-            raise NotImplementedError(
-                "past_kv_cache is not supported yet; run the full sequence instead."
+            return self._forward_with_cache(
+                input if input is not None else tokens,
+                past_kv_cache,
+                return_type,
+                loss_per_token,
+                prepend_bos,
+                padding_side,
+                attention_mask,
+                start_at_layer,
+                stop_at_layer,
             )
         shortformer = self.cfg.positional_embedding_type == "shortformer"
         if shortformer_pos_embed is not None and not (shortformer and start_at_layer is not None):
@@ -171,6 +182,104 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, HookedRootModule):
             return None
         if tokens is None:
             raise ValueError("Computing the loss needs the tokens: pass tokens=... as well.")
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        if return_type == "loss":
+            return loss
+        return Output(logits, loss)
+
+    def _forward_with_cache(
+        self,
+        input: str | list[str] | Tensor | None,
+        cache: KVCache,
+        return_type: str | None,
+        loss_per_token: bool,
+        prepend_bos: bool | None,
+        padding_side: str | None,
+        attention_mask: Tensor | None,
+        start_at_layer: int | None,
+        stop_at_layer: int | None,
+    ) -> Any:
+        """An incremental run: the new tokens attend to the cached keys and values and to
+        themselves, and extend the cache (see `anatomist.model.kv_cache`)."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(
+                f"past_kv_cache must be a KVCache (KVCache.init_cache(cfg, device, batch_size)), "
+                f"got {type(cache).__name__}."
+            )
+        if start_at_layer is not None or stop_at_layer is not None:
+            raise NotImplementedError(
+                "past_kv_cache runs every layer from the tokens; start_at_layer and "
+                "stop_at_layer are not supported with a cache."
+            )
+        if len(cache.entries) != self.cfg.n_layers:
+            raise ValueError(
+                f"The cache has {len(cache.entries)} layers, this model {self.cfg.n_layers}."
+            )
+        if input is None:
+            raise ValueError("forward needs an input: text or token ids.")
+        if isinstance(input, str | list):  # the mask of the text's own padding
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with token ids; text input builds its own.")
+            tokens, attention_mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
+        elif isinstance(input, Tensor):
+            tokens = input if input.dim() == 2 else input.reshape(1, -1)
+            if tokens.is_floating_point():
+                raise ValueError("With past_kv_cache, input must be token ids [batch, pos].")
+        else:
+            raise TypeError(f"Unsupported input type {type(input).__name__}.")
+        device = self.embed.W_E.device
+        tokens = tokens.to(device)
+        b, new = tokens.shape
+        if b != cache.batch_size:
+            raise ValueError(
+                f"The cache holds {cache.batch_size} rows but the input has {b}; build the cache "
+                f"with init_cache(cfg, device, batch_size={b})."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones(b, new, dtype=torch.long, device=device)
+        elif attention_mask.shape != tokens.shape:
+            raise ValueError(
+                f"With past_kv_cache, attention_mask covers the new tokens only: expected shape "
+                f"{tuple(tokens.shape)}, got {tuple(attention_mask.shape)}."
+            )
+        cached = cache.length
+        total = cached + new
+        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS and total > self.cfg.n_ctx:
+            raise ValueError(
+                f"The cache holds {cached} positions and the input adds {new}: {total} exceeds "
+                f"this model's learned positions (n_ctx={self.cfg.n_ctx})."
+            )
+        full_mask = _normalize_mask(cache.append_attention_mask(attention_mask), device)
+
+        key_positions = positions_from_mask(full_mask, total).to(device)  # [b or 1, k]
+        positions = key_positions[:, cached:].expand(b, -1)  # [b, new]
+        if self.cfg.use_hook_tokens:
+            tokens = self.hook_tokens(tokens)
+        residual = self.hook_embed(self.embed(tokens))
+        if self.cfg.post_embedding_norm:
+            residual = self.ln_embed(residual)
+        pos_embed = None
+        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS:
+            pos_embed = self.hook_pos_embed(self.pos_embed(positions))
+            if self.cfg.positional_embedding_type == "standard":
+                residual, pos_embed = residual + pos_embed, None
+
+        mask = _block_mask(full_mask, total, device)
+        if mask is not None:
+            mask = mask[:, :, cached:]
+        elif new > 1 and cached > 0:  # the queries are the last `new` of `total` positions
+            mask = causal_mask(new, total, device)
+        else:
+            mask = None
+        key_positions = key_positions.expand(b, -1)
+        for block, entry in zip(self.blocks, cache.entries, strict=True):
+            residual = block(residual, positions, mask, pos_embed, entry, key_positions)
+
+        logits = self.unembed(self.ln_final(residual))
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         if return_type == "loss":
             return loss
