@@ -107,6 +107,52 @@ def check_padded_batch(hf: Any, folder: Path, case: Case, side: str) -> None:
         assert (theirs[i, spans[i]] - alone).abs().max() <= 1e-5
 
 
+def check_kv_cache(hf: Any, folder: Path, case: Case) -> None:
+    """A prefix with a fresh cache, then a two-token and a one-token step, give the full forward's logits at
+    those positions; a left-padded batch too. Dynamic-NTK/LongRoPE cases whose steps cross the
+    pretraining length compare with HF's own incremental run instead (the cached keys keep the
+    frequencies they were rotated with, in HF as here)."""
+    from anatomist.model.kv_cache import KVCache
+
+    model = _unprocessed(folder)
+    tokens = random_tokens(model.cfg.d_vocab, pos=min(case.seq_len, 8))
+    prefix = tokens.shape[1] - 3
+    steps = [(prefix, prefix + 2), (prefix + 2, prefix + 3)]  # two tokens, then one
+
+    def incremental(
+        tokens: torch.Tensor, mask: torch.Tensor | None, shift: int = 0
+    ) -> torch.Tensor:
+        """The same steps; `shift` tokens cut from the front shorten the prefix."""
+        cache = KVCache.init_cache(model.cfg, tokens.device, batch_size=tokens.shape[0])
+        prefix_mask = None if mask is None else mask[:, : prefix - shift]
+        out = [model(tokens[:, : prefix - shift], attention_mask=prefix_mask, past_kv_cache=cache)]
+        for start, stop in steps:
+            out.append(model(tokens[:, start - shift : stop - shift], past_kv_cache=cache))
+        assert cache.length == tokens.shape[1]
+        return torch.cat(out, dim=1)
+
+    if case.rope_follows_longest_row:
+        from transformers import DynamicCache
+
+        hf_cache = DynamicCache(config=hf.config)
+        with torch.no_grad():
+            theirs = [hf(tokens[:, :prefix], cache=hf_cache).logits]
+            for start, stop in steps:
+                theirs.append(hf(tokens[:, start:stop], cache=hf_cache).logits)
+        expected = torch.cat(theirs, dim=1)
+    else:
+        expected = model(tokens)
+    assert (incremental(tokens, None) - expected).abs().max() <= 1e-4
+
+    # Left padding: row 0 loses its first 3 tokens; each row's real positions match it alone.
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0
+    padded = incremental(tokens, mask)
+    for row, start in ((0, 3), (1, 0)):
+        alone = incremental(tokens[row : row + 1, start:], None, shift=start)
+        assert (padded[row, start:] - alone[0]).abs().max() <= 1e-4
+
+
 def check_invariants(folder: Path, case: Case) -> None:
     """DESIGN.md's invariants, and every hook firing exactly once."""
     model = load(folder)

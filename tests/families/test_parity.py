@@ -15,6 +15,7 @@ from tests.families.parity import (
     build,
     check_hidden_states,
     check_invariants,
+    check_kv_cache,
     check_logits,
     check_padded_batch,
     check_processed_log_probs,
@@ -62,3 +63,7 @@ def test_padded_batch_matches_rows_alone(built: tuple[Any, Path, Case], side: st
 def test_invariants_and_each_hook_fires_once(built: tuple[Any, Path, Case]) -> None:
     _, folder, case = built
     check_invariants(folder, case)
+
+
+def test_kv_cache_matches_full_forward(built: tuple[Any, Path, Case]) -> None:
+    check_kv_cache(*built)

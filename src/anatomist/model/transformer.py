@@ -230,6 +230,8 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         device = self.embed.W_E.device
         tokens = tokens.to(device)
         b, new = tokens.shape
+        if new == 0:
+            raise ValueError("An incremental run needs at least one new token.")
         if b != cache.batch_size:
             raise ValueError(
                 f"The cache holds {cache.batch_size} rows but the input has {b}; build the cache "
