@@ -25,6 +25,7 @@ from anatomist.hooks import (
 from anatomist.loading.errors import CheckpointError, UnknownModelError
 from anatomist.model.encoder import HookedEncoder
 from anatomist.model.encoder_decoder import HookedEncoderDecoder
+from anatomist.model.kv_cache import HookedTransformerKeyValueCache, KVCache
 from anatomist.model.transformer import HookedTransformer, Output
 
 __version__ = "0.1.0"
@@ -47,6 +48,8 @@ __all__ = [
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",
+    "HookedTransformerKeyValueCache",
+    "KVCache",
     "LensHandle",
     "Output",
     "SVDInterpreter",
