@@ -45,7 +45,7 @@ from anatomist.model.attention import Attention, _project, causal_mask
 from anatomist.model.block import TransformerBlock
 from anatomist.model.embed import Embed, Unembed
 from anatomist.model.encoder import _key_mask
-from anatomist.model.generate import sample_logits
+from anatomist.model.generate import sample_logits, stop_token_ids
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import relative_position_bucket
@@ -446,16 +446,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         return self.decoder_start_token_id if pad is None else int(pad)
 
     def _stop_tokens(self, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:
-        if not stop_at_eos:
-            return []
-        if eos_token_id is None:
-            if self.tokenizer is None or self.tokenizer.eos_token_id is None:
-                raise ValueError(
-                    "stop_at_eos needs an end-of-sequence token: pass eos_token_id=..., attach "
-                    "a tokenizer that has one, or set stop_at_eos=False."
-                )
-            eos_token_id = int(self.tokenizer.eos_token_id)
-        return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return stop_token_ids(self.tokenizer, stop_at_eos, eos_token_id)
 
     # --- tokenizer: the tokenizer's own special tokens (T5 appends </s>) ----------------------
     def to_tokens(  # type: ignore[override]

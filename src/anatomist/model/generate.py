@@ -382,16 +382,7 @@ class GenerationMixin:
         return 0
 
     def _stop_tokens(self, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:
-        if not stop_at_eos:
-            return []
-        if eos_token_id is None:
-            if self.tokenizer is None or self.tokenizer.eos_token_id is None:
-                raise ValueError(
-                    "stop_at_eos needs an end-of-sequence token: pass eos_token_id=..., attach "
-                    "a tokenizer that has one, or set stop_at_eos=False."
-                )
-            eos_token_id = int(self.tokenizer.eos_token_id)
-        return [eos_token_id] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
+        return stop_token_ids(self.tokenizer, stop_at_eos, eos_token_id)
 
 
 def _resolve_return_type(return_type: str | None, input: Any) -> str:
@@ -419,3 +410,20 @@ def _penalize_repetition(logits: Tensor, tokens: Tensor, mask: Tensor, penalty: 
     seen = _token_counts(logits, tokens, mask) > 0
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalized, logits)
+
+
+def stop_token_ids(
+    tokenizer: Any, stop_at_eos: bool, eos_token_id: int | list[int] | None
+) -> list[int]:
+    """The token ids that end a sequence: `eos_token_id` (one or several), else the tokenizer's
+    end-of-sequence token; none without `stop_at_eos`."""
+    if not stop_at_eos:
+        return []
+    if eos_token_id is None:
+        if tokenizer is None or tokenizer.eos_token_id is None:
+            raise ValueError(
+                "stop_at_eos needs an end-of-sequence token: pass eos_token_id=..., attach "
+                "a tokenizer that has one, or set stop_at_eos=False."
+            )
+        eos_token_id = int(tokenizer.eos_token_id)
+    return [eos_token_id] if isinstance(eos_token_id, int) else [int(t) for t in eos_token_id]
