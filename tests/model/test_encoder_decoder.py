@@ -252,6 +252,30 @@ def test_opt_in_hooks_leave_logits_unchanged(
     assert "decoder.0.hook_cross_attn_in" in cache
 
 
+def greedy_both(
+    hf: Any, model: anatomist.HookedEncoderDecoder, tokens: Any, mask: Any, eos: int | None
+) -> tuple[Any, Any]:
+    """Greedy generation of 8 tokens by transformers and by us, stopping at `eos` (None: never)."""
+    expected = hf.generate(
+        tokens,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        eos_token_id=eos,
+        use_cache=False,
+    )
+    ours = model.generate(
+        tokens,
+        one_zero_attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=8,
+        stop_at_eos=eos is not None,
+        eos_token_id=eos,
+        verbose=False,
+    )
+    return ours, expected
+
+
 def test_greedy_generation_matches_hugging_face(
     pair: tuple[Any, anatomist.HookedEncoderDecoder],
 ) -> None:
@@ -259,43 +283,12 @@ def test_greedy_generation_matches_hugging_face(
     tokens, _ = encoder_decoder_tokens(batch=2, enc=10)
     mask = torch.ones_like(tokens)
     mask[1, 7:] = 0
-    expected = hf.generate(
-        tokens,
-        attention_mask=mask,
-        do_sample=False,
-        max_new_tokens=8,
-        eos_token_id=None,
-        use_cache=False,
-    )
-    ours = model.generate(
-        tokens,
-        one_zero_attention_mask=mask,
-        do_sample=False,
-        max_new_tokens=8,
-        stop_at_eos=False,
-        verbose=False,
-    )
+    ours, expected = greedy_both(hf, model, tokens, mask, eos=None)
     assert torch.equal(ours, expected)
     assert len(set(ours[:, 1:].flatten().tolist())) > 2  # not a degenerate repetition
     # Stopping: take a token row 0 produces as its end-of-sequence token; row 0 stops there
     # and is padded, row 1 goes on (or stops where it meets the token), as in Hugging Face.
-    stop = int(expected[0, 3])
-    expected = hf.generate(
-        tokens,
-        attention_mask=mask,
-        do_sample=False,
-        max_new_tokens=8,
-        eos_token_id=stop,
-        use_cache=False,
-    )
-    ours = model.generate(
-        tokens,
-        one_zero_attention_mask=mask,
-        do_sample=False,
-        max_new_tokens=8,
-        eos_token_id=stop,
-        verbose=False,
-    )
+    ours, expected = greedy_both(hf, model, tokens, mask, eos=int(expected[0, 3]))
     assert torch.equal(ours, expected)
 
 
