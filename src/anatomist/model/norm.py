@@ -48,9 +48,11 @@ class LayerNorm(_Norm):
             if self.w.dim() > 1:  # per-head weights: F.layer_norm takes [length] weights only
                 return F.layer_norm(x, (self.length,), None, None, self.eps) * self.w + self.b
             return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        # In float32 and rounded once, like F.layer_norm (and Hugging Face) in half precision.
+        xf = x.float()
+        xf = xf - xf.mean(-1, keepdim=True)
+        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((xf / scale * self.w.float() + self.b.float()).to(x.dtype))
 
 
 class LayerNormPre(_Norm):
@@ -59,9 +61,10 @@ class LayerNormPre(_Norm):
     def forward(self, x: Tensor) -> Tensor:
         if not self._hooked():
             return F.layer_norm(x, (self.length,), None, None, self.eps)
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale)
+        xf = x.float()
+        xf = xf - xf.mean(-1, keepdim=True)
+        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((xf / scale).to(x.dtype))
 
 
 class RMSNorm(_Norm):
