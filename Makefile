@@ -45,7 +45,13 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy src
 
-unit: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models
+# Headless Chromium for the viz browser tests (tests/viz/test_browser.py), from Debian's packages;
+# never fails make: without it those tests skip and say how to install it.
+$(VENV)/.browser: $(BIN)/python
+	command -v chromium >/dev/null || (apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)) || echo "chromium not installed: browser tests will skip"
+	touch $@
+
+unit: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models $(VENV)/.browser
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
