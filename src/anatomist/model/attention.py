@@ -182,6 +182,10 @@ class Attention(nn.Module):
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
+        # At least float32 (scores, pattern, pattern @ v), rounded once at the end like the fused
+        # kernel: hooking the pattern of a half-precision model does not add rounding error.
+        dtype, wide = q.dtype, torch.promote_types(q.dtype, torch.float32)
+        q, k, v = q.to(wide), k.to(wide), v.to(wide)
         scores = q @ k.transpose(-1, -2) / self.scale  # [b, h, q, k]
         if bias is not None:  # ALiBi
             scores = scores + bias
@@ -195,11 +199,11 @@ class Attention(nn.Module):
         scores = self.hook_attn_scores(scores)
         if self.cfg.attn_sinks:  # the sink joins the softmax; the pattern keeps the real keys
             sink = self.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
-            probs = F.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=torch.float32)
-            pattern = self.hook_pattern(probs[..., :-1].to(q.dtype))
+            probs = F.softmax(torch.cat([scores, sink], dim=-1), dim=-1)
+            pattern = self.hook_pattern(probs[..., :-1])
         else:
-            pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-        return pattern @ v  # [b, h, q, dh]
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1))
+        return (pattern.to(wide) @ v).to(dtype)  # [b, h, q, dh]
 
     def _fused_attention_with_sinks(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None
