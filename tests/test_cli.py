@@ -18,14 +18,32 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_demo_prints_the_three_results(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_prints_the_three_results(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["demo", "--model", str(folder), "--prompt", "the cat sat on the", "--answer", "mat"]
-    assert main([*args, "--seq-len", "8", "--no-progress"]) == 0
+    report = tmp_path / "report.html"
+    assert main([*args, "--seq-len", "8", "--no-progress", "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "1. Top next-token predictions" in out
     assert "2. Logit lens" in out and "after L1" in out
     assert "3. Induction heads" in out and "second repeat" in out
     assert "L1H" in out or "L0H" in out
+    assert out.rstrip().endswith(f"Report (open in a browser): {report}")
+    page = report.read_text()
+    assert page.startswith("<!doctype html>") and "The strongest induction head" in page
+
+
+def test_demo_no_report_writes_nothing(
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--model", str(folder), "--seq-len", "4", "--no-progress", "--no-report"]
+    assert main(args) == 0
+    assert "Report" not in capsys.readouterr().out and list(tmp_path.iterdir()) == []
 
 
 def test_inspect_lists_hooks(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_REPORT = "anatomist-report.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--answer", default=" Paris", help="the token whose rank the lens tracks")
     demo.add_argument("--seq-len", type=int, default=40, help="length of each random repeat")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument(
+        "--report", default=DEFAULT_REPORT, help="where to write the HTML report of the results"
+    )
+    demo.add_argument("--no-report", action="store_true", help="write no HTML report")
 
     inspect = commands.add_parser("inspect", help="print a model's config and hook points")
     inspect.add_argument("model")
@@ -31,7 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
         if args.command == "demo":
-            run_demo(args.model, args.prompt, args.answer, args.seq_len, not args.no_progress)
+            report = None if args.no_report else args.report
+            run_demo(
+                args.model, args.prompt, args.answer, args.seq_len, not args.no_progress, report
+            )
         else:
             run_inspect(args.model, not args.no_progress)
     return 0
@@ -64,7 +72,9 @@ def _load(name: str, progress: bool, any_kind: bool = False):  # type: ignore[no
     return model
 
 
-def run_demo(name: str, prompt: str, answer: str, seq_len: int, progress: bool) -> None:
+def run_demo(
+    name: str, prompt: str, answer: str, seq_len: int, progress: bool, report: str | None = None
+) -> None:
     from anatomist.analysis.evals import induction_scores
     from anatomist.analysis.logit_lens import logit_lens_ranks, top_predictions
 
@@ -95,6 +105,13 @@ def run_demo(name: str, prompt: str, answer: str, seq_len: int, progress: bool) 
         f"   mean loss per token: first repeat {result.loss_first:.3f}, "
         f"second repeat {result.loss_second:.3f} (lower = the model copies from context)"
     )
+    if report is not None:
+        from pathlib import Path
+
+        from anatomist.viz import demo_report
+
+        path = demo_report(model, prompt, answer, seq_len, induction=result).save(report)
+        print(f"\nReport (open in a browser): {Path(path).resolve()}")
 
 
 def run_inspect(name: str, progress: bool) -> None:
