@@ -308,10 +308,17 @@ def fill_weights(
                     f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}."
                 )
             weight = value.to(cfg.dtype).contiguous()
-            if weight.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+            storage = weight.untyped_storage()
+            if storage.data_ptr() == tensor.untyped_storage().data_ptr():
                 # Still the source's memory (a memory-mapped file or the user's HF model):
-                # take our own copy, since weight processing edits weights in place.
-                weight = weight.clone()
+                # take our own copy, since weight processing edits weights in place. A tensor
+                # read into fresh memory (safetensors files mark theirs) is used as it is, once,
+                # when the weight spans all of that memory.
+                whole = storage.nbytes() == weight.numel() * weight.element_size()
+                if getattr(tensor, "owned_by_loader", False) and whole:
+                    tensor.owned_by_loader = False  # type: ignore[attr-defined]
+                else:
+                    weight = weight.clone()
             _assign(model, key, weight)
             loaded.add(key)
 
