@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 (CPU) lies on this machine's disk; pinning it avoids pulling a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck unit venv clean
+.PHONY: demo test bench lint typecheck unit venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ venv: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models
 
 demo: $(VENV)/.demo $(VENV)/.models
 	$(BIN)/anatomist demo
+
+# The peer libraries the benchmarks compare against (transformer-lens's TransformerBridge, nnsight).
+$(VENV)/.bench: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[bench]"
+	touch $@ $(VENV)/.demo
+
+# Side-by-side speed and memory (docs/performance.md): writes benchmarks/results/<machine>.md/.json.
+bench: $(VENV)/.bench $(VENV)/.models
+	$(BIN)/python -m benchmarks
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

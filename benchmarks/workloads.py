@@ -1,0 +1,179 @@
+"""In-process sections: forward, forward with no-op hooks, run_with_cache, generation."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from benchmarks.harness import Measurement, interleaved
+from benchmarks.subjects import (
+    ModelFolder,
+    Subject,
+    anatomist_subject,
+    hf_subject,
+    load_hf,
+    nnsight_subject,
+    transformer_lens_subjects,
+)
+
+
+def subjects_for(
+    model: ModelFolder, device: str, dtype: torch.dtype
+) -> tuple[list[Subject], object]:
+    """Every library's adapter on `model`, anatomist first; also the HF sdpa model (generation)."""
+    hf_sdpa = load_hf(model, device, dtype, "sdpa")
+    subjects = [
+        anatomist_subject(model, device, dtype),
+        hf_subject(hf_sdpa, "sdpa"),
+        hf_subject(load_hf(model, device, dtype, "eager"), "eager"),
+    ]
+    subjects += transformer_lens_subjects(model, device, dtype)
+    nn = nnsight_subject(hf_sdpa, model)
+    if nn is not None:
+        subjects.append(nn)
+    return subjects, hf_sdpa
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def run_model_sections(
+    model: ModelFolder,
+    shapes: list[tuple[int, int, int]],
+    device: str,
+    dtype: torch.dtype,
+    log: Callable[[str], None],
+) -> list[Measurement]:
+    """Forward, hooked forward and caching on `model` for each (batch, seq, repeats) shape.
+
+    The cache sections run on the first (smallest) shape only: caching everything at 8x512
+    would hold gigabytes per library."""
+    subjects, _ = subjects_for(model, device, dtype)
+    log(f"  {model.name}: " + ", ".join(s.library for s in subjects))
+    sync = _sync(device)
+    rows: list[Measurement] = []
+    generator = torch.Generator().manual_seed(0)
+    for index, (batch, seq, repeats) in enumerate(shapes):
+        ids = torch.randint(0, model.d_vocab, (batch, seq), generator=generator).to(device)
+        shape = f"{batch}x{seq}"
+        jobs: dict[str, Callable[[], object]] = {}
+        for s in subjects:
+            jobs[f"{s.library}|forward"] = _job(s.forward, ids, sync)
+        for s in subjects:
+            if s.hooked is not None:
+                jobs[f"{s.library}|hooked"] = _job(s.hooked, ids, sync)
+        # The big shape is timed for the headline comparisons only (anatomist, HF sdpa).
+        if index > 0:
+            jobs = {k: v for k, v in jobs.items() if k.split("|")[0] in ("anatomist", "HF sdpa")}
+        log(f"    {shape}: {len(jobs)} jobs x {repeats} repeats")
+        with torch.inference_mode():
+            medians = interleaved(jobs, repeats)
+        for key, seconds in medians.items():
+            library, job = key.split("|")
+            section = "forward" if job == "forward" else "hooks"
+            name = f"forward {shape}" if job == "forward" else f"no-op hook per layer {shape}"
+            rows.append(Measurement(section, name, model.name, library, seconds, repeats=repeats))
+        if index == 0:
+            rows += _cache_rows(model, subjects, ids, repeats, sync, log)
+        gc.collect()
+    return rows
+
+
+def _job(
+    fn: Callable[[Tensor], object], ids: Tensor, sync: Callable[[], None]
+) -> Callable[[], object]:
+    def run() -> object:
+        out = fn(ids)
+        sync()
+        return out
+
+    return run
+
+
+def _cache_rows(
+    model: ModelFolder,
+    subjects: list[Subject],
+    ids: Tensor,
+    repeats: int,
+    sync: Callable[[], None],
+    log: Callable[[str], None],
+) -> list[Measurement]:
+    rows = []
+    shape = f"{ids.shape[0]}x{ids.shape[1]}"
+    for kind in ("cache_all", "cache_layer"):
+        jobs: dict[str, Callable[[], object]] = {}
+        sizes: dict[str, int] = {}
+        for s in subjects:
+            fn = getattr(s, kind)
+            if fn is None:
+                continue
+            with torch.inference_mode():
+                sizes[s.library] = fn(ids)  # also a warm-up
+            jobs[s.library] = _job(fn, ids, sync)
+        log(f"    {kind} {shape}: {len(jobs)} libraries")
+        with torch.inference_mode():
+            medians = interleaved(jobs, repeats, warmup=0)
+        label = "run_with_cache all" if kind == "cache_all" else "run_with_cache resid_post"
+        for library, seconds in medians.items():
+            extra = {"cache_mb": sizes[library] / 2**20}
+            rows.append(
+                Measurement(
+                    "cache", f"{label} {shape}", model.name, library, seconds, "ms", repeats, extra
+                )
+            )
+        gc.collect()
+    return rows
+
+
+def run_generation(
+    model: ModelFolder, new_tokens: int, repeats: int, device: str, dtype: torch.dtype
+) -> list[Measurement]:
+    """Greedy generation with the KV cache, anatomist vs transformers, same prompt and length."""
+    import anatomist
+
+    ours = anatomist.HookedTransformer.from_pretrained_no_processing(
+        str(model.path), device=device, dtype=dtype, progress=False
+    )
+    hf = load_hf(model, device, dtype, "sdpa")
+    tokens = ours.to_tokens("The history of the printing press begins")
+    outputs: dict[str, Tensor] = {}
+
+    def run_hf() -> None:
+        outputs["HF sdpa"] = hf.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+
+    def run_ours() -> None:
+        outputs["anatomist"] = ours.generate(
+            tokens, max_new_tokens=new_tokens, do_sample=False, stop_at_eos=False, verbose=False
+        )
+
+    with torch.inference_mode():
+        medians = interleaved({"anatomist": run_ours, "HF sdpa": run_hf}, repeats)
+    same = float(torch.equal(outputs["anatomist"].cpu(), outputs["HF sdpa"].cpu()))
+    workload = f"greedy generate {new_tokens} tokens"
+    return [
+        Measurement(
+            "generate",
+            workload,
+            model.name,
+            library,
+            new_tokens / seconds,
+            "tokens/s",
+            repeats,
+            {"same_tokens": same},
+        )
+        for library, seconds in medians.items()
+    ]
