@@ -87,6 +87,11 @@ class TransformerConfig:
     qk_norm_type: str = "RMS"  # ... the norm: RMS (Qwen3, OLMo2) | LN (Cohere, StableLM, Phi)
     qk_norm_per_head_weights: bool = False  # ... each head its own weights, [heads, d_head]
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
+    embed_scale_in_dtype: bool = False  # ... after rounding it to the model's dtype (Gemma, as HF)
+    norm_weight_offset: float = (
+        0.0  # RMSNorms multiply by (offset + w), added in float32 (Gemma: 1)
+    )
+    norm_weight_in_float32: bool = False  # RMSNorm: (x * w).to(dtype), not x.to(dtype) * w (OLMo 2)
     post_embedding_norm: bool = False  # a norm (ln_embed) right after the embedding (BLOOM)
     d_embed: int | None = None  # token embedding width, projected to/from d_model (OPT-350m)
 
@@ -198,6 +203,12 @@ class TransformerConfig:
                     f"moe_layers={self.moe_layers} needs num_experts and layer indices in "
                     f"0..{self.n_layers - 1}."
                 )
+        if self.norm_weight_offset and "LN" in (self.normalization_type, self.post_norm_type):
+            raise ValueError(
+                "norm_weight_offset (multiply by offset + w) applies to RMSNorm weights only; "
+                f"this model's norms are LayerNorms (normalization_type={self.normalization_type!r},"
+                f" post_norm_type={self.post_norm_type!r})."
+            )
         if self.swiglu_limit is not None and not self.gated_mlp:
             raise ValueError("swiglu_limit clamps a gated MLP's two branches; set gated_mlp=True.")
 

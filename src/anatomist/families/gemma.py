@@ -1,9 +1,12 @@
 """Gemma 1 (GemmaForCausalLM): Llama with GeGLU, scaled embeddings and (1 + w) RMSNorms.
 
-Differences from Llama: every RMSNorm stores w and multiplies by (1 + w), so the transform adds
-the one (in float32, as transformers computes it); token embeddings are multiplied by
-sqrt(d_model); the gated MLP uses tanh-approximated GELU (a config saying "gelu" means that too,
-as transformers reads it); head_dim is its own setting (default 256, not d_model / n_heads);
+Differences from Llama: every RMSNorm stores w and multiplies by (1 + w): the weights load as
+stored (``ln1.w`` is w, as in transformers, where the classic library stored 1 + w) and the
+norm adds the one at run time (``norm_weight_offset``), in float32 with the weight multiplied
+before the cast back (``norm_weight_in_float32``: ``(x * (1 + w)).to(dtype)``), as transformers
+computes it; token embeddings are multiplied by sqrt(d_model), rounded to the model's dtype
+first (``embed_scale_in_dtype``), as transformers does; the gated MLP uses tanh-approximated
+GELU (a config saying "gelu" means that too, as transformers reads it); head_dim is its own setting (default 256, not d_model / n_heads);
 embeddings are tied by default. Bidirectional attention (`use_bidirectional_attention`) is not
 supported.
 """
@@ -13,11 +16,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import Tensor
-
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule
-from anatomist.families.llama import _L, IGNORE, RULES, head_dim, llama_rope, llama_style_config
+from anatomist.families.base import Family
+from anatomist.families.llama import IGNORE, RULES, head_dim, llama_rope, llama_style_config
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -34,29 +35,18 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         d_head=head_dim(hf, default=256),
         act_fn="gelu_pytorch_tanh" if act == "gelu" else act,
         embed_scale=math.sqrt(hf["hidden_size"]),
+        embed_scale_in_dtype=True,
+        norm_weight_offset=1.0,
+        norm_weight_in_float32=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
     )
 
-
-def plus_one(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
-    """Gemma RMSNorm weight w -> the multiplier (1 + w)."""
-    return (t.float() + 1.0,)
-
-
-_NORMS = {
-    _L + r"input_layernorm\.weight": "blocks.{i}.ln1.w",
-    _L + r"post_attention_layernorm\.weight": "blocks.{i}.ln2.w",
-    r"(?:model\.)?norm\.weight": "ln_final.w",
-}
 
 FAMILY = Family(
     name="gemma",
     architectures=("GemmaForCausalLM", "GemmaModel"),
     model_types=("gemma",),
     build_config=build_config,
-    rules=(
-        *(WeightRule(pattern, (target,), plus_one) for pattern, target in _NORMS.items()),
-        *(rule for rule in RULES if rule.pattern not in _NORMS),
-    ),
+    rules=RULES,
     ignore=IGNORE,
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from anatomist.config import TransformerConfig
 from anatomist.families import gemma
-from anatomist.families.base import Family, WeightRule
+from anatomist.families.base import Family, WeightRule, same
 from anatomist.families.llama import _L, IGNORE, RULES
 
 
@@ -38,7 +38,7 @@ NORMS = {
     _L + r"post_feedforward_layernorm\.weight": "blocks.{i}.ln2_post.w",
     r"(?:model\.)?norm\.weight": "ln_final.w",
 }
-NORM_RULES = tuple(WeightRule(p, (target,), gemma.plus_one) for p, target in NORMS.items())
+NORM_RULES = tuple(WeightRule(p, (target,), same) for p, target in NORMS.items())
 OTHER_RULES = tuple(
     rule for rule in RULES if "layernorm" not in rule.pattern and "norm" not in rule.pattern
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families import gemma, gemma2
-from anatomist.families.base import Family, WeightRule, rope_settings
+from anatomist.families import gemma2
+from anatomist.families.base import Family, WeightRule, rope_settings, same
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
@@ -55,8 +55,8 @@ def _with_prefix(rule: WeightRule) -> WeightRule:
 
 
 RULES = (
-    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), gemma.plus_one),
-    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), gemma.plus_one),
+    WeightRule(_L + r"self_attn\.q_norm\.weight", ("blocks.{i}.attn.q_norm.w",), same),
+    WeightRule(_L + r"self_attn\.k_norm\.weight", ("blocks.{i}.attn.k_norm.w",), same),
     *(_with_prefix(rule) for rule in gemma2.NORM_RULES + gemma2.OTHER_RULES),
 )
 

@@ -15,6 +15,8 @@ Differences from Llama:
   ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with ``g = min(gate, limit)``:
   `swiglu_limit` (7.0) from config.json, alpha 1.702 (the reference implementation's constant,
   `swiglu_alpha` in transformers' config), i.e. QuickGELU on the gate.
+- norms: RMSNorms multiply their weight in float32 and cast once, ``(x * w).to(dtype)``
+  (`norm_weight_in_float32`).
 
 Weight processing folds the RMSNorms and centers the unembedding; value biases stay unfolded
 (with sinks a pattern row does not sum to 1).
@@ -108,6 +110,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         router_softmax_over_topk=True,
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-5),
+        norm_weight_in_float32=True,
         attn_sinks=True,
         positional_embedding_type="rotary",
         rotary_dim=d_head,

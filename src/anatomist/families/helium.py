@@ -3,7 +3,8 @@
 Differs from Llama: rotary pairs neighbouring features (``2i`` with ``2i + 1``) instead of
 halves; ``attention_bias`` biases q/k/v but never o_proj; ``mlp_bias`` biases all three MLP
 projections, the gate included (b_gate). o_proj is ``hidden_size x hidden_size``, so the heads
-must span the model width. The weight names are Llama's.
+must span the model width; RMSNorms multiply their weight in float32 and cast once,
+``(x * w).to(dtype)`` (``norm_weight_in_float32``). The weight names are Llama's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from anatomist.families.seed_oss import GATE_BIAS
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    cfg = llama_style_config(hf, "HeliumForCausalLM", rope=llama_rope, rotary_adjacent_pairs=True)
+    cfg = llama_style_config(
+        hf,
+        "HeliumForCausalLM",
+        rope=llama_rope,
+        rotary_adjacent_pairs=True,
+        norm_weight_in_float32=True,
+    )
     if cfg.n_heads * cfg.d_head != cfg.d_model:
         raise ValueError(
             f"Helium needs num_attention_heads * head_dim ({cfg.n_heads} * {cfg.d_head}) to "

@@ -2,7 +2,10 @@
 
 Differs from Llama: no norm before attention or the MLP; RMSNorms on their outputs
 (``post_attention_layernorm`` -> ``ln1_post``, ``post_feedforward_layernorm`` -> ``ln2_post``);
-RMSNorm over all heads' queries and over all keys (``q_norm``/``k_norm``) before rotary.
+RMSNorm over all heads' queries and over all keys (``q_norm``/``k_norm``) before rotary. Every
+RMSNorm multiplies its weight in float32 and casts once, ``(x * w).to(dtype)``
+(``norm_weight_in_float32``), as transformers does. Not reproduced in half precision: HF's OLMo
+rotary runs in float32 and rounds once; ours rotates in the dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         post_norm_type="RMS",
         qk_norm=True,
         qk_norm_over_heads=True,
+        norm_weight_in_float32=True,
     )
 
 

@@ -31,7 +31,10 @@ class Embed(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:  # [b, p] -> [b, p, d_model]
         embedded = self.W_E[tokens]
         if self.cfg.embed_scale != 1.0:
-            embedded = embedded * self.cfg.embed_scale
+            scale = self.cfg.embed_scale
+            if self.cfg.embed_scale_in_dtype:  # Gemma: HF rounds sqrt(d_model) to the dtype first
+                scale = float(torch.tensor(scale, dtype=embedded.dtype))
+            embedded = embedded * scale
         if self.cfg.d_embed is not None:
             embedded = self.hook_proj_in(embedded) @ self.W_proj_in
         return embedded

@@ -75,10 +75,30 @@ class RMSNorm(_Norm):
         self.w = nn.Parameter(torch.ones(self.weight_shape, dtype=cfg.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        in_float32 = self.cfg.norm_weight_in_float32
         if not self._hooked():
-            return _rms_normalize(x, self.eps) * self.w
+            if in_float32:  # (x * w).to(dtype): rounded once, after the weight
+                return (_rms_normalized_float32(x, self.eps) * self.multiplier).to(x.dtype)
+            return _rms_normalize(x, self.eps) * self.multiplier
         scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized((x.float() / scale).to(x.dtype)) * self.w
+        exact = x.float() / scale
+        normalized = self.hook_normalized(exact.to(x.dtype))
+        if not in_float32:
+            return normalized * self.multiplier
+        # Rounded once, as without hooks: where the hook left an entry as it was, its rounding
+        # error is added back (a constant, so gradients still flow through the hook point).
+        kept = normalized == exact.to(x.dtype)
+        error = torch.where(kept, exact - exact.to(x.dtype).float(), 0.0).detach()
+        return ((normalized.float() + error) * self.multiplier).to(x.dtype)
+
+    @property
+    def multiplier(self) -> Tensor:
+        """What the normalized input is multiplied by: ``w``, or ``offset + w`` with
+        ``cfg.norm_weight_offset`` (Gemma stores w and multiplies by 1 + w); in float32 with
+        ``cfg.norm_weight_in_float32``, where Hugging Face adds the offset in float32 too."""
+        w = self.w.float() if self.cfg.norm_weight_in_float32 else self.w
+        offset = self.cfg.norm_weight_offset
+        return w + offset if offset else w
 
 
 class RMSNormPre(_Norm):
@@ -93,8 +113,12 @@ class RMSNormPre(_Norm):
 
 def _rms_normalize(x: Tensor, eps: float) -> Tensor:
     # Computed in float32 like Hugging Face's Llama RMSNorm, then cast back.
+    return _rms_normalized_float32(x, eps).to(x.dtype)
+
+
+def _rms_normalized_float32(x: Tensor, eps: float) -> Tensor:
     xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
 
 
 NORMS: dict[str | None, type[nn.Module] | None] = {
