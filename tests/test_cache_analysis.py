@@ -59,6 +59,9 @@ MODELS: dict[str, Callable[[], HookedTransformer]] = {
         n_key_value_heads=2,
     ),
     "ln_post_norms": lambda: native(post_norm_type="LN"),  # post norms with a bias
+    "gemma_offset": lambda: native(  # RMSNorm multiplying by 1 + w (stored w), in float32
+        normalization_type="RMS", norm_weight_offset=1.0, norm_weight_in_float32=True
+    ),
     "moe": lambda: native(
         act_fn="silu",
         normalization_type="RMS",
@@ -231,7 +234,9 @@ def test_neuron_results_by_hand() -> None:
 # --- norms applied to stacks ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt2_folded", "llama_gqa", "llama_gqa_folded"])
+@pytest.mark.parametrize(
+    "name", ["gpt2", "gpt2_folded", "llama_gqa", "llama_gqa_folded", "gemma_offset"]
+)
 def test_apply_ln_to_stack_matches_the_models_norms(name: str) -> None:
     model, _, cache = run(name)
     final = cache["resid_post", 1]

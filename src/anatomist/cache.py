@@ -660,7 +660,7 @@ def _linear_part(norm: AnyNorm, x: Tensor, scale: Tensor) -> Tensor:
         x = x - x.mean(dim=-1, keepdim=True)
     out = (x / scale.to(x.device)).to(x.dtype)
     if isinstance(norm, LayerNorm | RMSNorm):
-        out = out * norm.w.to(out)
+        out = out * _weight(norm).to(out)
     return out
 
 
@@ -672,4 +672,10 @@ def _normalize(norm: AnyNorm, x: Tensor) -> Tensor:
         return F.layer_norm(x, (x.shape[-1],), w, b, norm.eps)
     xf = x.float()  # RMSNorm: in float32, then cast back, as the model computes it
     out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype)
-    return out * norm.w.to(out) if isinstance(norm, RMSNorm) else out
+    return out * _weight(norm).to(out) if isinstance(norm, RMSNorm) else out
+
+
+def _weight(norm: LayerNorm | RMSNorm) -> Tensor:
+    """What the norm multiplies by: ``w``, or ``1 + w`` for an RMSNorm with a weight offset
+    (Gemma stores w, as transformers does)."""
+    return norm.multiplier if isinstance(norm, RMSNorm) else norm.w
