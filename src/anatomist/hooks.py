@@ -19,6 +19,12 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import (
+    _global_backward_hooks,
+    _global_backward_pre_hooks,
+    _global_forward_hooks,
+    _global_forward_pre_hooks,
+)
 from torch.utils.hooks import RemovableHandle
 
 HookFunction = Callable[..., Any]
@@ -72,6 +78,24 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[HookHandle] = []
         self.bwd_hooks: list[HookHandle] = []
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        # Most hook points have no hook at a given forward: skip nn.Module's call machinery
+        # (~3 us each, ~20 per layer) unless some hook, ours or a global torch one, would run.
+        if (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+            or _global_forward_hooks
+            or _global_forward_pre_hooks
+            or _global_backward_hooks
+            or _global_backward_pre_hooks
+            or args
+            or kwargs
+        ):
+            return super().__call__(x, *args, **kwargs)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bwd_hooks and isinstance(x, Tensor) and x.requires_grad:

@@ -103,7 +103,9 @@ def check_padded_batch(hf: Any, folder: Path, case: Case, side: str) -> None:
             assert (batched[i, spans[i]] - theirs[i, spans[i]]).abs().max() <= 1e-5
             continue
         alone = model(row[None])[0]
-        assert (batched[i, spans[i]] - alone).abs().max() <= 1e-5
+        # Ours against ours: the same numbers through GEMMs of other shapes, whose blocking
+        # rounds differently (1.05e-5 seen on one Gemma 3 case); against HF the bound is 1e-5.
+        assert (batched[i, spans[i]] - alone).abs().max() <= 2e-5
         assert (theirs[i, spans[i]] - alone).abs().max() <= 1e-5
 
 

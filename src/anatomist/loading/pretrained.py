@@ -307,7 +307,7 @@ def fill_weights(
                     f"{label}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, which gives "
                     f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}."
                 )
-            weight = value.to(cfg.dtype).contiguous()
+            weight = value.to(cfg.dtype)  # `_assign` gives it the layout the model built
             storage = weight.untyped_storage()
             if storage.data_ptr() == tensor.untyped_storage().data_ptr():
                 # Still the source's memory (a memory-mapped file or the user's HF model):
@@ -374,8 +374,14 @@ def _beyond_last_layer(key: str, n_layers: int) -> bool:
 
 
 def _assign(model: nn.Module, key: str, value: Tensor) -> None:
+    """Make `value` the parameter `key`, in the memory layout the model built it with."""
     module_name, _, param_name = key.rpartition(".")
     module = model.get_submodule(module_name)
+    built = module._parameters.get(param_name)
+    if built is not None and built.shape == value.shape and built.stride() != value.stride():
+        value = torch.empty_strided(
+            built.shape, built.stride(), dtype=value.dtype, device=value.device
+        ).copy_(value)
     module._parameters[param_name] = nn.Parameter(value, requires_grad=True)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
 from anatomist.model.kv_cache import KVCacheEntry
+from anatomist.model.mlp import empty_weight, matmul_bias
 from anatomist.model.norm import LayerNorm, RMSNorm
 from anatomist.model.positions import Rotary, alibi_bias, alibi_slopes
 
@@ -38,10 +39,10 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         h, kv, d, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head
         dtype = cfg.dtype
-        self.W_Q = nn.Parameter(torch.empty(h, d, dh, dtype=dtype))
+        self.W_Q = nn.Parameter(empty_weight((h, d, dh), (0, 2, 1), dtype))
         self.b_Q = nn.Parameter(torch.zeros(h, dh, dtype=dtype))
         self._register_kv(kv, d, dh, dtype)
-        self.W_O = nn.Parameter(torch.empty(h, dh, d, dtype=dtype))
+        self.W_O = nn.Parameter(empty_weight((h, dh, d), (2, 0, 1), dtype))
         self.b_O = nn.Parameter(torch.zeros(d, dtype=dtype))
         if cfg.attn_sinks:  # each head's learned sink logit (GPT-OSS)
             self.sinks = nn.Parameter(torch.zeros(h, dtype=dtype))
@@ -72,8 +73,8 @@ class Attention(nn.Module):
         self.hook_result = HookPoint("use_attn_result")  # [b, p, n_heads, d_model]
 
     def _register_kv(self, kv: int, d: int, dh: int, dtype: torch.dtype) -> None:
-        self.W_K = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
-        self.W_V = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self.W_K = nn.Parameter(empty_weight((kv, d, dh), (0, 2, 1), dtype))
+        self.W_V = nn.Parameter(empty_weight((kv, d, dh), (0, 2, 1), dtype))
         self.b_K = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
         self.b_V = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
 
@@ -157,7 +158,7 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(-2) + self.b_O
         b, p, h, dh = z.shape
-        out = torch.addmm(self.b_O, z.reshape(b * p, h * dh), self.W_O.reshape(h * dh, -1))
+        out = matmul_bias(z.reshape(b * p, h * dh), self.W_O.reshape(h * dh, -1), self.b_O)
         return out.view(b, p, -1)
 
     def _alibi(self, positions: Tensor) -> Tensor:
@@ -254,8 +255,8 @@ class GroupedQueryAttention(Attention):
     """Attention whose keys and values have fewer heads than its queries."""
 
     def _register_kv(self, kv: int, d: int, dh: int, dtype: torch.dtype) -> None:
-        self._W_K = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
-        self._W_V = nn.Parameter(torch.empty(kv, d, dh, dtype=dtype))
+        self._W_K = nn.Parameter(empty_weight((kv, d, dh), (0, 2, 1), dtype))
+        self._W_V = nn.Parameter(empty_weight((kv, d, dh), (0, 2, 1), dtype))
         self._b_K = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
         self._b_V = nn.Parameter(torch.zeros(kv, dh, dtype=dtype))
 
@@ -294,7 +295,7 @@ def _project(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         return torch.einsum("bphd,hde->bphe", x, W) + b
     heads, d, e = W.shape
     flat = W.permute(1, 0, 2).reshape(d, heads * e)
-    out = torch.addmm(b.reshape(-1), x.reshape(-1, d), flat)
+    out = matmul_bias(x.reshape(-1, d), flat, b)
     return out.view(*x.shape[:-1], heads, e)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
+from anatomist.model.mlp import empty_weight, matmul_bias
 
 
 class Embed(nn.Module):
@@ -53,7 +54,8 @@ class Unembed(nn.Module):
         if cfg.d_embed is not None:
             self.W_proj_out = nn.Parameter(torch.empty(cfg.d_model, width, dtype=cfg.dtype))
             self.hook_proj_out = HookPoint()  # [b, p, d_embed], x @ W_proj_out, what W_U reads
-        self.W_U = nn.Parameter(torch.empty(width, cfg.d_vocab_out, dtype=cfg.dtype))
+        # Laid out [d_vocab_out, width] in memory, as transformers' lm_head (see empty_weight).
+        self.W_U = nn.Parameter(empty_weight((width, cfg.d_vocab_out), (1, 0), cfg.dtype))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out, dtype=cfg.dtype))
         self.hook_in = HookPoint()  # [b, p, d_model], the normalized final residual
         self.hook_out = HookPoint()  # [b, p, d_vocab_out], the logits
@@ -62,7 +64,7 @@ class Unembed(nn.Module):
         x = self.hook_in(x)
         if self.cfg.d_embed is not None:
             x = self.hook_proj_out(x @ self.W_proj_out)
-        logits = torch.addmm(self.b_U, x.reshape(-1, x.shape[-1]), self.W_U)
+        logits = matmul_bias(x.reshape(-1, x.shape[-1]), self.W_U, self.b_U)
         logits = logits.view(*x.shape[:-1], -1)
         cap = self.cfg.output_logits_soft_cap
         if cap is not None:  # Gemma 2: bound the logits smoothly to (-cap, cap)

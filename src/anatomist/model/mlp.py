@@ -58,9 +58,9 @@ class MLP(nn.Module):
         assert cfg.d_mlp is not None and cfg.act_fn is not None
         self.cfg = cfg
         d, m, dtype = cfg.d_model, cfg.d_mlp, cfg.dtype
-        self.W_in = nn.Parameter(torch.empty(d, m, dtype=dtype))
+        self.W_in = nn.Parameter(empty_weight((d, m), (1, 0), dtype))
         self.b_in = nn.Parameter(torch.zeros(m, dtype=dtype))
-        self.W_out = nn.Parameter(torch.empty(m, d, dtype=dtype))
+        self.W_out = nn.Parameter(empty_weight((m, d), (1, 0), dtype))
         self.b_out = nn.Parameter(torch.zeros(d, dtype=dtype))
         self.act: Callable[[Tensor], Tensor]
         if cfg.act_fn == "xielu":
@@ -108,7 +108,7 @@ class GatedMLP(MLP):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__(cfg)
         assert cfg.d_mlp is not None
-        self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
+        self.W_gate = nn.Parameter(empty_weight((cfg.d_model, cfg.d_mlp), (1, 0), cfg.dtype))
         # Zero in every released gated model; it receives a LayerNorm bias folded into the gate.
         self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
         self.hook_pre_linear = HookPoint()  # [b, p, d_mlp], the ungated branch x W_in + b_in
@@ -126,9 +126,53 @@ class GatedMLP(MLP):
 
 
 def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
-    # addmm on the flattened batch: one GEMM with the bias fused, no copy of W.
-    out = torch.addmm(b, x.reshape(-1, x.shape[-1]), W)
+    # One GEMM on the flattened batch, no copy of W.
+    out = matmul_bias(x.reshape(-1, x.shape[-1]), W, b)
     return out.view(*x.shape[:-1], W.shape[-1])
+
+
+def empty_weight(shape: tuple[int, ...], memory: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised weight of the classic `shape`, its memory laid out in the dim order
+    `memory` (outermost first).
+
+    Weights are laid out as transformers stores them, output features outermost (``W_in
+    [d_model, d_mlp]`` as ``[d_mlp, d_model]``; ``W_Q [heads, d_model, d_head]`` as ``[heads,
+    d_head, d_model]``): a checkpoint's tensor is then the weight itself, not a copy; the
+    projection matrices the forward multiplies by are views (no copy per forward); and the
+    GEMMs run as transformers' do (for a wide unembedding, this order is ~30% faster on CPU).
+    Loading and stacking over layers keep the layout (`loading.pretrained._assign`,
+    `model.weights`); a weight of any other layout computes the same, only slower.
+    """
+    base = torch.empty([shape[i] for i in memory], dtype=dtype)
+    return base.permute(*(memory.index(i) for i in range(len(shape))))
+
+
+def matmul_bias(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """``x @ W + b`` for a 2-D `x`, `b` of ``W.shape[-1]`` elements in any shape.
+
+    Models without biases carry biases of zeros (the classic layout has a ``b_*`` everywhere);
+    adding one costs a copy into the output and a second pass of the GEMM, about 3% of a
+    forward. When no gradient is wanted, a bias known to be zero is skipped. Whether it is zero
+    is checked once per version of the tensor, so an in-place edit is seen at the next call.
+    """
+    if not (torch.is_grad_enabled() and b.requires_grad) and _all_zero(b):
+        return x @ W
+    return torch.addmm(b.reshape(-1), x, W)
+
+
+def _all_zero(b: Tensor) -> bool:
+    if b.is_inference():  # no version counter to key a cached answer on
+        return not bool(b.any())
+    try:
+        key = (b.data_ptr(), b._version)
+    except RuntimeError:  # tensors without storage (tracing, fake tensors): always add
+        return False
+    cached = getattr(b, "_anatomist_zero", None)
+    if cached is not None and cached[0] == key:
+        return bool(cached[1])
+    zero = not bool(b.any())
+    b._anatomist_zero = (key, zero)  # type: ignore[attr-defined]
+    return zero
 
 
 def dense_config(cfg: TransformerConfig) -> TransformerConfig:

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
-from anatomist.model.mlp import dense_config, make_mlp
+from anatomist.model.mlp import dense_config, make_mlp, matmul_bias
 
 # The dense-MLP weights a reader might look for on this module, and where they live instead.
 _DENSE_WEIGHTS = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "b_out")
@@ -93,7 +93,7 @@ class MoE(nn.Module):
         b, p, d = x.shape
         flat = x.reshape(b * p, d)  # [n, d]
         if self.cfg.router_bias:
-            logits = torch.addmm(self.b_router, flat, self.W_router)  # [n, num_experts]
+            logits = matmul_bias(flat, self.W_router, self.b_router)  # [n, num_experts]
         else:
             logits = flat @ self.W_router  # [n, num_experts]
         if self.cfg.router_softmax_over_topk:

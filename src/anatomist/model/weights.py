@@ -61,7 +61,8 @@ def _storage_stack(params: Sequence[Tensor]) -> Tensor | None:
             p.shape != first.shape
             or p.dtype != first.dtype
             or p.device != first.device
-            or not p.is_contiguous()
+            or p.stride() != first.stride()
+            or not _dense(p)
             or p.untyped_storage().data_ptr() != storage
             or p.storage_offset() != offset + i * step
         ):
@@ -78,11 +79,26 @@ def _lay_out(params: Sequence[Tensor]) -> None:
             f"The layers' weights differ in shape ({sorted(shapes)}), so they cannot be stacked; "
             "read them per layer (model.blocks[i]...)."
         )
+    # Each layer's slice keeps the memory layout of the parameters (`mlp.empty_weight`).
+    first = params[0]
+    order = sorted(range(first.dim()), key=lambda i: -first.stride()[i]) if _dense(first) else []
+    if not order:
+        order = list(range(first.dim()))
     # Outside inference mode, so the parameters do not become inference tensors.
     with torch.inference_mode(False), torch.no_grad():
-        stacked = torch.stack([p.detach() for p in params])
+        memory = torch.empty(
+            (len(params), *(first.shape[i] for i in order)), dtype=first.dtype, device=first.device
+        )
+        stacked = memory.permute(0, *(1 + order.index(i) for i in range(first.dim())))
         for p, layer in zip(params, stacked):
+            layer.copy_(p.detach())
             p.data = layer
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether `t` fills its memory without gaps or overlaps, in some order of its dims."""
+    order = sorted(range(t.dim()), key=lambda i: -t.stride()[i])
+    return t.permute(*order).is_contiguous()
 
 
 class _StackedParameters(torch.autograd.Function):
