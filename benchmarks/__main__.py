@@ -1,9 +1,9 @@
 """`python -m benchmarks`: every section, side by side, and the results files.
 
     python -m benchmarks                      # everything; about 8 minutes on 2 CPU cores
-    python -m benchmarks --sections forward,cache --models gpt2
+    python -m benchmarks --sections forward --models gpt2
     python -m benchmarks --device cuda --dtype bfloat16 --big 8x512
-    python -m benchmarks --quick --out /tmp/bench   # a smoke run in well under a minute
+    python -m benchmarks --quick --out /tmp/bench   # a smoke run (~3 minutes: loading dominates)
 
 Writes ``<out>/<machine>.md`` (the table) and ``<out>/<machine>.json`` (every number), where
 `<machine>` is ``ANATOMIST_BENCH_MACHINE`` or the CPU architecture and core count (or GPU name).
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated subset of {', '.join(SECTIONS)}",
     )
-    parser.add_argument("--models", default="smollm2,gpt2", help="smollm2, gpt2 (comma-separated)")
+    parser.add_argument(
+        "--models", default="smollm2,gpt2", help="comma-separated: smollm2, gpt2, llama1b"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--small", default="1x128", help="batch x seq of the small workload")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Measurement] = []
     with make_workdir() as workdir:
         log("writing the models' folders")
-        models = [m for m in prepare_models(Path(workdir)) if _wanted(m.name, args.models)]
+        models = prepare_models(Path(workdir), args.models.split(","), dtype)
         for model in models:
             if "forward" in sections:
                 log(f"forward, hooks and cache: {model.name}")
@@ -98,11 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 def _shape(text: str, repeats: int) -> tuple[int, int, int]:
     batch, seq = (int(x) for x in text.lower().split("x"))
     return batch, seq, repeats
-
-
-def _wanted(name: str, models: str) -> bool:
-    key = "smollm2" if name.startswith("SmolLM2") else "gpt2"
-    return key in models.split(",")
 
 
 def check_targets(rows: list[Measurement]) -> list[Target]:

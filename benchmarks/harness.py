@@ -1,8 +1,10 @@
 """Timing, records and the results files shared by every benchmark section.
 
-Every figure is a median over interleaved repeats: each round calls every library once, in the
-same order, so a slow spell of the machine (other work on its cores) hits all of them alike and
-the ratios stay honest even when the absolute times wobble.
+Every time is the best (minimum) of interleaved repeats: each round calls every library once,
+in the same order, so a slow spell of the machine (other work on its cores, a virtual machine's
+neighbours) hits all of them alike; and, as with `timeit`, the minimum is the run least disturbed
+by such spells, which only ever add time. Medians moved by 5-20% between runs on a shared 2-core
+machine; minima by a few percent.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ import torch
 
 @dataclass
 class Measurement:
-    """One library's median on one workload."""
+    """One library's best time (or rate) on one workload."""
 
     section: str  # forward, hooks, cache, load, import, generate
     workload: str  # e.g. "forward 1x128"
@@ -51,7 +52,7 @@ class Target:
 def interleaved(
     fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1
 ) -> dict[str, float]:
-    """Median seconds of each callable, called round-robin `repeats` times after `warmup`."""
+    """Best seconds of each callable, called round-robin `repeats` times after `warmup`."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -61,7 +62,7 @@ def interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}
 
 
 def machine_name(device: str) -> str:
@@ -112,7 +113,7 @@ def markdown(
     env: Mapping[str, Any],
     command: str,
 ) -> str:
-    """The results page: the targets first, then every median with its ratio to anatomist."""
+    """The results page: the targets first, then every measurement with its ratio to anatomist."""
     rows = list(measurements)
     lines = [
         f"# Benchmarks on {machine_name(str(env['device']))}",
@@ -120,7 +121,7 @@ def markdown(
         f"`{command}` on {env['date']}: "
         + ", ".join(f"{k} {v}" for k, v in env.items() if k != "date"),
         "",
-        "Medians of interleaved repeats, one process. Ratios are anatomist / the other library,",
+        "Best of interleaved repeats, one process. Ratios are anatomist / the other library,",
         "so below 1.0 means anatomist is faster or smaller (for tokens/s, above 1.0 is faster).",
         "See docs/performance.md for how to read and rerun this.",
         "",
@@ -136,7 +137,7 @@ def markdown(
         "",
         "## Measurements",
         "",
-        "| section | workload | model | library | median | unit | vs anatomist | extra |",
+        "| section | workload | model | library | best | unit | vs anatomist | extra |",
         "|---|---|---|---|---:|---|---:|---|",
     ]
     ours = {(m.workload, m.model): m for m in rows if m.library == "anatomist"}

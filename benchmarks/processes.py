@@ -115,7 +115,7 @@ def _run(script: str) -> dict[str, float]:
 
 
 def run_loading(model: ModelFolder, repeats: int, dtype: str, threads: int) -> list[Measurement]:
-    """Median wall time and peak RSS of each loader over `repeats` fresh processes."""
+    """Best wall time and median peak RSS of each loader over `repeats` fresh processes."""
     weights_mb = sum(f.stat().st_size for f in Path(model.path).glob("*.safetensors")) / 2**20
     if dtype in ("bfloat16", "float16"):
         weights_mb /= 2  # the folder holds float32
@@ -124,7 +124,7 @@ def run_loading(model: ModelFolder, repeats: int, dtype: str, threads: int) -> l
         runs = [
             _run(PROBE.format(threads=threads, imports=imports, code=code)) for _ in range(repeats)
         ]
-        seconds = statistics.median(r["seconds"] for r in runs)
+        seconds = min(r["seconds"] for r in runs)
         peak = statistics.median(r["peak_mb"] for r in runs)
         extra = {"peak_mb": peak, "weights_mb": weights_mb}
         rows.append(
@@ -167,7 +167,7 @@ def run_import(repeats: int) -> list[Measurement]:
                 "import on top of torch",
                 "-",
                 label,
-                statistics.median(added),
+                min(added),
                 "s",
                 repeats,
                 {"torch_s": statistics.median(torch_s)},

