@@ -99,14 +99,17 @@ def check_padded_batch(hf: Any, folder: Path, case: Case, side: str) -> None:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     theirs = hf_logits(hf, tokens, **kwargs)
     for i, row in enumerate(rows):
+        # The same padded batch through both: the usual bound.
+        assert (batched[i, spans[i]] - theirs[i, spans[i]]).abs().max() <= 1e-5
         if case.rope_follows_longest_row and len(row) < width:
-            assert (batched[i, spans[i]] - theirs[i, spans[i]]).abs().max() <= 1e-5
             continue
         alone = model(row[None])[0]
-        # Ours against ours: the same numbers through GEMMs of other shapes, whose blocking
-        # rounds differently (1.05e-5 seen on one Gemma 3 case); against HF the bound is 1e-5.
+        # A row alone against a padded batch: the same numbers through GEMMs of other shapes,
+        # whose blocking rounds differently. One Gemma 3 case (logits up to 7.8) differs by
+        # 1.05e-5, about 11 float32 ulps, from both our batch and transformers' batch; so 2e-5
+        # here, while the batch against transformers' batch stays within 1e-5.
         assert (batched[i, spans[i]] - alone).abs().max() <= 2e-5
-        assert (theirs[i, spans[i]] - alone).abs().max() <= 1e-5
+        assert (theirs[i, spans[i]] - alone).abs().max() <= 2e-5
 
 
 def check_kv_cache(hf: Any, folder: Path, case: Case) -> None:
