@@ -217,18 +217,13 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             )
         if input is None:
             raise ValueError("forward needs an input: text or token ids.")
-        if isinstance(input, str | list):  # the mask of the text's own padding
-            if attention_mask is not None:
-                raise ValueError("attention_mask goes with token ids; text input builds its own.")
-            tokens, attention_mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
-        elif isinstance(input, Tensor):
-            tokens = input if input.dim() == 2 else input.reshape(1, -1)
-            if tokens.is_floating_point():
-                raise ValueError("With past_kv_cache, input must be token ids [batch, pos].")
-        else:
-            raise TypeError(f"Unsupported input type {type(input).__name__}.")
-        device = self.embed.W_E.device
-        tokens = tokens.to(device)
+        if isinstance(input, Tensor) and input.is_floating_point():
+            raise ValueError("With past_kv_cache, input must be token ids [batch, pos].")
+        given = attention_mask
+        tokens, attention_mask = self._tokens_and_mask(
+            input, prepend_bos, padding_side, attention_mask
+        )
+        device = tokens.device
         b, new = tokens.shape
         if new == 0:
             raise ValueError("An incremental run needs at least one new token.")
@@ -237,13 +232,13 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
                 f"The cache holds {cache.batch_size} rows but the input has {b}; build the cache "
                 f"with init_cache(cfg, device, batch_size={b})."
             )
-        if attention_mask is None:
-            attention_mask = torch.ones(b, new, dtype=torch.long, device=device)
-        elif attention_mask.shape != tokens.shape:
+        if given is not None and given.shape != tokens.shape:
             raise ValueError(
                 f"With past_kv_cache, attention_mask covers the new tokens only: expected shape "
-                f"{tuple(tokens.shape)}, got {tuple(attention_mask.shape)}."
+                f"{tuple(tokens.shape)}, got {tuple(given.shape)}."
             )
+        if attention_mask is None:  # no padding among the new tokens
+            attention_mask = torch.ones(b, new, dtype=torch.long, device=device)
         cached = cache.length
         total = cached + new
         if self.cfg.positional_embedding_type in _LEARNED_POSITIONS and total > self.cfg.n_ctx:
