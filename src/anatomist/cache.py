@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anatomist.model.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+from anatomist.model.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre, rms_normalize
 from anatomist.utils import Slice, get_act_name
 
 
@@ -660,7 +660,7 @@ def _linear_part(norm: AnyNorm, x: Tensor, scale: Tensor) -> Tensor:
         x = x - x.mean(dim=-1, keepdim=True)
     out = (x / scale.to(x.device)).to(x.dtype)
     if isinstance(norm, LayerNorm | RMSNorm):
-        out = out * _weight(norm).to(out)
+        out = out * norm.multiplier.to(out)
     return out
 
 
@@ -670,12 +670,5 @@ def _normalize(norm: AnyNorm, x: Tensor) -> Tensor:
         w = norm.w.to(x) if isinstance(norm, LayerNorm) else None
         b = norm.b.to(x) if isinstance(norm, LayerNorm) else None
         return F.layer_norm(x, (x.shape[-1],), w, b, norm.eps)
-    xf = x.float()  # RMSNorm: in float32, then cast back, as the model computes it
-    out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype)
-    return out * _weight(norm).to(out) if isinstance(norm, RMSNorm) else out
-
-
-def _weight(norm: LayerNorm | RMSNorm) -> Tensor:
-    """What the norm multiplies by: ``w``, or ``1 + w`` for an RMSNorm with a weight offset
-    (Gemma stores w, as transformers does)."""
-    return norm.multiplier if isinstance(norm, RMSNorm) else norm.w
+    out = rms_normalize(x, norm.eps)  # in float32, then cast back, as the model computes it
+    return out * norm.multiplier.to(out) if isinstance(norm, RMSNorm) else out

@@ -91,8 +91,7 @@ class SVDInterpreter:
             W = mlp.W_in.double()  # [d_model, d_mlp]
             norm = _mlp_input_norm(block, self.cfg)
             if norm is not None and hasattr(norm, "w"):  # norms not folded: include ln2's weight
-                weight = norm.multiplier if hasattr(norm, "multiplier") else norm.w  # Gemma: 1 + w
-                W = W * weight.double()[:, None]
+                W = W * norm.multiplier.double()[:, None]  # (Gemma: 1 + w)
             U, _, _ = torch.linalg.svd(W, full_matrices=False)
             return U  # [d_model, min(d_model, d_mlp)]
         _, _, Vh = torch.linalg.svd(mlp.W_out.double(), full_matrices=False)

@@ -48,7 +48,6 @@ from torch import Tensor
 
 from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.model.moe import MoE
-from anatomist.model.norm import RMSNorm
 
 _LAYER_NORMS = ("LN", "LNPre")
 
@@ -208,7 +207,7 @@ def _fold_into_heads(W: Tensor, b: Tensor, norm: Any, fold_bias: bool, center: b
     # W: [heads, d_model, d_head], b: [heads, d_head]
     if fold_bias:
         b += torch.einsum("d,hde->he", norm.b, W)
-    W *= _multiplier(norm)[None, :, None]
+    W *= norm.multiplier[None, :, None]
     if center:
         W -= W.mean(dim=1, keepdim=True)
 
@@ -219,15 +218,9 @@ def _fold_into_matrix(
     # W: [d_model, out], b: [out]
     if fold_bias and b is not None:
         b += norm.b @ W
-    W *= _multiplier(norm)[:, None]
+    W *= norm.multiplier[:, None]
     if center:
         W -= W.mean(dim=0, keepdim=True)
-
-
-def _multiplier(norm: Any) -> Tensor:
-    """What the norm multiplies its normalized input by: ``w``, or an RMSNorm's ``offset + w``
-    (``cfg.norm_weight_offset``: Gemma stores w and multiplies by 1 + w)."""
-    return norm.multiplier if isinstance(norm, RMSNorm) else norm.w
 
 
 @torch.no_grad()

@@ -43,6 +43,11 @@ class LayerNorm(_Norm):
         self.w = nn.Parameter(torch.ones(self.weight_shape, dtype=cfg.dtype))
         self.b = nn.Parameter(torch.zeros(self.weight_shape, dtype=cfg.dtype))
 
+    @property
+    def multiplier(self) -> Tensor:
+        """What the normalized input is multiplied by (before the bias): ``w``."""
+        return self.w
+
     def forward(self, x: Tensor) -> Tensor:
         if not self._hooked():
             if self.w.dim() > 1:  # per-head weights: F.layer_norm takes [length] weights only
@@ -79,7 +84,7 @@ class RMSNorm(_Norm):
         if not self._hooked():
             if in_float32:  # (x * w).to(dtype): rounded once, after the weight
                 return (_rms_normalized_float32(x, self.eps) * self.multiplier).to(x.dtype)
-            return _rms_normalize(x, self.eps) * self.multiplier
+            return rms_normalize(x, self.eps) * self.multiplier
         scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         exact = x.float() / scale
         normalized = self.hook_normalized(exact.to(x.dtype))
@@ -106,12 +111,12 @@ class RMSNormPre(_Norm):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._hooked():
-            return _rms_normalize(x, self.eps)
+            return rms_normalize(x, self.eps)
         scale = self.hook_scale((x.float().pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized((x.float() / scale).to(x.dtype))
 
 
-def _rms_normalize(x: Tensor, eps: float) -> Tensor:
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
     # Computed in float32 like Hugging Face's Llama RMSNorm, then cast back.
     return _rms_normalized_float32(x, eps).to(x.dtype)
 
