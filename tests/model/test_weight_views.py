@@ -312,3 +312,30 @@ def test_head_labels_follow_the_stacked_order() -> None:
     labels = BUILDERS["gpt2"]().all_head_labels()
     assert labels[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L1H0"]
     assert len(labels) == 8
+
+
+# What each weight's projection multiplies by (see model/mlp.py:empty_weight): a view, never a
+# copy made at each forward, in transformers' memory order (output features outermost).
+PROJECTIONS = {
+    "W_Q": lambda W: W.permute(1, 0, 2).reshape(W.shape[1], -1),
+    "W_O": lambda W: W.reshape(-1, W.shape[-1]),
+    "W_in": lambda W: W,
+    "W_out": lambda W: W,
+}
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["built", "loaded"])
+def test_weights_multiply_as_views_in_transformers_order(loaded: bool, tmp_path: Any) -> None:
+    from tests.helpers import load, tiny_llama
+
+    if loaded:
+        tiny_llama(tmp_path)  # saves the checkpoint there
+    model = load(tmp_path) if loaded else BUILDERS["llama"]()
+    with torch.no_grad():
+        model.W_Q, model.W_O, model.W_in, model.W_out  # noqa: B018 - lay out the stacks first
+    for name, project in PROJECTIONS.items():
+        for param in params_of(model, "mlp" if name in ("W_in", "W_out") else "attn", name):
+            matrix = project(param)
+            assert matrix.data_ptr() == param.data_ptr(), name  # a view of the parameter
+            assert matrix.stride()[0] == 1, name  # [in, out] stored out-major, as nn.Linear
+    assert model.unembed.W_U.stride() == (1, model.cfg.d_model)

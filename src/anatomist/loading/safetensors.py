@@ -45,25 +45,25 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 #: The safetensors reference implementation refuses headers larger than this.
 _MAX_HEADER_BYTES = 100_000_000
 
-#: Bytes per element of the safetensors dtypes whose size is a whole number of bytes.
-_DTYPE_BYTES: dict[str, int] = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E5M2": 1,
-    "F8_E4M3": 1,
-    "F8_E8M0": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "C64": 8,
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
+#: torch dtypes of the safetensors dtype names (those whose size is a whole number of bytes).
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "C64": torch.complex64,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E8M0": torch.float8_e8m0fnu,
 }
 
 
@@ -193,7 +193,8 @@ def validate_safetensors_header(path: Path) -> dict[str, Any]:
                 f"tensor {name!r} ends at data byte {end} but the file holds only {data_bytes} "
                 "bytes of tensor data",
             )
-        itemsize = _DTYPE_BYTES.get(str(dtype))
+        stored = _TORCH_DTYPES.get(str(dtype))
+        itemsize = None if stored is None else stored.itemsize
         if itemsize is not None and (end - begin) != math.prod(shape) * itemsize:
             raise _damaged(
                 path,
@@ -208,28 +209,6 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
         return tensor
     return tensor.to(dtype)
-
-
-#: torch dtypes of the safetensors dtype names.
-_TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "U16": torch.uint16,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I32": torch.int32,
-    "U32": torch.uint32,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "U64": torch.uint64,
-    "C64": torch.complex64,
-    "F8_E5M2": torch.float8_e5m2,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E8M0": torch.float8_e8m0fnu,
-}
 
 
 def _fresh_bytes(size: int) -> torch.Tensor:

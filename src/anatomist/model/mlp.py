@@ -131,7 +131,12 @@ def _linear(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return out.view(*x.shape[:-1], W.shape[-1])
 
 
-def empty_weight(shape: tuple[int, ...], memory: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+def empty_weight(
+    shape: tuple[int, ...],
+    memory: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """An uninitialised weight of the classic `shape`, its memory laid out in the dim order
     `memory` (outermost first).
 
@@ -143,7 +148,7 @@ def empty_weight(shape: tuple[int, ...], memory: tuple[int, ...], dtype: torch.d
     Loading and stacking over layers keep the layout (`loading.pretrained._assign`,
     `model.weights`); a weight of any other layout computes the same, only slower.
     """
-    base = torch.empty([shape[i] for i in memory], dtype=dtype)
+    base = torch.empty([shape[i] for i in memory], dtype=dtype, device=device)
     return base.permute(*(memory.index(i) for i in range(len(shape))))
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anatomist.model.mlp import empty_weight
+
 
 def stacked_parameters(params: Sequence[Tensor]) -> Tensor:
     """`params` (one per layer, same shape) as one ``[n_layers, ...]`` tensor sharing their
@@ -81,24 +83,25 @@ def _lay_out(params: Sequence[Tensor]) -> None:
         )
     # Each layer's slice keeps the memory layout of the parameters (`mlp.empty_weight`).
     first = params[0]
-    order = sorted(range(first.dim()), key=lambda i: -first.stride()[i]) if _dense(first) else []
-    if not order:
-        order = list(range(first.dim()))
+    order = _memory_order(first) if _dense(first) else list(range(first.dim()))
     # Outside inference mode, so the parameters do not become inference tensors.
     with torch.inference_mode(False), torch.no_grad():
-        memory = torch.empty(
-            (len(params), *(first.shape[i] for i in order)), dtype=first.dtype, device=first.device
-        )
-        stacked = memory.permute(0, *(1 + order.index(i) for i in range(first.dim())))
+        memory = (0, *(1 + i for i in order))
+        shape = (len(params), *first.shape)
+        stacked = empty_weight(shape, memory, first.dtype, first.device)
         for p, layer in zip(params, stacked):
             layer.copy_(p.detach())
             p.data = layer
 
 
+def _memory_order(t: Tensor) -> list[int]:
+    """`t`'s dims from outermost to innermost in memory."""
+    return sorted(range(t.dim()), key=lambda i: -t.stride()[i])
+
+
 def _dense(t: Tensor) -> bool:
     """Whether `t` fills its memory without gaps or overlaps, in some order of its dims."""
-    order = sorted(range(t.dim()), key=lambda i: -t.stride()[i])
-    return t.permute(*order).is_contiguous()
+    return t.permute(*_memory_order(t)).is_contiguous()
 
 
 class _StackedParameters(torch.autograd.Function):
