@@ -10,19 +10,13 @@ import torch
 from anatomist.analysis import patching
 from anatomist.analysis.attribution import attribution_patch
 from anatomist.utils import get_act_name
+from tests.analysis.metrics import logit_diff
 from tests.helpers import BUILDERS
 
-ANSWERS = torch.tensor([[5, 7], [11, 3]])
 COMPONENTS = (
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "result", "q", "k", "v",
     "pattern", "post",
 )  # fmt: skip
-
-
-def logit_diff(logits: torch.Tensor) -> torch.Tensor:
-    last = logits[:, -1]
-    rows = torch.arange(last.shape[0])
-    return (last[rows, ANSWERS[:, 0]] - last[rows, ANSWERS[:, 1]]).mean()
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))

@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from anatomist.analysis.path_patching import path_patch, path_patch_heads
+from tests.analysis.metrics import logit_diff
 from tests.helpers import BUILDERS
-
-ANSWERS = torch.tensor([[5, 7], [11, 3]])
-
-
-def logit_diff(logits: torch.Tensor) -> torch.Tensor:
-    last = logits[:, -1]
-    rows = torch.arange(last.shape[0])
-    return (last[rows, ANSWERS[:, 0]] - last[rows, ANSWERS[:, 1]]).mean()
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
