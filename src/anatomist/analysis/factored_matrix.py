@@ -62,7 +62,15 @@ class FactoredMatrix:
         self.mdim: int = A.size(-1)
         self.rdim: int = B.size(-1)
         self.has_leading_dims: bool = A.ndim > 2 or B.ndim > 2
-        leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        try:
+            leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                "FactoredMatrix factors' leading (batch) dims must broadcast against each other: "
+                f"A is {tuple(A.shape)} (leading {tuple(A.shape[:-2])}) and B is "
+                f"{tuple(B.shape)} (leading {tuple(B.shape[:-2])}); each leading dim must be "
+                "equal or 1 in one of them"
+            ) from None
         self.shape: torch.Size = torch.Size((*leading, self.ldim, self.rdim))
         self.A: Tensor = A.broadcast_to((*leading, self.ldim, self.mdim))
         self.B: Tensor = B.broadcast_to((*leading, self.mdim, self.rdim))

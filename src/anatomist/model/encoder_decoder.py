@@ -45,7 +45,7 @@ from anatomist.model.attention import Attention, _project, causal_mask
 from anatomist.model.block import TransformerBlock
 from anatomist.model.embed import Embed, Unembed
 from anatomist.model.encoder import _key_mask
-from anatomist.model.generate import sample_logits, stop_token_ids
+from anatomist.model.generate import check_sampling_args, sample_logits, stop_token_ids
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import relative_position_bucket
@@ -412,6 +412,15 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             raise ValueError(
                 f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}."
             )
+        check_sampling_args(
+            max_new_tokens,
+            top_k,
+            top_p,
+            temperature,
+            freq_penalty,
+            eos_token_id=eos_token_id,
+            d_vocab=self.cfg.d_vocab,
+        )
         if return_type == "input":
             return_type = "str" if isinstance(input, str | list) else "tokens"
         tokens, mask = self._encoder_tokens(input, one_zero_attention_mask)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,11 +31,17 @@ def sample_logits(
     restricted to the `top_k` most likely tokens and/or the smallest set whose probability
     reaches `top_p` (the most likely token is always kept).
     """
+    check_sampling_args(
+        top_k=top_k, top_p=top_p, temperature=temperature, freq_penalty=freq_penalty
+    )
     if temperature == 0.0:
         return final_logits.argmax(-1)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}.")
-    logits = final_logits.float() / temperature
+    logits = final_logits.float()
+    # Shift each row so its best logit is 0 and divide in float64: the same distribution, but a
+    # tiny temperature (below float32's range) then sends the others to -inf instead of making
+    # every logit 0/0 or inf - inf (NaN).
+    shifted = (logits - logits.amax(-1, keepdim=True)).double()
+    logits = (shifted / temperature).float()
     if freq_penalty and tokens is not None:
         counts = torch.zeros_like(logits)
         counts.scatter_add_(
@@ -41,19 +49,70 @@ def sample_logits(
         )
         logits = logits - freq_penalty * counts
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}.")
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
         ordered, order = logits.sort(dim=-1, descending=True)
         before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of better tokens
         drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False  # the best token stays even when top_p rounds to 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.distributions.Categorical(logits=logits).sample()
+
+
+def check_sampling_args(
+    max_new_tokens: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
+    repetition_penalty: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    d_vocab: int | None = None,
+) -> None:
+    """Refuse generation settings that would otherwise give some plausible output: a negative
+    step count (an empty range), a NaN temperature (NaN probabilities that `Categorical`
+    may or may not catch), an end token outside the vocabulary (never emitted, so never
+    stops). Each error names the argument, the value and what is allowed."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}.")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
+    ):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}.")
+    if top_p is not None and not (_real(top_p) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
+    if not (_real(temperature) and temperature >= 0):
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}."
+        )
+    if not _real(freq_penalty):
+        raise ValueError(f"freq_penalty must be a finite number, got {freq_penalty!r}.")
+    if not (_real(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(
+            f"repetition_penalty must be a finite number > 0 (1 is none), got "
+            f"{repetition_penalty!r}."
+        )
+    if eos_token_id is not None:
+        ids = eos_token_id if isinstance(eos_token_id, list | tuple) else [eos_token_id]
+        if not ids:
+            raise ValueError("eos_token_id must be an id or a non-empty list of ids, got [].")
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"eos_token_id must hold token ids (ints), got {i!r}.")
+            if i < 0 or (d_vocab is not None and i >= d_vocab):
+                raise ValueError(
+                    f"eos_token_id {i} is not a token of this model (ids are 0 .. "
+                    f"{'d_vocab - 1' if d_vocab is None else d_vocab - 1})."
+                )
+
+
+def _real(x: Any) -> bool:
+    """A finite real number (not a bool, not NaN or infinite)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # --- HookedTransformer.generate ---------------------------------------------------------------
@@ -140,6 +199,16 @@ class GenerationMixin:
         logits equal to float error). `verbose` shows a progress bar.
         """
         output_type = _resolve_return_type(return_type, input)
+        check_sampling_args(
+            max_new_tokens,
+            top_k,
+            top_p,
+            temperature,
+            freq_penalty,
+            repetition_penalty,
+            eos_token_id,
+            self.cfg.d_vocab,
+        )
         run = self._start(input, attention_mask, prepend_bos, padding_side, eos_token_id)
         steps = self._steps(
             run,
@@ -198,6 +267,16 @@ class GenerationMixin:
         steps or when every row has finished. Arguments as in `generate`.
         """
         output_type = _resolve_return_type(return_type, input)
+        check_sampling_args(
+            max_new_tokens,
+            top_k,
+            top_p,
+            temperature,
+            freq_penalty,
+            repetition_penalty,
+            eos_token_id,
+            self.cfg.d_vocab,
+        )
         run = self._start(input, attention_mask, prepend_bos, padding_side, eos_token_id)
         steps = self._steps(
             run,
@@ -295,8 +374,6 @@ class GenerationMixin:
         stop_strings: str | list[str] | None,
     ) -> Iterator[Tensor]:
         """Choose and append one token per step, yielding the ``[b]`` new ids."""
-        if repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
         stops = self._stop_tokens(stop_at_eos, eos_token_id)
         stop_ids = torch.tensor(stops, dtype=torch.long, device=run.tokens.device)
         strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
