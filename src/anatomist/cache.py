@@ -531,6 +531,16 @@ class ActivationCache:
         scale = pos_slice.apply(self[scale_name], dim=-2)
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)
+        # Each summand must meet the scale of its own token: a stack sliced differently from the
+        # scale would broadcast into plausible numbers for the wrong positions.
+        lead = scale.shape[:-1]  # [batch, pos] (or fewer after slicing)
+        if residual_stack.shape[-1 - len(lead) : -1] != lead or residual_stack.dim() <= len(lead):
+            raise ValueError(
+                f"residual_stack {tuple(residual_stack.shape)} does not match the cached norm "
+                f"scale {scale_name!r} {tuple(scale.shape)} after pos_slice/batch_slice: its "
+                f"dims before d_model must end in {tuple(lead)}. Slice the stack and pass the "
+                "same pos_slice (e.g. pos_slice=-1 for a stack of last positions)."
+            )
         return _linear_part(norm, residual_stack, scale)
 
     def _accumulated_bias(
@@ -627,7 +637,7 @@ class ActivationCache:
         """
         directions = self._token_directions(tokens)
         if incorrect_tokens is not None:
-            wrong = self._token_directions(incorrect_tokens)
+            wrong = self._token_directions(incorrect_tokens, "incorrect_tokens")
             if wrong.shape != directions.shape:
                 raise ValueError(
                     "tokens and incorrect_tokens must have the same shape, got "
@@ -643,10 +653,20 @@ class ActivationCache:
         )
         return (scaled * directions.to(scaled)).sum(dim=-1)
 
-    def _token_directions(self, tokens: str | int | Tensor) -> Tensor:
+    def _token_directions(self, tokens: str | int | Tensor, argument: str = "tokens") -> Tensor:
         if isinstance(tokens, str):
             tokens = self.model.to_single_token(tokens)
-        return self.model.tokens_to_residual_directions(torch.as_tensor(tokens))  # [..., d_model]
+        ids = torch.as_tensor(tokens)
+        if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
+            raise TypeError(f"{argument} must be token ids (ints) or a string, got {ids.dtype}.")
+        d_vocab = self.model.cfg.d_vocab
+        if ids.numel() and not bool(((ids >= 0) & (ids < d_vocab)).all()):
+            bad = ((ids < 0) | (ids >= d_vocab)).nonzero()[0].tolist()
+            raise ValueError(
+                f"{argument} holds id {int(ids[tuple(bad)])} at index {tuple(bad)}, outside this "
+                f"model's vocabulary (ids are 0 .. d_vocab - 1 = {d_vocab - 1})."
+            )
+        return self.model.tokens_to_residual_directions(ids)  # [..., d_model]
 
 
 _NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
