@@ -651,6 +651,15 @@ class ActivationCache:
             batch_slice=batch_slice,
             has_batch_dim=has_batch_dim,
         )
+        rows = scaled.shape[1:-1]  # [*batch_and_pos] of each row of the stack
+        # One id (the same everywhere) or one per batch (and pos) entry: anything else would
+        # broadcast ids [batch] along pos.
+        if directions.dim() > 1 and directions.shape[:-1] != rows:
+            raise ValueError(
+                f"tokens {tuple(directions.shape[:-1])} must be one id, or one id per entry of "
+                f"the stack's batch (and pos) dims {tuple(rows)}: ids [batch] for a stack "
+                "[rows, batch, d_model], [batch, pos] for [rows, batch, pos, d_model]."
+            )
         return (scaled * directions.to(scaled)).sum(dim=-1)
 
     def _token_directions(self, tokens: str | int | Tensor, argument: str = "tokens") -> Tensor:

@@ -128,6 +128,7 @@ def lm_cross_entropy_loss(
     Per token it returns ``[batch, pos - 1]`` (zero where masked); otherwise the mean over the
     predictions that count.
     """
+    _check_logits_and_tokens(logits, tokens, attention_mask)
     log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = tokens[:, 1:].to(logits.device)
     nll = -log_probs.gather(-1, targets[..., None])[..., 0]  # [b, p - 1]
@@ -139,8 +140,35 @@ def lm_cross_entropy_loss(
     return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
 
 
+def _check_logits_and_tokens(logits: Tensor, tokens: Tensor, mask: Tensor | None) -> None:
+    """Logits ``[b, p, d_vocab]`` and the tokens ``[b, p]`` they were computed from: anything
+    else would be gathered or broadcast into a loss over the wrong positions."""
+    if logits.dim() != 3 or tokens.dim() != 2 or tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits must be [batch, pos, d_vocab] and tokens [batch, pos] of the same batch and "
+            f"pos; got logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)}."
+        )
+    if tokens.is_floating_point():
+        raise TypeError(f"tokens must be token ids (ints), got {tokens.dtype}.")
+    if mask is not None and mask.shape != tokens.shape:
+        raise ValueError(
+            f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, got "
+            f"{tuple(mask.shape)}."
+        )
+    if tokens.numel():
+        low, high = torch.aminmax(tokens)
+        if int(low) < 0 or int(high) >= logits.shape[-1]:
+            bad = int(low) if int(low) < 0 else int(high)
+            where = tuple((tokens == bad).nonzero()[0].tolist())
+            raise ValueError(
+                f"tokens holds id {bad} at (batch, pos) {where}, outside the logits' vocabulary "
+                f"(ids 0 .. {logits.shape[-1] - 1})."
+            )
+
+
 def lm_accuracy(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
     """Fraction of positions where the argmax prediction is the next token."""
+    _check_logits_and_tokens(logits, tokens, None)
     correct = logits[:, :-1].argmax(-1) == tokens[:, 1:].to(logits.device)
     return correct if per_token else correct.float().mean()
 

@@ -1,4 +1,4 @@
-"""Analysis entry points name the bad argument: FactoredMatrix factors and logit_attrs ids."""
+"""Analysis helpers name the bad argument: FactoredMatrix factors, the language-model loss."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anatomist import FactoredMatrix
-
-from .state import tiny_model, unchanged
+from anatomist.utils import lm_accuracy, lm_cross_entropy_loss
 
 
 def test_factors_whose_leading_dims_do_not_broadcast_are_named() -> None:
@@ -36,48 +35,32 @@ def test_factored_matrix_is_the_product_or_a_value_error(
     assert torch.allclose(FactoredMatrix(A, B).AB, expected)
 
 
-@pytest.fixture(scope="module")
-def cached() -> tuple[object, object]:
-    model = tiny_model()
-    _, cache = model.run_with_cache(torch.tensor([[1, 2, 3, 4]]))
-    return model, cache
+LOGITS = torch.randn(2, 5, 11)
+TOKENS = torch.randint(0, 11, (2, 5))
 
 
 @pytest.mark.parametrize(
-    ("argument", "bad"),
-    [("tokens", 37), ("tokens", -1), ("tokens", torch.tensor([5, 40])), ("incorrect_tokens", -2)],
+    ("logits", "tokens", "mask", "named"),
+    [
+        (LOGITS, TOKENS[:, :3], None, "tokens"),  # was gathered into a loss over 3 positions
+        (LOGITS, TOKENS[:1], None, "tokens"),
+        (LOGITS[0], TOKENS, None, "logits"),
+        (LOGITS, TOKENS, torch.ones(2, 3), "attention_mask"),
+        (LOGITS, TOKENS.float(), None, "tokens"),
+        (LOGITS, TOKENS.masked_fill(TOKENS[0, 2] == TOKENS, 11), None, r"id 11 .*0 \.\. 10"),
+        (LOGITS, TOKENS.masked_fill(TOKENS[1, 3] == TOKENS, -1), None, "id -1"),
+    ],
 )
-def test_logit_attrs_names_an_id_outside_the_vocabulary(cached, argument, bad) -> None:  # type: ignore[no-untyped-def]
-    model, cache = cached
-    stack, _ = cache.decompose_resid(return_labels=True)
-    kwargs = {"tokens": 3, "incorrect_tokens": None}
-    kwargs[argument] = bad
-    with unchanged(model), pytest.raises(ValueError, match=rf"{argument} .*d_vocab - 1 = 36"):
-        cache.logit_attrs(stack[:, :, -1], pos_slice=-1, **kwargs)
+def test_loss_refuses_tokens_that_do_not_fit_the_logits(logits, tokens, mask, named) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises((ValueError, TypeError), match=named):
+        lm_cross_entropy_loss(logits, tokens, mask)
+    if mask is None:
+        with pytest.raises((ValueError, TypeError), match=named):
+            lm_accuracy(logits, tokens)
 
 
-def test_logit_attrs_refuses_float_ids(cached) -> None:  # type: ignore[no-untyped-def]
-    _, cache = cached
-    stack = cache.decompose_resid()
-    with pytest.raises(TypeError, match="tokens must be token ids"):
-        cache.logit_attrs(stack[:, :, -1], tokens=torch.tensor([3.0]), pos_slice=-1)
-
-
-def test_logit_attrs_of_valid_ids_sum_to_the_logit(cached) -> None:  # type: ignore[no-untyped-def]
-    """The check does not change a valid call: attributions sum to the logit less b_U."""
-    model, cache = cached
-    stack = cache.accumulated_resid()[-1:]  # the final residual stream
-    attrs = cache.logit_attrs(stack[:, :, -1], tokens=torch.tensor([7]), pos_slice=-1)
-    logits = model(torch.tensor([[1, 2, 3, 4]]))[0, -1, 7]
-    assert torch.allclose(attrs[0, 0] + model.b_U[7], logits, atol=1e-4)
-
-
-def test_a_stack_sliced_unlike_the_scale_is_refused(cached) -> None:  # type: ignore[no-untyped-def]
-    """Last positions without pos_slice=-1 would meet every position's scale by broadcasting
-    and give four plausible numbers for one token."""
-    model, cache = cached
-    stack = cache.accumulated_resid()
-    with unchanged(model), pytest.raises(ValueError, match=r"residual_stack .*pos_slice=-1"):
-        cache.logit_attrs(stack[:, :, -1], tokens=torch.tensor([7]))
-    with pytest.raises(ValueError, match="residual_stack"):
-        cache.apply_ln_to_stack(stack[:, :, :2])
+def test_loss_of_fitting_tokens_is_the_cross_entropy() -> None:
+    expected = torch.nn.functional.cross_entropy(
+        LOGITS[:, :-1].reshape(-1, 11), TOKENS[:, 1:].reshape(-1)
+    )
+    assert torch.allclose(lm_cross_entropy_loss(LOGITS, TOKENS), expected, atol=1e-6)
