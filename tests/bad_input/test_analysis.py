@@ -7,8 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anatomist import FactoredMatrix
+from anatomist import FactoredMatrix, patching
+from anatomist.analysis.attribution import attribution_patch
+from anatomist.analysis.head_detector import detect_head
+from anatomist.analysis.path_patching import path_patch
+from anatomist.analysis.svd import SVDInterpreter
 from anatomist.utils import lm_accuracy, lm_cross_entropy_loss
+
+from .state import tiny_model, unchanged
 
 
 def test_factors_whose_leading_dims_do_not_broadcast_are_named() -> None:
@@ -64,3 +70,54 @@ def test_loss_of_fitting_tokens_is_the_cross_entropy() -> None:
         LOGITS[:, :-1].reshape(-1, 11), TOKENS[:, 1:].reshape(-1)
     )
     assert torch.allclose(lm_cross_entropy_loss(LOGITS, TOKENS), expected, atol=1e-6)
+
+
+# --- patching, head detection, SVD: mismatched runs and out-of-range indices ------------------
+@pytest.fixture(scope="module")
+def clean():  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    _, cache = model.run_with_cache(tokens)
+    return model, tokens, cache
+
+
+def _metric(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1, 0].mean()
+
+
+@pytest.mark.parametrize(
+    "corrupted",
+    [torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 3, 4]])],
+    ids=["longer", "one-row"],
+)
+@pytest.mark.parametrize("name", ["resid_pre", "pattern", "z"])
+def test_patching_refuses_a_clean_cache_of_another_run(clean, corrupted, name) -> None:  # type: ignore[no-untyped-def]
+    model, _, cache = clean
+    with unchanged(model), pytest.raises(ValueError, match=r"clean_cache\[.*corrupted_tokens"):
+        patching.generic_activation_patch(
+            model, corrupted, cache, _metric, lambda a, i, c: c, name,
+            index_axis_names=("layer",), progress=False,
+        )  # fmt: skip
+
+
+def test_path_patching_refuses_a_clean_cache_of_another_run(clean) -> None:  # type: ignore[no-untyped-def]
+    model, tokens, cache = clean
+    with unchanged(model), pytest.raises(ValueError, match="clean_cache"):
+        path_patch(model, tokens[:1], cache, _metric, senders=(0, 1))
+    with unchanged(model), pytest.raises(ValueError, match=r"senders .*\(0, 5\)"):
+        path_patch(model, tokens, cache, _metric, senders=(0, 5))
+
+
+def test_attribution_patching_refuses_a_clean_batch_that_would_broadcast(clean) -> None:  # type: ignore[no-untyped-def]
+    model, tokens, _ = clean
+    _, one_row = model.run_with_cache(tokens[:1])
+    with unchanged(model), pytest.raises(ValueError, match="same batch size"):
+        attribution_patch(model, tokens, one_row, _metric, components=["resid_pre"])
+
+
+def test_head_detection_and_svd_refuse_out_of_range_indices(clean) -> None:  # type: ignore[no-untyped-def]
+    model, tokens, _ = clean
+    with unchanged(model), pytest.raises(ValueError, match=r"head 7 of layer 0.*n_heads=2"):
+        detect_head(model, tokens[0], "previous_token_head", heads=[(0, 7)])
+    with pytest.raises(ValueError, match="num_vectors"):
+        SVDInterpreter(model).get_singular_vectors("OV", 0, num_vectors=0, head_index=0)

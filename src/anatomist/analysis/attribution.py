@@ -109,12 +109,15 @@ def attribution_patch(
         for name in layer_names:
             act = corrupted[name].detach()
             grad = grad_of[name]
-            delta = clean_cache[name].to(act.device, act.dtype) - act
-            if delta.shape != act.shape:
+            clean = clean_cache[name]
+            # Compared before subtracting: a clean batch of 1 would broadcast over a corrupted
+            # batch of several and give a plausible estimate for the wrong prompts.
+            if clean.shape != act.shape:
                 raise ValueError(
-                    f"Clean {name} has shape {tuple(delta.shape)} but the corrupted run's is "
+                    f"Clean {name} has shape {tuple(clean.shape)} but the corrupted run's is "
                     f"{tuple(act.shape)}: the two runs need the same batch size and positions."
                 )
+            delta = clean.to(act.device, act.dtype) - act
             contribution = delta * grad if grad is not None else torch.zeros_like(delta)
             feature_dims = () if name.endswith(_HEAD_FIRST) else (-1,)
             per_layer.append(contribution.sum(dim=(0, *feature_dims)))

@@ -227,9 +227,15 @@ def _score_sequence(
             "as a mask weighting. Use error_measure='abs' to compare fractions.",
             stacklevel=3,
         )
-    for layer in layer_heads:
+    for layer, layer_head_list in layer_heads.items():
         if not -cfg.n_layers <= layer < cfg.n_layers:
             raise ValueError(f"Layer {layer} is out of range (n_layers={cfg.n_layers}).")
+        for head in layer_head_list:
+            if not -cfg.n_heads <= head < cfg.n_heads:
+                raise ValueError(
+                    f"heads names head {head} of layer {layer}, out of range "
+                    f"(n_heads={cfg.n_heads}: heads 0 .. {cfg.n_heads - 1})."
+                )
     if cache is None:
         names = {get_act_name("pattern", layer % cfg.n_layers) for layer in layer_heads}
         with torch.no_grad():

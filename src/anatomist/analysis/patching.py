@@ -202,6 +202,7 @@ def generic_activation_patch(
             pd = require_pandas("return_index_df=True")
             index_df = pd.DataFrame(rows)
 
+    _check_clean_cache(tokens, clean_cache, activation_name, {row[0] for row in rows})
     values = _run_patches(
         model, tokens, clean_cache, patching_metric, patch_setter, activation_name, rows,
         batch_size, progress,
@@ -286,6 +287,28 @@ def _as_tokens(model: Any, tokens: Any) -> Tensor:
             f"corrupted_tokens must be [batch, pos] tokens, got {tuple(tokens.shape)}."
         )
     return tokens
+
+
+def _check_clean_cache(
+    tokens: Tensor, clean_cache: Any, activation_name: str, layers: set[int]
+) -> None:
+    """The clean activations must line up with the corrupted run, batch for batch and position
+    for position, before any forward: otherwise a patch lands on other tokens (or fails deep
+    inside a setter after part of the sweep has run)."""
+    batch, pos = tokens.shape
+    for layer in sorted(layers):
+        name = get_act_name(activation_name, layer=layer)
+        clean = clean_cache[name]  # an ActivationCache names the missing hook and close ones
+        # [b, h, q, k] for scores and patterns (both position axes), [b, p, ...] otherwise.
+        position_axes = (2, 3) if name.endswith(("hook_pattern", "hook_attn_scores")) else (1,)
+        got = [clean.shape[0], *(clean.shape[a] for a in position_axes if a < clean.dim())]
+        if clean.dim() <= max(position_axes) or got != [batch] + [pos] * len(position_axes):
+            raise ValueError(
+                f"clean_cache[{name!r}] has shape {tuple(clean.shape)} but corrupted_tokens are "
+                f"{tuple(tokens.shape)} [batch, pos]: patching needs clean and corrupted runs of "
+                "the same batch size and length (cache the clean run with the full batch, "
+                "without remove_batch_dim or pos_slice)."
+            )
 
 
 def _device(model: Any) -> torch.device:

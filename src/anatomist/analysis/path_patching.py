@@ -31,7 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anatomist.analysis.patching import PatchingMetric, _as_tokens, _device, _scalar
+from anatomist.analysis.patching import (
+    PatchingMetric,
+    _as_tokens,
+    _check_clean_cache,
+    _device,
+    _scalar,
+)
 from anatomist.utils import get_act_name
 
 Head = tuple[int, int]  # (layer, head)
@@ -171,6 +177,13 @@ def _path_patch_groups(
 ) -> list[float]:
     """Path patch each sender group in its own replica of the corrupted batch: two forwards."""
     cfg = model.cfg
+    for layer, head in (sender for group in groups for sender in group):
+        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+            raise ValueError(
+                f"senders names head ({layer}, {head}), outside this model's "
+                f"{cfg.n_layers} layers x {cfg.n_heads} heads."
+            )
+    _check_clean_cache(tokens, clean_cache, "z", {layer for g in groups for layer, _ in g})
     n_batch, n_rep = tokens.shape[0], len(groups)
     replicated = tokens.repeat(n_rep, 1)  # [n_rep*B, pos]
     if corrupted_cache is None:

@@ -66,6 +66,8 @@ class SVDInterpreter:
                     f"head_index is for vector_type='OV'; {vector_type!r} is the layer's MLP."
                 )
             vectors = self._mlp_vectors(vector_type, layer)  # [d_model, k], columns by S
+        if isinstance(num_vectors, bool) or not isinstance(num_vectors, int) or num_vectors < 1:
+            raise ValueError(f"num_vectors must be an int >= 1, got {num_vectors!r}.")
         if num_vectors > vectors.shape[1]:
             raise ValueError(
                 f"num_vectors={num_vectors}, but this {vector_type} matrix has only "
