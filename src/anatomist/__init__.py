@@ -26,6 +26,7 @@ from anatomist.loading.errors import CheckpointError, UnknownModelError
 from anatomist.model.encoder import HookedEncoder
 from anatomist.model.encoder_decoder import HookedEncoderDecoder
 from anatomist.model.kv_cache import HookedTransformerKeyValueCache, KVCache
+from anatomist.model.tokens import TokenIdError
 from anatomist.model.transformer import HookedTransformer, Output
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "LensHandle",
     "Output",
     "SVDInterpreter",
+    "TokenIdError",
     "TransformerConfig",
     "UnknownHookError",
     "UnknownModelError",

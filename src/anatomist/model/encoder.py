@@ -37,7 +37,13 @@ from anatomist.model.embed import Embed, Unembed
 from anatomist.model.mlp import ACTIVATIONS, make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed
-from anatomist.model.tokens import SpecialTokensMixin, TextInput
+from anatomist.model.tokens import (
+    SpecialTokensMixin,
+    TextInput,
+    check_attention_mask,
+    check_token_ids,
+    token_batch,
+)
 from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
@@ -283,11 +289,12 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
                 mask if one_zero_attention_mask is None else one_zero_attention_mask
             )
         elif isinstance(input, Tensor):
-            if input.is_floating_point():
-                raise ValueError("Got a float tensor as input; pass token ids [batch, pos].")
-            tokens = input if input.dim() == 2 else input.reshape(1, -1)
+            tokens = token_batch(input, "input")
         else:
-            raise TypeError(f"Unsupported input type {type(input).__name__}.")
+            raise TypeError(
+                f"input must be text, a list of texts or token ids [batch, pos], got "
+                f"{type(input).__name__}."
+            )
 
         resid = self.encoder_output(tokens, token_type_ids, one_zero_attention_mask)
         if return_type == "embeddings":
@@ -314,9 +321,17 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
     ) -> Tensor:
         """The final residual stream ``[b, p, d_model]`` (Hugging Face's ``last_hidden_state``)."""
         device = self.embed.embed.W_E.device
-        tokens = tokens.to(device)
+        tokens = token_batch(tokens, "tokens").to(device)
+        check_token_ids(tokens, self.cfg.d_vocab, "tokens")
         if token_type_ids is not None:
             token_type_ids = token_type_ids.to(device)
+            if token_type_ids.shape != tokens.shape:
+                raise ValueError(
+                    f"token_type_ids must have the tokens' shape {tuple(tokens.shape)}, got "
+                    f"{tuple(token_type_ids.shape)}."
+                )
+            types = token_batch(token_type_ids, "token_type_ids")
+            check_token_ids(types, self.n_token_types, "token_type_ids", "n_token_types")
         resid = self.hook_full_embed(self.embed(tokens, token_type_ids))
         mask = _key_mask(one_zero_attention_mask, tokens.shape, device)
         positions = torch.arange(tokens.shape[1], device=device)[None]
@@ -407,17 +422,13 @@ def _key_mask(
     one_zero_attention_mask: Tensor | None, shape: torch.Size, device: torch.device
 ) -> Tensor | None:
     """Boolean ``[b, 1, 1, k]`` (True = a real key every query may attend to), or None when
-    nothing is padded."""
+    nothing is padded. The mask must be 0/1 of the tokens' shape."""
     if one_zero_attention_mask is None:
         return None
-    mask = one_zero_attention_mask.to(device)
-    if mask.shape != shape:
-        raise ValueError(
-            f"The attention mask has shape {tuple(mask.shape)} but the tokens {tuple(shape)}."
-        )
-    if bool(mask.all()):
+    mask = check_attention_mask(one_zero_attention_mask, tuple(shape), "one_zero_attention_mask")
+    if mask is None:
         return None
-    keys = mask.bool()[:, None, None, :]
+    keys = mask.to(device).bool()[:, None, None, :]
     # A row with no real token at all would give an all-masked softmax (NaN in SDPA); let it
     # attend everywhere instead: nothing real reads it.
     return keys | ~keys.any(-1, keepdim=True)

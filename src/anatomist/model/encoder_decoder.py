@@ -49,7 +49,7 @@ from anatomist.model.generate import check_sampling_args, sample_logits, stop_to
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import relative_position_bucket
-from anatomist.model.tokens import SpecialTokensMixin, TextInput
+from anatomist.model.tokens import SpecialTokensMixin, TextInput, check_token_ids, token_batch
 from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", None)
@@ -328,12 +328,15 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             decoder_input = torch.full(
                 (tokens.shape[0], 1), self.decoder_start_token_id, dtype=torch.long
             )
-        if decoder_input.dim() == 1:
-            decoder_input = decoder_input[None]
-        if decoder_input.is_floating_point():
-            raise ValueError("decoder_input must be token ids [batch, pos], not floats.")
+        decoder_input = token_batch(decoder_input, "decoder_input").to(device)
+        check_token_ids(decoder_input, self.cfg.d_vocab, "decoder_input")
         if encoder_output is None:
             encoder_output = self.encoder_output(tokens, one_zero_attention_mask)
+        if decoder_input.shape[0] != encoder_output.shape[0]:
+            raise ValueError(
+                f"decoder_input has {decoder_input.shape[0]} rows but the encoder input "
+                f"{encoder_output.shape[0]}; give one decoder row per encoder row."
+            )
         logits = self._decode(decoder_input.to(device), encoder_output, one_zero_attention_mask)
         return logits if return_type == "logits" else None
 
@@ -343,9 +346,8 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         """The encoder's final, normalized residual stream ``[b, p, d_model]`` (what
         cross-attention reads; Hugging Face's ``encoder_last_hidden_state``)."""
         device = self.embed.W_E.device
-        tokens = tokens.to(device)
-        if tokens.dim() == 1:
-            tokens = tokens[None]
+        tokens = token_batch(tokens, "tokens").to(device)
+        check_token_ids(tokens, self.cfg.d_vocab, "tokens")
         resid = self.hook_embed(self.embed(tokens))
         mask = _key_mask(one_zero_attention_mask, tokens.shape, device)
         length = tokens.shape[1]
@@ -377,10 +379,11 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             tokens, _, text_mask = self._encode(input)
             return tokens, (text_mask if mask is None else mask)
         if not isinstance(input, Tensor):
-            raise TypeError(f"Unsupported input type {type(input).__name__}.")
-        if input.is_floating_point():
-            raise ValueError("Got a float tensor as input; pass token ids [batch, pos].")
-        return (input if input.dim() == 2 else input.reshape(1, -1)), mask
+            raise TypeError(
+                f"input must be text, a list of texts or token ids [batch, pos], got "
+                f"{type(input).__name__}."
+            )
+        return token_batch(input, "input"), mask
 
     # --- generation --------------------------------------------------------------------------
     @torch.inference_mode()

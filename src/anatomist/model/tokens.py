@@ -96,6 +96,7 @@ class TokenizerMixin:
         """Decode ids: ``[pos]`` -> str, ``[batch, pos]`` -> list of str."""
         tok = self._require_tokenizer()
         tokens = torch.as_tensor(tokens)
+        self._check_ids(tokens, "tokens")
         if tokens.dim() == 0:
             tokens = tokens[None]
         if tokens.dim() == 1:
@@ -116,6 +117,7 @@ class TokenizerMixin:
             ids = self.tokenize_with_mask(input, prepend_bos, padding_side)[0][0]
         else:
             ids = torch.as_tensor(input)
+            self._check_ids(ids, "input")
             if ids.dim() == 2 and ids.shape[0] > 1:
                 return [self.to_str_tokens(row) for row in ids]  # type: ignore[misc,return-value]
             ids = ids.reshape(-1)
@@ -130,9 +132,15 @@ class TokenizerMixin:
         return int(ids[0])
 
     def to_single_str_token(self, int_token: int) -> str:
-        return self._require_tokenizer().decode(
-            [int(int_token)], clean_up_tokenization_spaces=False
-        )
+        tok = self._require_tokenizer()
+        self._check_ids(torch.as_tensor(int(int_token)), "int_token")
+        return tok.decode([int(int_token)], clean_up_tokenization_spaces=False)  # type: ignore[no-any-return]
+
+    def _check_ids(self, ids: Tensor, name: str) -> None:
+        """Refuse ids outside ``[0, d_vocab)`` (a tokenizer would decode them into an error of
+        its own, or into nothing)."""
+        if ids.numel() and not (ids.is_floating_point() or ids.dtype == torch.bool):
+            check_token_ids(ids, self.cfg.d_vocab, name)
 
     def get_token_position(
         self,
@@ -209,6 +217,131 @@ class SpecialTokensMixin(TokenizerMixin):
         adding the tokenizer's own special tokens."""
         tokens, _, mask = self._encode(input, prepend_bos, padding_side, truncate)
         return tokens, (None if bool(mask.all()) else mask)
+
+
+# --- checks on token ids and masks ---------------------------------------------------------------
+# Every entry point that takes ids or a mask goes through these, so a bad value fails here with its
+# name, and never as a bare IndexError deep in the model or, worse, as a silently different answer
+# (-1 indexes the last row of W_E; a mask value of 2 shifts every later position by one).
+
+
+class TokenIdError(ValueError, IndexError):
+    """A token id outside ``[0, d_vocab)``. Also an IndexError, which indexing the embedding
+    with it raised before, so code that caught that keeps working."""
+
+
+def token_batch(tokens: Tensor, name: str = "input") -> Tensor:
+    """Token ids as a ``[batch, pos]`` tensor of int64 or int32 (what indexing accepts as ids).
+
+    A 1-D tensor is one row, as in the classic library. Anything else is refused, naming `name`:
+    other shapes (a 3-D tensor used to be flattened into one long row), empty tensors, and
+    bool, float or complex tensors (uint8 would index the embedding as a boolean mask).
+    """
+    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+        raise ValueError(
+            f"{name} must be integer token ids, got a {tokens.dtype} tensor of shape "
+            f"{tuple(tokens.shape)}."
+        )
+    if tokens.dim() not in (1, 2):
+        raise ValueError(
+            f"{name} must be token ids [batch, pos] (or one row [pos]), got shape "
+            f"{tuple(tokens.shape)}; reshape it to [batch, pos] yourself if the rows are meant "
+            "to be concatenated or stacked."
+        )
+    if tokens.numel() == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(tokens.shape)}): it needs at least one row and one "
+            "position."
+        )
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    return tokens if tokens.dtype in (torch.int64, torch.int32) else tokens.long()
+
+
+def check_token_ids(
+    ids: Tensor, limit: int, name: str = "input", limit_name: str = "d_vocab"
+) -> None:
+    """Raise `TokenIdError` unless every id is in ``[0, limit)``.
+
+    One reduction (and one device sync) when all is well; the offending id and its position
+    are looked up only after a failure.
+    """
+    low, high = torch.aminmax(ids)
+    if bool((low < 0) | (high >= limit)):
+        raise TokenIdError(_token_id_message(ids, limit, name, limit_name))
+
+
+def _token_id_message(ids: Tensor, limit: int, name: str, limit_name: str) -> str:
+    bad = ((ids < 0) | (ids >= limit)).nonzero()
+    index = bad[0].tolist()
+    value = int(ids[tuple(index)])
+    if len(index) == 2:
+        where = f"(batch {index[0]}, pos {index[1]})"
+    else:
+        where = f"index {tuple(index)}" if index else "(a scalar)"
+    count = f"; {len(bad)} ids in all are out of range" if len(bad) > 1 else ""
+    if value < 0:
+        hint = (
+            " Negative ids are often padding or ignore markers: put the pad token id there and "
+            "0 in attention_mask."
+        )
+    else:
+        hint = " Were these ids made by another model's tokenizer?"
+    return (
+        f"{name} holds token id {value} at {where}, outside [0, {limit_name}={limit}){count}.{hint}"
+    )
+
+
+def check_attention_mask(
+    mask: Tensor, shape: tuple[int, ...], name: str = "attention_mask", note: str = ""
+) -> Tensor | None:
+    """A 0/1 mask of exactly `shape` as int64, or None when nothing is masked.
+
+    Integer, bool and float masks are accepted when every value is 0 (padding) or 1 (a real
+    token); anything else is refused, naming `name`, the expected and given shape or the bad
+    values. An integer mask costs one reduction (and one device sync), which also answers
+    "is anything masked".
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a tensor [batch, pos] of 0 and 1, got {type(mask)}.")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have the tokens' shape {tuple(shape)} (one 0/1 per token: 1 = real "
+            f"token, 0 = padding){note}, got shape {tuple(mask.shape)}."
+        )
+    # Float masks are checked before the cast below, which would truncate 0.5 to 0.
+    floating = mask.is_floating_point() or mask.is_complex()
+    if floating and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(_mask_values_message(mask, name))
+    mask = mask.long()
+    low, high = torch.stack(torch.aminmax(mask)).tolist()
+    if low < 0 or high > 1:
+        raise ValueError(_mask_values_message(mask, name))
+    return None if low == 1 else mask
+
+
+def _mask_values_message(mask: Tensor, name: str) -> str:
+    values = mask[(mask != 0) & (mask != 1)].unique()
+    shown = ", ".join(str(v) for v in values[:5].tolist())
+    return (
+        f"{name} must hold only 0 (padding) and 1 (real token), got {shown}"
+        f"{' ...' if len(values) > 5 else ''}: positions count the 1s, so other values would "
+        "shift them."
+    )
+
+
+def leading_pad_mask(tokens: Tensor, pad_id: int, keep_last_pad: bool = False) -> Tensor:
+    """The mask of left-padded ids given without one: 0 on each row's leading run of `pad_id`,
+    1 from the first other id on, so a pad id inside the text (often the EOS) stays a token.
+
+    `keep_last_pad`: the last leading pad is the row's BOS (when BOS and pad share an id and BOS
+    is prepended) and stays unmasked. This is how the classic library read left-padded ids.
+    """
+    mask = (tokens != pad_id).cumsum(-1).clamp(max=1)  # [b, p]
+    if keep_last_pad:
+        last_pad = ((mask == 0).sum(-1) - 1).clamp(min=0)  # [b]; 0 for rows with no padding
+        mask = mask.scatter(1, last_pad[:, None], 1)
+    return mask
 
 
 def _texts(input: TextInput) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import Any, NamedTuple
 
@@ -17,7 +18,13 @@ from anatomist.model.generate import GenerationMixin
 from anatomist.model.kv_cache import KVCache
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import PosEmbed, positions_from_mask
-from anatomist.model.tokens import TokenizerMixin
+from anatomist.model.tokens import (
+    TokenizerMixin,
+    check_attention_mask,
+    check_token_ids,
+    leading_pad_mask,
+    token_batch,
+)
 from anatomist.model.weights import StackedWeightsMixin
 from anatomist.utils import lm_cross_entropy_loss
 
@@ -115,6 +122,18 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         marks real tokens (1) and padding (0) for token or residual input. With `stop_at_layer`
         the residual stream before that block is returned and later blocks do not run.
 
+        Token ids without `attention_mask` are read as the classic library read them: with left
+        padding (`padding_side="left"`, or the model's ``cfg.default_padding_side``) each row's
+        leading run of pad ids is masked (not a pad id inside the text; and where BOS and pad
+        share an id and BOS is prepended, the last leading pad is the BOS and stays); otherwise
+        nothing is masked. Right padding needs no mask for the real tokens' outputs (causal
+        attention never looks right), but the loss counts trailing pads unless a mask says
+        they are padding.
+
+        `start_at_layer` and `stop_at_layer` select ``blocks[start_at_layer:stop_at_layer]``;
+        each is an int in ``[-n_layers, n_layers]`` (negative counts from the end) and start may
+        not come after stop. Values outside are refused rather than clipped as a slice would.
+
         Shortformer models (``cfg.positional_embedding_type == "shortformer"``) add their learned
         position embeddings to each attention layer's normalized query and key inputs instead of
         the residual stream. A run from `start_at_layer` computes them from the positions (or
@@ -122,6 +141,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         """
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
+        first, last = self._layer_range(start_at_layer, stop_at_layer)
         if past_kv_cache is not None:
             return self._forward_with_cache(
                 input if input is not None else tokens,
@@ -155,22 +175,24 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
                 input, prepend_bos, padding_side, attention_mask
             )
             residual, positions, pos_embed = self._embed(tokens, attention_mask)
-            start_at_layer = 0
         else:
-            if not isinstance(input, Tensor) or input.dim() != 3:
-                raise ValueError(
-                    "With start_at_layer, input must be a residual stream [batch, pos, d_model]."
-                )
-            residual = input
-            attention_mask = _normalize_mask(attention_mask)
+            residual = self._residual_input(input)
+            if attention_mask is not None:
+                attention_mask = check_attention_mask(attention_mask, tuple(residual.shape[:2]))
+                if attention_mask is not None:
+                    attention_mask = attention_mask.to(residual.device)
             positions = positions_from_mask(attention_mask, residual.shape[1])
             positions = positions.to(residual.device)
             pos_embed = None
             if shortformer:
                 pos_embed = self._shortformer_pos_embed(shortformer_pos_embed, positions, residual)
+            if return_type in ("loss", "both") and stop_at_layer is None:
+                tokens = self._loss_tokens(tokens, residual)
+        if return_type in ("loss", "both") and stop_at_layer is None and not loss_per_token:
+            _check_loss_length(residual.shape[1])
         mask = _block_mask(attention_mask, residual.shape[1], residual.device)
 
-        for block in self.blocks[start_at_layer:stop_at_layer]:
+        for block in self.blocks[first:last]:
             residual = block(residual, positions, mask, pos_embed)
         if stop_at_layer is not None:
             return residual
@@ -180,12 +202,27 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             return logits
         if return_type is None:
             return None
-        if tokens is None:
-            raise ValueError("Computing the loss needs the tokens: pass tokens=... as well.")
+        assert tokens is not None  # _loss_tokens made sure
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         if return_type == "loss":
             return loss
         return Output(logits, loss)
+
+    def _loss_tokens(self, tokens: Tensor | None, residual: Tensor) -> Tensor:
+        """The ids a run from start_at_layer computes its loss against, checked."""
+        if tokens is None:
+            raise ValueError(
+                "Computing the loss from start_at_layer needs the token ids: pass tokens=... "
+                "[batch, pos] as well."
+            )
+        tokens = token_batch(tokens, "tokens").to(residual.device)
+        if tokens.shape != residual.shape[:2]:
+            raise ValueError(
+                f"tokens must be [batch, pos] of the residual stream {tuple(residual.shape)}, "
+                f"got shape {tuple(tokens.shape)}."
+            )
+        check_token_ids(tokens, self.cfg.d_vocab, "tokens")
+        return tokens
 
     def _forward_with_cache(
         self,
@@ -219,23 +256,24 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             raise ValueError("forward needs an input: text or token ids.")
         if isinstance(input, Tensor) and input.is_floating_point():
             raise ValueError("With past_kv_cache, input must be token ids [batch, pos].")
-        given = attention_mask
+        # Leading pads are padding only at the start of a sequence; after that a pad id among
+        # the new tokens is text (a generated EOS), unless the mask says otherwise.
         tokens, attention_mask = self._tokens_and_mask(
-            input, prepend_bos, padding_side, attention_mask
+            input,
+            prepend_bos,
+            padding_side,
+            attention_mask,
+            derive_padding=cache.length == 0,
+            mask_note="; with past_kv_cache it covers the new tokens only",
         )
         device = tokens.device
         b, new = tokens.shape
-        if new == 0:
-            raise ValueError("An incremental run needs at least one new token.")
+        if return_type in ("loss", "both") and not loss_per_token:
+            _check_loss_length(new)
         if b != cache.batch_size:
             raise ValueError(
                 f"The cache holds {cache.batch_size} rows but the input has {b}; build the cache "
                 f"with init_cache(cfg, device, batch_size={b})."
-            )
-        if given is not None and given.shape != tokens.shape:
-            raise ValueError(
-                f"With past_kv_cache, attention_mask covers the new tokens only: expected shape "
-                f"{tuple(tokens.shape)}, got {tuple(given.shape)}."
             )
         if attention_mask is None:  # no padding among the new tokens
             attention_mask = torch.ones(b, new, dtype=torch.long, device=device)
@@ -250,9 +288,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
 
         key_positions = positions_from_mask(full_mask, total).to(device)  # [b or 1, k]
         positions = key_positions[:, cached:].expand(b, -1)  # [b, new]
-        if self.cfg.use_hook_tokens:
-            tokens = self.hook_tokens(tokens)
-        residual = self.hook_embed(self.embed(tokens))
+        residual = self.hook_embed(self.embed(self._hooked_tokens(tokens)))
         if self.cfg.post_embedding_norm:
             residual = self.ln_embed(residual)
         pos_embed = None
@@ -288,22 +324,107 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         prepend_bos: bool | None,
         padding_side: str | None,
         attention_mask: Tensor | None,
+        derive_padding: bool = True,
+        mask_note: str = "",
     ) -> tuple[Tensor, Tensor | None]:
+        """Checked token ids ``[b, p]`` on the model's device and the mask (None: no padding).
+
+        Ids outside the vocabulary, malformed shapes and masks other than 0/1 of the tokens'
+        shape are refused here, before anything runs. Left-padded ids without a mask get the
+        mask of their leading pads (`derive_padding`)."""
+        device = self.embed.W_E.device
         if isinstance(input, str | list):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with token ids; text input builds its own.")
             tokens, attention_mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
-        elif isinstance(input, Tensor):
-            tokens = input if input.dim() == 2 else input.reshape(1, -1)
-            if tokens.is_floating_point():
-                raise ValueError(
-                    "Got a float tensor as input; pass token ids, or a residual stream together "
-                    "with start_at_layer."
-                )
+            mask = None if attention_mask is None else attention_mask.to(device)
+            return tokens.to(device), mask
+        if not isinstance(input, Tensor):
+            raise TypeError(
+                f"input must be text, a list of texts or token ids [batch, pos], got "
+                f"{type(input).__name__}."
+            )
+        if input.is_floating_point():
+            raise ValueError(
+                f"Got a float tensor of shape {tuple(input.shape)} as input; pass token ids "
+                "[batch, pos], or a residual stream [batch, pos, d_model] together with "
+                "start_at_layer."
+            )
+        tokens = token_batch(input, "input").to(device)
+        check_token_ids(tokens, self.cfg.d_vocab, "input")
+        if attention_mask is not None:
+            mask = check_attention_mask(attention_mask, tuple(tokens.shape), note=mask_note)
+            mask = None if mask is None else mask.to(device)
+        elif derive_padding and self._padding_side(padding_side) == "left":
+            mask = self._leading_padding(tokens, prepend_bos, padding_side)
         else:
-            raise TypeError(f"Unsupported input type {type(input).__name__}.")
-        device = self.embed.W_E.device
-        return tokens.to(device), _normalize_mask(attention_mask, device)
+            mask = None
+        return tokens, mask
+
+    def _leading_padding(
+        self, tokens: Tensor, prepend_bos: bool | None, padding_side: str | None
+    ) -> Tensor | None:
+        """The mask of left-padded ids given without one (None when no row is padded)."""
+        if self.tokenizer is None:
+            if padding_side is None:
+                return None  # the model's default side, but no pad id to look for: no padding
+            raise ValueError(
+                "padding_side='left' with token ids and no attention_mask: the padding is found "
+                "by its pad id, and this model has no tokenizer to say which id that is. Pass "
+                "attention_mask (1 = real token, 0 = padding)."
+            )
+        pad = self._pad_token_id
+        prepend = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        keep_bos = bool(prepend) and self.tokenizer.bos_token_id == pad
+        mask = leading_pad_mask(tokens, pad, keep_last_pad=keep_bos)
+        return None if bool(mask.all()) else mask
+
+    def _residual_input(self, input: Any) -> Tensor:
+        """The residual stream a run from start_at_layer reads, checked."""
+        if not isinstance(input, Tensor) or input.dim() != 3 or not input.is_floating_point():
+            got = (
+                f"{input.dtype} tensor of shape {tuple(input.shape)}"
+                if isinstance(input, Tensor)
+                else type(input).__name__
+            )
+            raise ValueError(
+                f"With start_at_layer, input must be a float residual stream [batch, pos, "
+                f"d_model={self.cfg.d_model}], got a {got}."
+            )
+        if input.shape[-1] != self.cfg.d_model or input.shape[0] == 0 or input.shape[1] == 0:
+            raise ValueError(
+                f"With start_at_layer, input must be a residual stream [batch, pos, "
+                f"d_model={self.cfg.d_model}] with at least one row and position, got shape "
+                f"{tuple(input.shape)}."
+            )
+        return input
+
+    def _layer_range(self, start_at_layer: Any, stop_at_layer: Any) -> tuple[int, int]:
+        """``(first, last)``: the blocks ``blocks[first:last]`` a run goes through.
+
+        The classic library sliced ``blocks[start_at_layer:stop_at_layer]``, so 99 or -5 in a
+        4-layer model silently ran some other range. Here each bound is an int in
+        ``[-n_layers, n_layers]`` (negative counts from the end, n_layers is after the last
+        block) and start may not come after stop; anything else is refused."""
+        n = self.cfg.n_layers
+        first = 0 if start_at_layer is None else _layer_index(start_at_layer, n, "start_at_layer")
+        last = n if stop_at_layer is None else _layer_index(stop_at_layer, n, "stop_at_layer")
+        if first > last:
+            raise ValueError(
+                f"start_at_layer={start_at_layer} (block {first}) comes after "
+                f"stop_at_layer={stop_at_layer} (block {last}), so no block would run; "
+                f"start must be at or before stop (n_layers={n})."
+            )
+        return first, last
+
+    def _hooked_tokens(self, tokens: Tensor) -> Tensor:
+        """`hook_tokens` (opt-in), and a check of ids a hook put there."""
+        if not self.cfg.use_hook_tokens:
+            return tokens
+        hooked = self.hook_tokens(tokens)
+        if hooked is not tokens:
+            check_token_ids(hooked, self.cfg.d_vocab, "hook_tokens' replacement")
+        return hooked  # type: ignore[no-any-return]
 
     def _embed(
         self, tokens: Tensor, attention_mask: Tensor | None
@@ -312,9 +433,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         shortformer position embeddings (None unless the model is a shortformer)."""
         positions = positions_from_mask(attention_mask, tokens.shape[1]).to(tokens.device)
         positions = positions.expand(tokens.shape[0], -1)  # [b, p]: hooks see full batches
-        if self.cfg.use_hook_tokens:
-            tokens = self.hook_tokens(tokens)
-        residual = self.hook_embed(self.embed(tokens))
+        residual = self.hook_embed(self.embed(self._hooked_tokens(tokens)))
         if self.cfg.post_embedding_norm:
             residual = self.ln_embed(residual)
         if self.cfg.positional_embedding_type not in _LEARNED_POSITIONS:
@@ -499,6 +618,8 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
         index = tokens if isinstance(tokens, int) else torch.as_tensor(tokens)
+        if isinstance(index, int) or index.numel():  # W_U[:, -1] would be the last token's
+            check_token_ids(torch.as_tensor(index), self.cfg.d_vocab, "tokens")
         directions = self.W_U[:, index]  # [d_embed or d_model, ...]
         if self.cfg.d_embed is not None:
             directions = torch.tensordot(self.unembed.W_proj_out, directions, dims=1)
@@ -579,6 +700,30 @@ def _final_norm_type(cfg: TransformerConfig) -> str | None:
     if cfg.final_rms and cfg.normalization_type in ("LN", "LNPre"):
         return "RMS" if cfg.normalization_type == "LN" else "RMSPre"
     return cfg.normalization_type
+
+
+def _check_loss_length(length: int) -> None:
+    """A mean loss over one position would be the mean of no predictions: NaN."""
+    if length < 2:
+        raise ValueError(
+            f"The loss needs at least two positions (each predicts the next); the input has "
+            f"{length}. Pass a longer input, or loss_per_token=True for the per-token losses "
+            "[batch, pos - 1]."
+        )
+
+
+def _layer_index(value: Any, n_layers: int, name: str) -> int:
+    """`value` as a block index in ``[0, n_layers]``, from an int in ``[-n_layers, n_layers]``."""
+    try:
+        index = operator.index(value)
+    except TypeError:
+        index = None
+    if index is None or isinstance(value, bool) or not -n_layers <= index <= n_layers:
+        raise ValueError(
+            f"{name} must be an int in [-{n_layers}, {n_layers}] (n_layers={n_layers}; negative "
+            f"counts from the end, {n_layers} is after the last block), got {value!r}."
+        )
+    return index + n_layers if index < 0 else index
 
 
 def _normalize_mask(mask: Tensor | None, device: torch.device | None = None) -> Tensor | None:
