@@ -14,7 +14,9 @@ from anatomist.analysis.svd import SVDInterpreter
 from anatomist.cache import ActivationCache
 from anatomist.config import HookedTransformerConfig, TransformerConfig
 from anatomist.hooks import (
+    HookDeviceError,
     HookDisabledError,
+    HookDtypeError,
     HookedRootModule,
     HookHandle,
     HookPoint,
@@ -40,7 +42,9 @@ __all__ = [
     "ActivationCache",
     "CheckpointError",
     "FactoredMatrix",
+    "HookDeviceError",
     "HookDisabledError",
+    "HookDtypeError",
     "HookHandle",
     "HookPoint",
     "HookShapeError",

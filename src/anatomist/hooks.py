@@ -6,12 +6,19 @@ hook API: add hooks by name or predicate, forward or backward, permanent or temp
 `hooks()` contexts, `run_with_hooks` and `run_with_cache`.
 
 A hook function has the signature ``fn(activation, hook) -> Tensor | None``; returning a tensor
-replaces the activation (it must keep the activation's shape).
+replaces the activation (it must keep the activation's shape, dtype and device).
+
+Threads: hooks added through `hooks()`, `run_with_hooks` and `run_with_cache` belong to the thread
+that added them and fire only in forward passes that thread runs (and in the backward passes of
+what those forwards computed), so several threads can serve one model with their own hooks.
+Hooks added with `add_hook` / `add_perma_hook` fire in every thread. Context levels are counted
+per thread.
 """
 
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +54,22 @@ class HookDisabledError(ValueError):
     """An opt-in hook point was asked for while the option that makes it fire is off."""
 
 
+class HookDtypeError(TypeError):
+    """A hook returned a tensor whose dtype differs from the activation (or gradient) it
+    replaces. Replacements are never cast: a float64 or int64 tensor would either spread through
+    the rest of the forward pass or fail deep in a matmul."""
+
+
+class HookDeviceError(TypeError):
+    """A hook returned a tensor on another device than the activation (or gradient) it
+    replaces."""
+
+
+# Adding and removing hooks rebuild a hook point's lists of handles; threads that add or remove
+# hooks at the same time take turns here so that no handle is lost. Forward passes never take it.
+_HOOKS_LOCK = threading.RLock()
+
+
 @dataclass
 class HookHandle:
     """A hook attached to a `HookPoint`, with the bookkeeping needed to remove it selectively."""
@@ -55,6 +78,11 @@ class HookHandle:
     direction: Literal["fwd", "bwd"]
     is_permanent: bool = False
     context_level: int | None = None
+    thread: int | None = None  # the thread the hook fires in (threading.get_ident()); None: all
+
+    def fires_here(self) -> bool:
+        """Whether the hook fires in the calling thread."""
+        return self.thread is None or self.thread == threading.get_ident()
 
     def remove(self) -> None:
         self.handle.remove()
@@ -109,8 +137,16 @@ class HookPoint(nn.Module):
 
     @property
     def has_hooks(self) -> bool:
-        """True when any hook (ours or a raw torch forward hook) would see this activation."""
-        return bool(self._forward_hooks)
+        """True when any hook (ours or a raw torch forward hook) would see this activation in a
+        forward pass of the calling thread (another thread's hooks do not count: they must not
+        switch this thread to the explicit attention or norm paths)."""
+        if not self._forward_hooks:
+            return False
+        if len(self._forward_hooks) > len(self.fwd_hooks) + len(self.bwd_hooks):
+            return True  # a raw torch hook, registered without add_hook
+        return any(e.fires_here() for e in self.fwd_hooks) or any(
+            e.fires_here() for e in self.bwd_hooks
+        )
 
     def add_hook(
         self,
@@ -119,61 +155,85 @@ class HookPoint(nn.Module):
         is_permanent: bool = False,
         level: int | None = None,
         prepend: bool = False,
+        thread: int | None = None,
     ) -> HookHandle:
         """Attach `hook` (``fn(tensor, hook=self)``) to this point, forward or backward.
 
         A forward hook that returns a tensor replaces the activation; a backward hook that returns
-        a tensor replaces the gradient flowing back through it.
+        a tensor replaces the gradient flowing back through it. With `thread` (an id from
+        ``threading.get_ident()``) the hook fires only in forward passes run by that thread.
         """
         if dir == "fwd":
-            handle = self.register_forward_hook(self._forward_wrapper(hook), prepend=prepend)
+            wrapper = self._forward_wrapper(hook, thread)
         elif dir == "bwd":
-            handle = self.register_forward_hook(self._backward_wrapper(hook), prepend=prepend)
+            wrapper = self._backward_wrapper(hook, thread)
         else:
             raise ValueError(f"Hook direction must be 'fwd' or 'bwd', got {dir!r}.")
-        entry = HookHandle(handle, dir, is_permanent, level)
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(entry)
+        with _HOOKS_LOCK:
+            handle = self.register_forward_hook(wrapper, prepend=prepend)
+            entry = HookHandle(handle, dir, is_permanent, level, thread)
+            (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(entry)
         return entry
 
-    def _forward_wrapper(self, hook: HookFunction) -> Callable[..., Any]:
+    def _forward_wrapper(self, hook: HookFunction, thread: int | None) -> Callable[..., Any]:
         def run(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+            if thread is not None and thread != threading.get_ident():
+                return None  # another thread's hook
             result = hook(output, hook=self)
             if result is None:
                 return None
-            self._check_replacement(result, output, "activation")
+            self._check_replacement(hook, result, output, "activation")
             return result
 
         return run
 
-    def _backward_wrapper(self, hook: HookFunction) -> Callable[..., Any]:
+    def _backward_wrapper(self, hook: HookFunction, thread: int | None) -> Callable[..., Any]:
         # Register a tensor hook on the activation as it passes: it receives the gradient of the
         # loss with respect to exactly this activation (torch's module backward hooks see module
-        # inputs/outputs and break on in-place edits; a tensor hook does not).
+        # inputs/outputs and break on in-place edits; a tensor hook does not). The thread that
+        # ran the forward decides, so the backward pass may run anywhere.
         def run(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
             if not output.requires_grad:
+                return
+            if thread is not None and thread != threading.get_ident():
                 return
 
             def on_grad(grad: Tensor) -> Tensor | None:
                 result = hook(grad, hook=self)
                 if result is None:
                     return None
-                self._check_replacement(result, grad, "gradient")
+                self._check_replacement(hook, result, grad, "gradient")
                 return result
 
             output.register_hook(on_grad)
 
         return run
 
-    def _check_replacement(self, new: Any, old: Tensor, what: str) -> None:
+    def _check_replacement(self, hook: HookFunction, new: Any, old: Tensor, what: str) -> None:
+        """A replacement must be a tensor of the replaced one's shape, dtype and device. Runs
+        only when a hook returns something, so hooks that return None cost nothing here."""
+        fn = getattr(hook, "__qualname__", None) or repr(hook)
         if not isinstance(new, Tensor):
             raise TypeError(
-                f"Hook on {self.name!r} returned {type(new).__name__}; a hook must return a "
+                f"Hook {fn} on {self.name!r} returned {type(new).__name__}; a hook must return a "
                 f"tensor (to replace the {what}) or None."
             )
         if new.shape != old.shape:
             raise HookShapeError(
-                f"Hook on {self.name!r} returned shape {tuple(new.shape)} but the {what} has "
-                f"shape {tuple(old.shape)}; a replacement must keep the shape."
+                f"Hook {fn} on {self.name!r} returned shape {tuple(new.shape)} but the {what} "
+                f"has shape {tuple(old.shape)}; a replacement must keep the shape."
+            )
+        if new.dtype != old.dtype:
+            raise HookDtypeError(
+                f"Hook {fn} on {self.name!r} returned a {new.dtype} tensor but the {what} is "
+                f"{old.dtype}; a replacement must keep the dtype (it is not cast for you). "
+                f"Return `replacement.to({what}.dtype)`."
+            )
+        if new.device != old.device:
+            raise HookDeviceError(
+                f"Hook {fn} on {self.name!r} returned a tensor on {new.device} but the {what} is "
+                f"on {old.device}; a replacement must stay on the {what}'s device. Return "
+                f"`replacement.to({what}.device)`."
             )
 
     def remove_hooks(
@@ -185,7 +245,8 @@ class HookPoint(nn.Module):
         """Remove this point's hooks in direction `dir` ("fwd", "bwd" or "both").
 
         Permanent hooks stay unless `including_permanent`; with `level`, only hooks added at that
-        `hooks()` context level are removed.
+        `hooks()` context level are removed: the calling thread's level (levels are counted per
+        thread), and hooks of every thread added with that `level` by hand.
         """
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"Direction must be 'fwd', 'bwd' or 'both', got {dir!r}.")
@@ -193,15 +254,16 @@ class HookPoint(nn.Module):
         def keep(entry: HookHandle) -> bool:
             if entry.is_permanent and not including_permanent:
                 return True
-            if level is not None and entry.context_level != level:
+            if level is not None and (entry.context_level != level or not entry.fires_here()):
                 return True
             entry.remove()
             return False
 
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = [e for e in self.fwd_hooks if keep(e)]
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = [e for e in self.bwd_hooks if keep(e)]
+        with _HOOKS_LOCK:
+            if dir in ("fwd", "both"):
+                self.fwd_hooks = [e for e in self.fwd_hooks if keep(e)]
+            if dir in ("bwd", "both"):
+                self.bwd_hooks = [e for e in self.bwd_hooks if keep(e)]
 
     def clear_context(self) -> None:
         self.ctx.clear()
@@ -227,9 +289,16 @@ class HookedRootModule(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.context_level = 0
+        # The nesting depth of `hooks()` blocks, per thread id: two threads nesting blocks on one
+        # model must not share (and remove) each other's levels.
+        self._context_levels: dict[int, int] = {}
         self.hook_dict = {}
         self.mod_dict = {}
+
+    @property
+    def context_level(self) -> int:
+        """How many `hooks()` blocks the calling thread is inside."""
+        return self._context_levels.get(threading.get_ident(), 0)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -323,7 +392,10 @@ class HookedRootModule(nn.Module):
         level: int | None = None,
         prepend: bool = False,
     ) -> None:
-        """Attach `hook` to the hook point `name`, or to every hook point whose name passes it."""
+        """Attach `hook` to the hook point `name`, or to every hook point whose name passes it.
+
+        The hook fires in every thread's forward passes (`hooks()` and `run_with_hooks` add hooks
+        for the calling thread only)."""
         for hook_name in self.resolve_hook_names(name):
             self.hook_dict[hook_name].add_hook(
                 hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend
@@ -369,24 +441,40 @@ class HookedRootModule(nn.Module):
     ) -> Iterator[HookedRootModule]:
         """Add hooks for the duration of a ``with`` block; nested blocks stack.
 
-        Leaving a block removes only the hooks that block added (unless `reset_hooks_end` is
-        False, in which case they stay until removed by hand).
+        The hooks fire only in forward passes run by the calling thread (and in the backward
+        passes of what those computed). Leaving a block removes only the hooks that block added
+        (unless `reset_hooks_end` is False, in which case they stay until removed by hand).
         """
-        self.context_level += 1
-        level = self.context_level
+        # Resolve every name first: a bad one fails before anything is attached.
+        resolved = [
+            (names, fn, direction)
+            for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks))
+            for name, fn in pairs
+            for names in [self.resolve_hook_names(name)]
+        ]
+        thread = threading.get_ident()
+        level = self._context_levels.get(thread, 0) + 1
+        self._context_levels[thread] = level
         # Hooks that outlive the block are not tied to its level: a later sibling block reuses
         # the level number and must not remove them when it exits.
         hook_level = level if reset_hooks_end else None
         try:
-            for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd", level=hook_level)
-            for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd", level=hook_level)
+            for names, fn, direction in resolved:
+                for name in names:
+                    self.hook_dict[name].add_hook(
+                        fn,
+                        dir=direction,  # type: ignore[arg-type]
+                        level=hook_level,
+                        thread=thread,
+                    )
             yield self
         finally:
             if reset_hooks_end:
                 self.reset_hooks(clear_contexts, including_permanent=False, level=level)
-            self.context_level -= 1
+            if level == 1:
+                del self._context_levels[thread]
+            else:
+                self._context_levels[thread] = level - 1
 
     def run_with_hooks(
         self,
