@@ -12,7 +12,7 @@ from anatomist.analysis import evals, head_detector, patching
 from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.analysis.svd import SVDInterpreter
 from anatomist.cache import ActivationCache
-from anatomist.config import HookedTransformerConfig, TransformerConfig
+from anatomist.config import ConfigError, HookedTransformerConfig, TransformerConfig
 from anatomist.hooks import (
     HookDeviceError,
     HookDisabledError,
@@ -41,6 +41,7 @@ for _module in (evals, head_detector, patching):
 __all__ = [
     "ActivationCache",
     "CheckpointError",
+    "ConfigError",
     "FactoredMatrix",
     "HookDeviceError",
     "HookDisabledError",

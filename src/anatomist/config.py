@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,34 @@ ACTIVATION_FUNCTIONS = (
     "quick_gelu",  # x * sigmoid(1.702 x) (GPT-OSS experts' gate)
     "xielu",  # learned alphas on each MLP (Apertus)
 )
+
+
+class ConfigError(ValueError):
+    """A model configuration is invalid: a field has a value no model can have (a head count of
+    0, a negative epsilon, an unknown activation), or a config.json cannot be read as one.
+
+    `field` is the offending `TransformerConfig` field (or config.json key), `value` its value;
+    `source` is the config.json path when the config came from a file.
+    """
+
+    def __init__(
+        self, message: str, field: str | None = None, value: Any = None, source: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field, self.value, self.source = field, value, source
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but True layers or heads is a mistake, not a count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _invalid(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name} must be {allowed}, got {value!r}.", name, value)
 
 
 @dataclass
@@ -142,19 +171,27 @@ class TransformerConfig:
     processing: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Checked before anything is derived from them, so a bad value is reported as itself,
+        # not as a ZeroDivisionError or a reshape error much later.
+        self._check_shape_fields()
         if self.n_heads == -1:
             if self.d_model % self.d_head:
-                raise ValueError(
+                raise ConfigError(
                     f"d_model ({self.d_model}) is not a multiple of d_head ({self.d_head}); "
-                    "set n_heads explicitly."
+                    "set n_heads explicitly.",
+                    "d_head",
+                    self.d_head,
                 )
             self.n_heads = self.d_model // self.d_head
         if self.n_key_value_heads is None:
             self.n_key_value_heads = self.n_heads
         if self.n_heads % self.n_key_value_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
-                f"({self.n_key_value_heads})."
+                f"({self.n_key_value_heads}): each key/value head serves a whole group of query "
+                "heads.",
+                "n_key_value_heads",
+                self.n_key_value_heads,
             )
         if self.d_mlp is None and not self.attn_only:
             self.d_mlp = 4 * self.d_model
@@ -166,24 +203,15 @@ class TransformerConfig:
             self.rotary_dim = self.d_head
         if self.init_range == -1.0:
             self.init_range = 0.8 / math.sqrt(self.d_model)
-        if isinstance(self.dtype, str):
-            self.dtype = getattr(torch, self.dtype)
-        if self.post_norm_type not in NORMALIZATION_TYPES:
-            raise ValueError(
-                f"post_norm_type must be one of {NORMALIZATION_TYPES}, got {self.post_norm_type!r}."
-            )
-        if self.normalization_type not in NORMALIZATION_TYPES:
-            raise ValueError(
-                f"normalization_type must be one of {NORMALIZATION_TYPES}, "
-                f"got {self.normalization_type!r}."
-            )
-        if self.positional_embedding_type not in POSITIONAL_EMBEDDING_TYPES:
-            raise ValueError(
-                f"positional_embedding_type must be one of {POSITIONAL_EMBEDDING_TYPES}, "
-                f"got {self.positional_embedding_type!r}."
-            )
+        for name, allowed in (
+            ("post_norm_type", NORMALIZATION_TYPES),
+            ("normalization_type", NORMALIZATION_TYPES),
+            ("positional_embedding_type", POSITIONAL_EMBEDDING_TYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _invalid(name, getattr(self, name), f"one of {allowed}")
         if not self.attn_only and self.act_fn not in ACTIVATION_FUNCTIONS:
-            raise ValueError(f"act_fn must be one of {ACTIVATION_FUNCTIONS}, got {self.act_fn!r}.")
+            raise _invalid("act_fn", self.act_fn, f"one of {ACTIVATION_FUNCTIONS}")
         if self.post_layer_norm:
             clashes = [
                 name
@@ -191,7 +219,7 @@ class TransformerConfig:
                 if getattr(self, name)
             ]
             if clashes:
-                raise ValueError(
+                raise ConfigError(
                     f"post_layer_norm=True (norms after each residual add) cannot be combined "
                     f"with {', '.join(clashes)}; set pre_norm=False (a Post-LN block has no norm "
                     "before attention or the MLP) and leave the others off."
@@ -199,18 +227,100 @@ class TransformerConfig:
         if self.moe_layers is not None:
             outside = [i for i in self.moe_layers if not 0 <= i < self.n_layers]
             if self.num_experts is None or outside:
-                raise ValueError(
+                raise ConfigError(
                     f"moe_layers={self.moe_layers} needs num_experts and layer indices in "
                     f"0..{self.n_layers - 1}."
                 )
         if self.norm_weight_offset and "LN" in (self.normalization_type, self.post_norm_type):
-            raise ValueError(
+            raise ConfigError(
                 "norm_weight_offset (multiply by offset + w) applies to RMSNorm weights only; "
                 f"this model's norms are LayerNorms (normalization_type={self.normalization_type!r},"
                 f" post_norm_type={self.post_norm_type!r})."
             )
         if self.swiglu_limit is not None and not self.gated_mlp:
-            raise ValueError("swiglu_limit clamps a gated MLP's two branches; set gated_mlp=True.")
+            raise ConfigError("swiglu_limit clamps a gated MLP's two branches; set gated_mlp=True.")
+        self._check_derived_fields()
+
+    def _check_shape_fields(self) -> None:
+        """The sizes, counts and numbers every model reads, as given (before defaults)."""
+        for name in ("n_layers", "d_model", "n_ctx", "d_head"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _invalid(name, value, "a positive integer")
+        for name in ("n_heads", "d_vocab", "d_vocab_out"):
+            value = getattr(self, name)
+            if not _is_int(value) or (value < 1 and value != -1):
+                raise _invalid(name, value, "a positive integer (or -1 for the default)")
+        optional_counts = (
+            "d_mlp", "n_key_value_heads", "n_decoder_layers", "num_experts", "experts_per_token",
+            "d_mlp_shared", "d_mlp_dense", "sliding_window", "d_embed",
+        )  # fmt: skip
+        for name in optional_counts:
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise _invalid(name, value, "a positive integer or None")
+        if not _is_real(self.eps) or not math.isfinite(self.eps) or self.eps < 0:
+            raise _invalid("eps", self.eps, "a finite number >= 0")
+        for name in ("attn_scale", "init_range"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or (value <= 0 and value != -1):
+                raise _invalid(name, value, "a finite number > 0 (or -1 for the default)")
+        if not _is_real(self.rotary_base) or not self.rotary_base > 0:
+            raise _invalid("rotary_base", self.rotary_base, "a number > 0")
+        capped = ("attn_scores_soft_cap", "output_logits_soft_cap", "swiglu_limit")
+        for name in capped:
+            value = getattr(self, name)
+            if value is not None and (not _is_real(value) or not value > 0):
+                raise _invalid(name, value, "a number > 0 or None")
+        if not _is_real(self.embed_scale) or not math.isfinite(self.embed_scale):
+            raise _invalid("embed_scale", self.embed_scale, "a finite number")
+        if self.rotary_dim is not None and (not _is_int(self.rotary_dim) or self.rotary_dim < 0):
+            raise _invalid("rotary_dim", self.rotary_dim, "an integer >= 0 or None")
+        for name in ("relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _invalid(name, value, "a positive integer")
+        if self.default_padding_side not in ("left", "right"):
+            raise _invalid("default_padding_side", self.default_padding_side, "'left' or 'right'")
+        if isinstance(self.dtype, str):
+            dtype = getattr(torch, self.dtype.removeprefix("torch."), None)
+            if not isinstance(dtype, torch.dtype):
+                raise _invalid("dtype", self.dtype, "a torch dtype or its name ('float32', ...)")
+            self.dtype = dtype
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise _invalid("dtype", self.dtype, "a floating-point torch dtype")
+
+    def _check_derived_fields(self) -> None:
+        """Fields that must agree with each other, once the defaults are filled in."""
+        if self.n_heads < 1:
+            raise _invalid("n_heads", self.n_heads, "a positive integer")
+        assert self.rotary_dim is not None
+        if self.positional_embedding_type == "rotary" and (
+            self.rotary_dim > self.d_head or self.rotary_dim % 2
+        ):
+            raise ConfigError(
+                f"rotary_dim must be an even number <= d_head ({self.d_head}), got "
+                f"{self.rotary_dim}: rotary turns pairs of features within a head.",
+                "rotary_dim",
+                self.rotary_dim,
+            )
+        # (num_experts None with experts_per_token set is one expert's config: dense_config)
+        if self.experts_per_token is not None and (
+            self.num_experts is not None and self.experts_per_token > self.num_experts
+        ):
+            raise ConfigError(
+                f"experts_per_token ({self.experts_per_token}) needs num_experts >= it, got "
+                f"num_experts={self.num_experts}.",
+                "experts_per_token",
+                self.experts_per_token,
+            )
+        if self.layer_types is not None and len(self.layer_types) < self.n_layers:
+            raise ConfigError(
+                f"layer_types names {len(self.layer_types)} layers but the model has "
+                f"{self.n_layers}; give one entry per layer.",
+                "layer_types",
+                self.layer_types,
+            )
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether `layer`'s MLP is the mixture of experts (else a dense MLP, d_mlp_dense wide)."""
