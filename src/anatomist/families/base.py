@@ -17,6 +17,7 @@ a diff, live in `anatomist.families.llama` (`llama_style_config`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
-from anatomist.config import TransformerConfig
+from anatomist.config import ConfigError, TransformerConfig
 
 # A transform receives the tensor and the config and returns native-shaped tensors, in order,
 # for the native names of its rule.
@@ -36,6 +37,9 @@ class WeightRule:
     pattern: str  # regex over the HF tensor name; (?P<i>\d+) captures the layer
     targets: tuple[str, ...]  # native names; "{i}" is the layer, "{kv}" is "" or "_" (GQA)
     transform: Transform
+    # The checkpoint may lack this tensor (in every layer at once): a bias the architecture has
+    # only under some config options, such as Llama's attention_bias. Its targets are then zero.
+    optional: bool = False
 
     def compiled(self) -> re.Pattern[str]:
         return re.compile(self.pattern)
@@ -62,6 +66,52 @@ class TensorPartsError(ValueError):
     """A tensor stored in parts cannot be assembled: a part is missing or malformed."""
 
 
+class StoredShapeError(ValueError):
+    """A checkpoint tensor's stored shape is not the one the config implies for it."""
+
+    def __init__(self, name: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        super().__init__(
+            f"tensor {name!r} is stored with shape {got}, but the config implies {want}"
+        )
+        self.name, self.got, self.want = name, got, want
+
+
+# A stored-shape inverse: the native shapes a transform produced (one per target) and the config
+# -> the shape the checkpoint tensor must have had. Transforms that reshape to the config's sizes
+# (rather than reading sizes off the tensor) need one: without it, a header that lies about a
+# shape but keeps its element count would be reshaped into the right native shape silently.
+ShapeInverse = Callable[[tuple[tuple[int, ...], ...], TransformerConfig], tuple[int, ...]]
+_STORED_SHAPES: dict[Callable[..., Any], ShapeInverse] = {}
+
+
+def stored_as(inverse: ShapeInverse) -> Callable[[Transform], Transform]:
+    """Declare a transform's stored-shape inverse (see `ShapeInverse`); `Family.convert` checks
+    every tensor converted with it against it."""
+
+    def declare(transform: Transform) -> Transform:
+        _STORED_SHAPES[transform] = inverse
+        return transform
+
+    return declare
+
+
+def check_stored_shape(
+    transform: Transform,
+    name: str,
+    tensor: Tensor,
+    values: tuple[Tensor, ...],
+    cfg: TransformerConfig,
+) -> None:
+    """A `StoredShapeError` when `transform` declares a stored-shape inverse and `tensor`'s
+    shape is not the one that gives `values` (the shape the config implies)."""
+    inverse = _STORED_SHAPES.get(transform)
+    if inverse is None:
+        return
+    want = tuple(inverse(tuple(tuple(v.shape) for v in values), cfg))
+    if tuple(tensor.shape) != want:
+        raise StoredShapeError(name, tuple(tensor.shape), want)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -75,6 +125,7 @@ class Family:
     # `groups` dequantize; a checkpoint quantized any other way is refused
     quant_methods: tuple[str, ...] = ()
     _compiled: list[tuple[re.Pattern[str], WeightRule]] = field(default_factory=list, repr=False)
+    _targets: list[tuple[re.Pattern[str], WeightRule]] = field(default_factory=list, repr=False)
 
     def rule_for(self, name: str) -> tuple[WeightRule, re.Match[str]] | None:
         """The first rule whose pattern matches the whole tensor name, and the match."""
@@ -138,8 +189,25 @@ class Family:
             raise KeyError(name)
         rule, match = found
         values = rule.transform(tensor, cfg)
+        check_stored_shape(rule.transform, name, tensor, values, cfg)
         fill = {"i": "", **match.groupdict(), "kv": "_" if cfg.is_grouped_query else ""}
         return {target.format(**fill): v for target, v in zip(rule.targets, values)}
+
+    def producers(self, native: str) -> list[WeightRule]:
+        """The rules with a target that can be the native weight `native` (its ``{...}``
+        fields read as wildcards); none when the architecture has no such weight.
+
+        What loading requires follows from them: a weight some rule produces must come from
+        the checkpoint, unless every such rule is `optional` (then the checkpoint may lack it
+        in all layers); a bias no rule produces is zero.
+        """
+        if not self._targets:
+            for rule in self.rules:
+                for target in rule.targets:
+                    literal = re.split(r"\{\w+\}", target)
+                    regex = ".*".join(re.escape(part) for part in literal)
+                    self._targets.append((re.compile(regex), rule))
+        return [rule for regex, rule in self._targets if regex.fullmatch(native)]
 
 
 def _joined(
@@ -161,11 +229,35 @@ def _part_name(match: re.Match[str], part: str) -> str:
     return name[: match.start("part")] + part + name[match.end("part") :]
 
 
+# --- config readers shared by families ----------------------------------------------------------
+def head_size(width: Any, heads: Any, width_key: str, heads_key: str, exact: bool = True) -> int:
+    """``width // heads`` for a config.json that gives a width and a head count (named
+    `width_key` and `heads_key` there): a `ConfigError` naming them when the head count is not
+    a positive integer, or, when `exact` (the architecture splits the width evenly into heads,
+    as transformers checks for it), when the heads do not divide the width. Without `exact`
+    (Llama-style configs, where transformers rounds down), the quotient is rounded down."""
+    for key, value in ((width_key, width), (heads_key, heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"config.json's {key} must be a positive integer, got {value!r}.", key, value
+            )
+    if exact and width % heads:
+        raise ConfigError(
+            f"config.json's {width_key} ({width}) must be a multiple of {heads_key} ({heads}): "
+            "this architecture splits the width evenly into heads.",
+            heads_key,
+            heads,
+        )
+    return int(width // heads)
+
+
 # --- transforms shared by families --------------------------------------------------------------
+@stored_as(lambda shapes, cfg: shapes[0])
 def same(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t,)
 
 
+@stored_as(lambda shapes, cfg: shapes[0][::-1])
 def transpose(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     """nn.Linear weight [out, in] -> classic [in, out]."""
     return (t.T,)
@@ -176,32 +268,45 @@ def _heads_in(t: Tensor, heads: int) -> Tensor:
     return t.view(heads, -1, t.shape[-1]).transpose(1, 2)
 
 
+# [heads, d_model, d_head] <- [heads * d_head, d_model]
+_HEADS_IN = stored_as(lambda shapes, cfg: (shapes[0][0] * shapes[0][2], shapes[0][1]))
+# [heads, d_head] <- [heads * d_head]
+_HEADS_BIAS = stored_as(lambda shapes, cfg: (shapes[0][0] * shapes[0][1],))
+
+
+@_HEADS_IN
 def query_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (_heads_in(t, cfg.n_heads),)
 
 
+@_HEADS_IN
 def kv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (_heads_in(t, cfg.n_kv_heads),)
 
 
+@_HEADS_BIAS
 def query_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t.view(cfg.n_heads, -1),)
 
 
+@_HEADS_BIAS
 def kv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return (t.view(cfg.n_kv_heads, -1),)
 
 
+@stored_as(lambda shapes, cfg: (shapes[0][2], shapes[0][0] * shapes[0][1]))
 def output_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     """nn.Linear o_proj weight [d_model, heads * d_head] -> W_O [heads, d_head, d_model]."""
     return (t.T.reshape(cfg.n_heads, -1, t.shape[0]),)
 
 
+@stored_as(lambda shapes, cfg: shapes[0])
 def shared_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     """A parallel block's one norm, read by attention and the MLP alike: loaded as ln1 and ln2."""
     return (t, t)
 
 
+@stored_as(lambda shapes, cfg: shapes[0])
 def input_norm(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     """A norm that is ln1, and also ln2 when the block is parallel (attention and MLP read it)."""
     return (t, t) if cfg.parallel_attn_mlp else (t,)
@@ -214,13 +319,15 @@ def linear_rules(
     bias: str | None = None,
     transform: Transform = transpose,
     bias_transform: Transform = same,
+    optional_bias: bool = False,
 ) -> tuple[WeightRule, ...]:
     """A projection `hf_name` (regex, without ``.weight``): its weight through `transform` to the
-    native `weight`, and, when `bias` is given, its bias through `bias_transform`."""
+    native `weight`, and, when `bias` is given, its bias through `bias_transform` (a bias that
+    only some configs have when `optional_bias`)."""
     rules = (WeightRule(hf_name + r"\.weight", (weight,), transform),)
     if bias is None:
         return rules
-    return rules + (WeightRule(hf_name + r"\.bias", (bias,), bias_transform),)
+    return rules + (WeightRule(hf_name + r"\.bias", (bias,), bias_transform, optional_bias),)
 
 
 def norm_rules(hf_name: str, *targets: str, transform: Transform = same) -> tuple[WeightRule, ...]:
@@ -233,27 +340,40 @@ def norm_rules(hf_name: str, *targets: str, transform: Transform = same) -> tupl
     )
 
 
-def mlp_rules(w_in: str, w_out: str, transform: Transform = transpose) -> tuple[WeightRule, ...]:
+def mlp_rules(
+    w_in: str, w_out: str, transform: Transform = transpose, optional_bias: bool = False
+) -> tuple[WeightRule, ...]:
     """An ungated MLP's two projections (regexes, without ``.weight``), with biases: `w_in` ->
     W_in/b_in, `w_out` -> W_out/b_out; `transform` turns a stored weight into [in, out]
-    (`transpose` for nn.Linear, `same` for GPT-2's Conv1D)."""
+    (`transpose` for nn.Linear, `same` for GPT-2's Conv1D). `optional_bias`: only some configs
+    have the biases."""
     mlp = "blocks.{i}.mlp."
-    return linear_rules(w_in, mlp + "W_in", mlp + "b_in", transform) + linear_rules(
-        w_out, mlp + "W_out", mlp + "b_out", transform
-    )
+    return linear_rules(
+        w_in, mlp + "W_in", mlp + "b_in", transform, optional_bias=optional_bias
+    ) + linear_rules(w_out, mlp + "W_out", mlp + "b_out", transform, optional_bias=optional_bias)
 
 
-def qkv_rules(prefix: str, biases: bool = True) -> tuple[WeightRule, ...]:
+def qkv_rules(
+    prefix: str, biases: bool = True, optional_bias: bool = False
+) -> tuple[WeightRule, ...]:
     """Separate query, key and value projections ``{prefix}q_proj``/``k_proj``/``v_proj``
-    (nn.Linear, [heads * d_head, d_model]), with their biases when `biases`; keys and values may
-    have fewer heads than queries (grouped-query attention)."""
+    (nn.Linear, [heads * d_head, d_model]), with their biases when `biases` (which only some
+    configs have when `optional_bias`); keys and values may have fewer heads than queries
+    (grouped-query attention)."""
     a = "blocks.{i}.attn."
     q_bias, k_bias, v_bias = (a + "b_Q", a + "{kv}b_K", a + "{kv}b_V") if biases else (None,) * 3
+    o = optional_bias
     return (
-        *linear_rules(prefix + "q_proj", a + "W_Q", q_bias, query_weight, query_bias),
-        *linear_rules(prefix + "k_proj", a + "{kv}W_K", k_bias, kv_weight, kv_bias),
-        *linear_rules(prefix + "v_proj", a + "{kv}W_V", v_bias, kv_weight, kv_bias),
+        *linear_rules(prefix + "q_proj", a + "W_Q", q_bias, query_weight, query_bias, o),
+        *linear_rules(prefix + "k_proj", a + "{kv}W_K", k_bias, kv_weight, kv_bias, o),
+        *linear_rules(prefix + "v_proj", a + "{kv}W_V", v_bias, kv_weight, kv_bias, o),
     )
+
+
+def as_optional(*rules: WeightRule) -> tuple[WeightRule, ...]:
+    """`rules` marked optional: the checkpoint may lack their tensors (in every layer at once),
+    e.g. biases an architecture has only under some config options."""
+    return tuple(dataclasses.replace(rule, optional=True) for rule in rules)
 
 
 # The rope scaling types the native rotary computes (anatomist.model.positions), as transformers

@@ -22,6 +22,7 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    head_size,
     kv_bias,
     kv_weight,
     output_weight,
@@ -67,7 +68,7 @@ def build_encoder_config(hf: dict[str, Any]) -> TransformerConfig:
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
         n_ctx=hf.get("max_position_embeddings", 512),
-        d_head=d_model // n_heads,
+        d_head=head_size(d_model, n_heads, "hidden_size", "num_attention_heads"),
         n_heads=n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],

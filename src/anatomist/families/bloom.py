@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule, norm_rules, same, transpose
+from anatomist.families.base import Family, WeightRule, head_size, norm_rules, same, transpose
 from anatomist.families.gpt_neox import neox_layer_rules
 
 
@@ -21,7 +21,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         n_layers=hf.get("n_layer") or hf["num_hidden_layers"],
         d_model=d_model,
         n_ctx=hf.get("seq_length") or 2048,  # ALiBi has no table; this only bounds to_tokens
-        d_head=d_model // n_heads,
+        d_head=head_size(d_model, n_heads, "hidden_size", "n_head"),
         n_heads=n_heads,
         d_mlp=4 * d_model,
         d_vocab=hf["vocab_size"],

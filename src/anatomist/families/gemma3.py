@@ -9,6 +9,7 @@ the vision tower and projector are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from anatomist.config import TransformerConfig
@@ -51,7 +52,7 @@ _L = _PREFIX + r"layers\.(?P<i>\d+)\."
 
 def _with_prefix(rule: WeightRule) -> WeightRule:
     pattern = rule.pattern.replace(r"(?:model\.)?", _PREFIX)
-    return WeightRule(pattern, rule.targets, rule.transform)
+    return dataclasses.replace(rule, pattern=pattern)
 
 
 RULES = (

@@ -16,9 +16,11 @@ from anatomist.families.base import (
     Family,
     Transform,
     WeightRule,
+    head_size,
     mlp_rules,
     norm_rules,
     same,
+    stored_as,
     transpose,
 )
 
@@ -33,7 +35,7 @@ def gpt2_style_config(hf: dict[str, Any], architecture: str, **overrides: Any) -
         n_layers=hf["n_layer"],
         d_model=d_model,
         n_ctx=hf["n_positions"],
-        d_head=d_model // n_heads,
+        d_head=head_size(d_model, n_heads, "n_embd", "n_head"),
         n_heads=n_heads,
         d_mlp=hf.get("n_inner") or 4 * d_model,
         d_vocab=hf["vocab_size"],
@@ -56,6 +58,8 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     )
 
 
+# three [n_heads, d_model, d_head] <- c_attn [d_model, 3 * n_heads * d_head] (Conv1D: [in, out])
+@stored_as(lambda shapes, cfg: (shapes[0][1], sum(s[0] * s[2] for s in shapes)))
 def split_qkv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     # c_attn.weight [d_model, 3 * d_model] -> three [n_heads, d_model, d_head]
     return tuple(
@@ -64,10 +68,12 @@ def split_qkv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     )
 
 
+@stored_as(lambda shapes, cfg: (sum(s[0] * s[1] for s in shapes),))
 def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     return tuple(b.reshape(cfg.n_heads, cfg.d_head) for b in t.split(cfg.n_heads * cfg.d_head))
 
 
+@stored_as(lambda shapes, cfg: (shapes[0][0] * shapes[0][1], shapes[0][2]))
 def attn_out_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     # c_proj.weight [n_heads * d_head, d_model] -> W_O [n_heads, d_head, d_model]
     return (t.reshape(cfg.n_heads, cfg.d_head, cfg.d_model),)

@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, linear_rules, output_weight, qkv_rules, transpose
+from anatomist.families.base import (
+    Family,
+    head_size,
+    linear_rules,
+    output_weight,
+    qkv_rules,
+    transpose,
+)
 from anatomist.families.gpt2 import _B, gpt2_rules
 
 _LAYER_TYPES = {"global": "full_attention", "local": "sliding_attention"}
@@ -44,7 +51,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         n_layers=hf["num_layers"],
         d_model=d_model,
         n_ctx=hf["max_position_embeddings"],
-        d_head=d_model // n_heads,
+        d_head=head_size(d_model, n_heads, "hidden_size", "num_heads"),
         n_heads=n_heads,
         d_mlp=hf.get("intermediate_size") or 4 * d_model,
         d_vocab=hf["vocab_size"],

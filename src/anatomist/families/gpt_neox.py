@@ -20,11 +20,13 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    head_size,
     linear_rules,
     mlp_rules,
     norm_rules,
     rope_settings,
     same,
+    stored_as,
     transpose,
 )
 
@@ -46,7 +48,7 @@ def partial_rotary_settings(
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = d_model // n_heads
+    d_head = head_size(d_model, n_heads, "hidden_size", "num_attention_heads")
     return TransformerConfig(
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
@@ -66,33 +68,46 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     )
 
 
+@stored_as(lambda shapes, cfg: (sum(s[0] * s[2] for s in shapes), shapes[0][1]))
 def split_qkv_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     # [n_heads * 3 * d_head, d_model], rows per head q|k|v -> three [n_heads, d_model, d_head]
     w = t.view(cfg.n_heads, 3, cfg.d_head, cfg.d_model)
     return tuple(w[:, j].transpose(1, 2) for j in range(3))
 
 
+@stored_as(lambda shapes, cfg: (sum(s[0] * s[1] for s in shapes),))
 def split_qkv_bias(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     b = t.view(cfg.n_heads, 3, cfg.d_head)
     return tuple(b[:, j] for j in range(3))
 
 
+@stored_as(lambda shapes, cfg: (shapes[0][2], shapes[0][0] * shapes[0][1]))
 def attn_out_weight(t: Tensor, cfg: TransformerConfig) -> tuple[Tensor, ...]:
     # dense.weight [d_model, n_heads * d_head] -> W_O [n_heads, d_head, d_model]
     return (t.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model),)
 
 
-def neox_layer_rules(layer: str, attention: str) -> tuple[WeightRule, ...]:
+def neox_layer_rules(
+    layer: str, attention: str, optional_attention_bias: bool = False
+) -> tuple[WeightRule, ...]:
     """One GPT-NeoX layer's tensors under the regex `layer` (also BLOOM's layout): the
     ``input_layernorm``, the fused per-head ``{attention}.query_key_value`` and the output
     ``{attention}.dense``, the ``post_attention_layernorm``, and the MLP's ``dense_h_to_4h`` and
-    ``dense_4h_to_h``."""
+    ``dense_4h_to_h``. `optional_attention_bias`: only some configs have the attention
+    projections' biases (GPT-NeoX's attention_bias)."""
     a, qkv = "blocks.{i}.attn.", layer + attention + r"\.query_key_value"
+    optional = optional_attention_bias
     return (
         *norm_rules(layer + "input_layernorm", "blocks.{i}.ln1"),
         WeightRule(qkv + r"\.weight", (a + "W_Q", a + "W_K", a + "W_V"), split_qkv_weight),
-        WeightRule(qkv + r"\.bias", (a + "b_Q", a + "b_K", a + "b_V"), split_qkv_bias),
-        *linear_rules(layer + attention + r"\.dense", a + "W_O", a + "b_O", attn_out_weight),
+        WeightRule(qkv + r"\.bias", (a + "b_Q", a + "b_K", a + "b_V"), split_qkv_bias, optional),
+        *linear_rules(
+            layer + attention + r"\.dense",
+            a + "W_O",
+            a + "b_O",
+            attn_out_weight,
+            optional_bias=optional,
+        ),
         *norm_rules(layer + "post_attention_layernorm", "blocks.{i}.ln2"),
         *mlp_rules(layer + r"mlp\.dense_h_to_4h", layer + r"mlp\.dense_4h_to_h"),
     )
@@ -107,7 +122,7 @@ FAMILY = Family(
     build_config=build_config,
     rules=(
         WeightRule(r"(?:gpt_neox\.)?embed_in\.weight", ("embed.W_E",), same),
-        *neox_layer_rules(_L, "attention"),
+        *neox_layer_rules(_L, "attention", optional_attention_bias=True),
         *norm_rules(r"(?:gpt_neox\.)?final_layer_norm", "ln_final"),
         WeightRule(r"(?:embed_out|lm_head)\.weight", ("unembed.W_U",), transpose),
     ),

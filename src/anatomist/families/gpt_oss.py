@@ -42,7 +42,14 @@ import torch
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import TensorGroup, WeightRule, rope_settings, same, transpose
+from anatomist.families.base import (
+    TensorGroup,
+    WeightRule,
+    head_size,
+    rope_settings,
+    same,
+    transpose,
+)
 from anatomist.families.llama import _L, RULES
 from anatomist.families.mixtral import MoEFamily, expert_count
 
@@ -66,7 +73,9 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         hf["hidden_size"],
         hf["num_attention_heads"],
     )
-    d_head = hf.get("head_dim", 64) or d_model // n_heads
+    d_head = hf.get("head_dim", 64) or head_size(
+        d_model, n_heads, "hidden_size", "num_attention_heads", False
+    )
     alpha = hf.get("swiglu_alpha", _QUICK_GELU_ALPHA)
     if alpha != _QUICK_GELU_ALPHA:
         raise NotImplementedError(

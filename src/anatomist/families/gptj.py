@@ -14,6 +14,7 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    head_size,
     linear_rules,
     mlp_rules,
     norm_rules,
@@ -27,7 +28,7 @@ from anatomist.families.gpt2 import _B, _T
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
     d_model, n_heads = hf["n_embd"], hf["n_head"]
-    d_head = d_model // n_heads
+    d_head = head_size(d_model, n_heads, "n_embd", "n_head")
     rotary_dim = hf.get("rotary_dim")
     if rotary_dim is None and n_heads > 1:
         # HF then builds rotary tables over the whole d_model and cannot apply them per head.

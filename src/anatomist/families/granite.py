@@ -103,10 +103,11 @@ RULES = (
     EMBED_TIED,
     UNEMBED,
     WeightRule(_L + r"self_attn\.o_proj\.weight", (_A + "W_O",), scaled_output_weight),
-    WeightRule(_L + r"self_attn\.o_proj\.bias", (_A + "b_O",), scaled_output_bias),
+    # the biases exist only under attention_bias / mlp_bias
+    WeightRule(_L + r"self_attn\.o_proj\.bias", (_A + "b_O",), scaled_output_bias, True),
     WeightRule(_L + r"mlp\.down_proj\.weight", ("blocks.{i}.mlp.W_out",), scaled_down_weight),
-    WeightRule(_L + r"mlp\.down_proj\.bias", ("blocks.{i}.mlp.b_out",), scaled_output_bias),
-    WeightRule(_L + r"mlp\.gate_proj\.bias", ("blocks.{i}.mlp.b_gate",), same),
+    WeightRule(_L + r"mlp\.down_proj\.bias", ("blocks.{i}.mlp.b_out",), scaled_output_bias, True),
+    WeightRule(_L + r"mlp\.gate_proj\.bias", ("blocks.{i}.mlp.b_gate",), same, True),
 ) + llama.RULES
 
 FAMILY = Family(

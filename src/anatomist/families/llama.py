@@ -15,6 +15,7 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    head_size,
     linear_rules,
     mlp_rules,
     output_weight,
@@ -31,8 +32,13 @@ RopeReader = Callable[[dict[str, Any]], tuple[float, dict[str, Any] | None]]
 def head_dim(hf: dict[str, Any], default: int | None = None) -> int:
     """`head_dim`, or hidden_size / num_attention_heads where it is null (or absent and the config
     class has no `default` of its own)."""
-    d_head: int = hf.get("head_dim", default) or hf["hidden_size"] // hf["num_attention_heads"]
-    return d_head
+    d_head: int | None = hf.get("head_dim", default)
+    if d_head:
+        return d_head
+    # transformers rounds down here (LlamaConfig), so a width the heads do not divide is legal
+    return head_size(
+        hf["hidden_size"], hf["num_attention_heads"], "hidden_size", "num_attention_heads", False
+    )
 
 
 def llama_rope(
@@ -95,14 +101,19 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
 _L = r"(?:model\.)?layers\.(?P<i>\d+)\."
 _A = "blocks.{i}.attn."
 
+# The projections' biases exist only under attention_bias / mlp_bias, hence optional.
 RULES = (
     WeightRule(r"(?:model\.)?embed_tokens\.weight", ("embed.W_E",), same),
     WeightRule(_L + r"input_layernorm\.weight", ("blocks.{i}.ln1.w",), same),
-    *qkv_rules(_L + r"self_attn\."),
-    *linear_rules(_L + r"self_attn\.o_proj", _A + "W_O", _A + "b_O", output_weight),
+    *qkv_rules(_L + r"self_attn\.", optional_bias=True),
+    *linear_rules(
+        _L + r"self_attn\.o_proj", _A + "W_O", _A + "b_O", output_weight, optional_bias=True
+    ),
     WeightRule(_L + r"post_attention_layernorm\.weight", ("blocks.{i}.ln2.w",), same),
-    *linear_rules(_L + r"mlp\.gate_proj", "blocks.{i}.mlp.W_gate", "blocks.{i}.mlp.b_gate"),
-    *mlp_rules(_L + r"mlp\.up_proj", _L + r"mlp\.down_proj"),
+    *linear_rules(
+        _L + r"mlp\.gate_proj", "blocks.{i}.mlp.W_gate", "blocks.{i}.mlp.b_gate", optional_bias=True
+    ),
+    *mlp_rules(_L + r"mlp\.up_proj", _L + r"mlp\.down_proj", optional_bias=True),
     WeightRule(r"(?:model\.)?norm\.weight", ("ln_final.w",), same),
     WeightRule(r"lm_head\.weight", ("unembed.W_U",), transpose),
 )

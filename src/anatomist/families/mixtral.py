@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, WeightRule, transpose
+from anatomist.families.base import Family, WeightRule, check_stored_shape, transpose
 from anatomist.families.llama import _L, IGNORE, RULES, llama_rope, llama_style_config
 
 
@@ -40,7 +40,9 @@ class MoEFamily(Family):
         groups = match.groupdict()
         fill = {"i": groups.get("i", ""), "kv": "_" if cfg.is_grouped_query else ""}
         native: dict[str, Tensor] = {}
-        for target, value in zip(rule.targets, rule.transform(tensor, cfg)):
+        values = rule.transform(tensor, cfg)
+        check_stored_shape(rule.transform, name, tensor, values, cfg)
+        for target, value in zip(rule.targets, values):
             if "{e}" not in target:
                 native[target.format(**fill)] = value
             elif "e" in groups:

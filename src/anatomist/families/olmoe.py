@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from anatomist.config import TransformerConfig
+from anatomist.families.base import head_size
 from anatomist.families.llama import IGNORE, QK_NORM_RULES, RULES, llama_rope, llama_style_config
 from anatomist.families.mixtral import EXPERT_RULES, MoEFamily, expert_count, moe_settings
 
@@ -31,7 +32,9 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         rope=llama_rope,
         n_ctx=hf.get("max_position_embeddings", 4096),
         # q_norm spans hidden_size, so heads must tile it (head_dim is not read)
-        d_head=hf["hidden_size"] // hf["num_attention_heads"],
+        d_head=head_size(
+            hf["hidden_size"], hf["num_attention_heads"], "hidden_size", "num_attention_heads"
+        ),
         d_mlp=hf["intermediate_size"],
         **moe_settings(hf, hf.get("norm_topk_prob", False), expert_count(hf)),
         eps=hf.get("rms_norm_eps", 1e-5),

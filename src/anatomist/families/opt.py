@@ -27,6 +27,7 @@ from anatomist.config import TransformerConfig
 from anatomist.families.base import (
     Family,
     WeightRule,
+    head_size,
     linear_rules,
     mlp_rules,
     norm_rules,
@@ -48,7 +49,7 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
         n_layers=hf["num_hidden_layers"],
         d_model=d_model,
         n_ctx=hf.get("max_position_embeddings", 2048),
-        d_head=d_model // n_heads,
+        d_head=head_size(d_model, n_heads, "hidden_size", "num_attention_heads"),
         n_heads=n_heads,
         d_mlp=hf["ffn_dim"],
         d_vocab=hf["vocab_size"],
@@ -88,10 +89,13 @@ FAMILY = Family(
         WeightRule(_D + r"embed_tokens\.weight", ("embed.W_E",), same),
         WeightRule(_D + r"embed_positions\.weight", ("pos_embed.W_pos",), positions_weight),
         *norm_rules(_L + "self_attn_layer_norm", "blocks.{i}.ln1"),
-        *qkv_rules(_L + r"self_attn\."),
-        *linear_rules(_L + r"self_attn\.out_proj", _A + "W_O", _A + "b_O", output_weight),
+        # the projections' biases exist only under enable_bias
+        *qkv_rules(_L + r"self_attn\.", optional_bias=True),
+        *linear_rules(
+            _L + r"self_attn\.out_proj", _A + "W_O", _A + "b_O", output_weight, optional_bias=True
+        ),
         *norm_rules(_L + "final_layer_norm", "blocks.{i}.ln2"),
-        *mlp_rules(_L + "fc1", _L + "fc2"),
+        *mlp_rules(_L + "fc1", _L + "fc2", optional_bias=True),
         *norm_rules(_D + "final_layer_norm", "ln_final", transform=final_norm_weight),
         WeightRule(_D + r"project_in\.weight", ("embed.W_proj_in",), transpose),
         WeightRule(_D + r"project_out\.weight", ("unembed.W_proj_out",), transpose),

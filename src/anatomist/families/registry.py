@@ -66,14 +66,36 @@ def family_for_architecture(architecture: str) -> Family:
 
 
 def family_for_config(hf_config: dict[str, Any]) -> Family:
-    """The family for a Hugging Face config.json dict (architectures first, then model_type)."""
+    """The family for a Hugging Face config.json dict (architectures first, then model_type).
+
+    A config whose ``auto_map`` points at custom code (Python files in the model folder) loads
+    only when one of its architectures is one we implement natively, as transformers resolves
+    it with trust_remote_code=False; otherwise it is refused here, before anything else of the
+    folder is read. Nothing from a model folder is ever imported or run.
+    """
+    from anatomist.config import ConfigError
     from anatomist.families import lens
 
     if lens.is_lens_config(hf_config):
         return lens.FAMILY
-    for arch in hf_config.get("architectures") or []:
+    architectures = hf_config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise ConfigError(
+            f"config.json's architectures must be a list of class names, got {architectures!r}.",
+            "architectures",
+            architectures,
+        )
+    for arch in architectures:
         if arch in _BY_ARCHITECTURE:
             return _BY_ARCHITECTURE[arch]
+    auto_map = hf_config.get("auto_map")
+    if auto_map:
+        named = ", ".join(architectures) or repr(hf_config.get("model_type"))
+        raise UnsupportedArchitectureError(
+            f"Architecture {named} is custom code shipped with the model (config.json's "
+            f"auto_map: {auto_map!r}), and anatomist never runs code from a model folder. "
+            f"Supported architectures: {', '.join(supported_architectures())}."
+        )
     model_type = hf_config.get("model_type")
     if model_type in _BY_MODEL_TYPE:
         return _BY_MODEL_TYPE[model_type]

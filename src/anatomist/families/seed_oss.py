@@ -19,7 +19,8 @@ def build_config(hf: dict[str, Any]) -> TransformerConfig:
     return llama_style_config(hf, "SeedOssForCausalLM", rope=llama_rope)
 
 
-GATE_BIAS = WeightRule(_L + r"mlp\.gate_proj\.bias", ("blocks.{i}.mlp.b_gate",), same)
+# The gate projection's bias exists only under mlp_bias.
+GATE_BIAS = WeightRule(_L + r"mlp\.gate_proj\.bias", ("blocks.{i}.mlp.b_gate",), same, True)
 
 FAMILY = Family(
     name="seed_oss",

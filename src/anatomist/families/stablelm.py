@@ -18,12 +18,21 @@ import torch
 
 from anatomist.config import TransformerConfig
 from anatomist.families import llama
-from anatomist.families.base import Family, TensorGroup, input_norm, norm_rules
+from anatomist.families.base import (
+    Family,
+    TensorGroup,
+    as_optional,
+    head_size,
+    input_norm,
+    norm_rules,
+)
 from anatomist.families.gpt_neox import partial_rotary_settings
 
 
 def build_config(hf: dict[str, Any]) -> TransformerConfig:
-    d_head = hf["hidden_size"] // hf["num_attention_heads"]
+    d_head = head_size(
+        hf["hidden_size"], hf["num_attention_heads"], "hidden_size", "num_attention_heads"
+    )
     cfg = llama.llama_style_config(
         hf,
         "StableLmForCausalLM",
@@ -57,9 +66,14 @@ PER_HEAD_NORMS = TensorGroup(
     ),
     combine=lambda heads, cfg: torch.stack(heads),
 )
-QK_NORM_RULES = (
-    *norm_rules(_L + r"self_attn\.q_layernorm", "blocks.{i}.attn.q_norm"),
-    *norm_rules(_L + r"self_attn\.k_layernorm", "blocks.{i}.attn.k_norm"),
+# transformers builds these per-head LayerNorms without biases; a checkpoint that has them is
+# read, one without is the usual case.
+QK_NORM_RULES = tuple(
+    rule if rule.pattern.endswith("weight") else as_optional(rule)[0]
+    for rule in (
+        *norm_rules(_L + r"self_attn\.q_layernorm", "blocks.{i}.attn.q_norm"),
+        *norm_rules(_L + r"self_attn\.k_layernorm", "blocks.{i}.attn.k_norm"),
+    )
 )
 
 

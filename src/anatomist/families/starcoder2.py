@@ -40,7 +40,7 @@ FAMILY = Family(
         *llama.RULES,  # embeddings, q/k/v/o weights and biases, norm weights, lm_head
         WeightRule(_L + r"input_layernorm\.bias", ("blocks.{i}.ln1.b",), same),
         WeightRule(_L + r"post_attention_layernorm\.bias", ("blocks.{i}.ln2.b",), same),
-        *mlp_rules(_L + r"mlp\.c_fc", _L + r"mlp\.c_proj"),
+        *mlp_rules(_L + r"mlp\.c_fc", _L + r"mlp\.c_proj", optional_bias=True),  # use_bias
         WeightRule(r"(?:model\.)?norm\.bias", ("ln_final.b",), same),
     ),
     ignore=llama.IGNORE,

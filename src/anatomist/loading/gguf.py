@@ -388,7 +388,10 @@ class GGUFCheckpoint:
 
         try:
             return PreTrainedTokenizerFast.from_pretrained(
-                str(self.path.parent), gguf_file=self.path.name, local_files_only=True
+                str(self.path.parent),
+                gguf_file=self.path.name,
+                local_files_only=True,
+                trust_remote_code=False,  # nothing beside a GGUF file is ever run
             )
         except (KeyError, IndexError, UnicodeDecodeError) as error:
             raise CheckpointError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from anatomist.config import TransformerConfig
-from anatomist.families.base import Family, TensorPartsError
+from anatomist.config import ConfigError, TransformerConfig
+from anatomist.families.base import Family, StoredShapeError, TensorPartsError
 from anatomist.families.registry import family_for_config
 from anatomist.loading.errors import CheckpointError
 
@@ -115,15 +115,18 @@ def load_pretrained(
         source = _open_source(model_name, hf_model, revision, local_files_only, tokenizer is None)
     family = family_for_config(source.hf_config)
     refuse_unknown_quantization(source.hf_config, family, source.label)
-    cfg = family.build_config(source.hf_config)
+    cfg = config_from(family.build_config, source)
     cfg.model_name = source.name
     cfg.dtype = load_dtype
     if n_ctx is not None:
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ConfigError(f"n_ctx must be a positive integer, got {n_ctx!r}.", "n_ctx", n_ctx)
         cfg.n_ctx = n_ctx
+    checkpoint_layers = None
     if first_n_layers is not None:
         if not 0 < first_n_layers <= cfg.n_layers:
             raise ValueError(f"first_n_layers must be in 1..{cfg.n_layers}, got {first_n_layers}.")
-        cfg.n_layers = first_n_layers
+        checkpoint_layers, cfg.n_layers = cfg.n_layers, first_n_layers
     if default_prepend_bos is not None:
         cfg.default_prepend_bos = default_prepend_bos
 
@@ -131,7 +134,7 @@ def load_pretrained(
     # every weight is replaced as it is read. (Building under `torch.device("meta")` would do the
     # same but costs ~1.2 s importing torch._dynamo for the device context.)
     model = cls(cfg, move_to_device=False, init_weights=False)
-    fill_weights(model, family, source.tensors, source.label, progress=progress)
+    fill_weights(model, family, source.tensors, source.label, progress, checkpoint_layers)
     model.cfg.from_checkpoint = True
     if checkpoint is not None:
         model.cfg.checkpoint_index = checkpoint.index
@@ -156,7 +159,8 @@ def load_pretrained(
 
 
 class _Source:
-    """Where the weights come from: config dict, a tensor stream, and maybe a tokenizer."""
+    """Where the weights come from: config dict, a tensor stream, and maybe a tokenizer.
+    `config_label` says where the config came from (a config.json path), for errors."""
 
     def __init__(
         self,
@@ -165,9 +169,68 @@ class _Source:
         hf_config: dict[str, Any],
         tensors: Iterable[tuple[str, Tensor]],
         tokenizer: Any,
+        config_label: str | None = None,
     ) -> None:
         self.name, self.label, self.hf_config = name, label, hf_config
         self.tensors, self.tokenizer = tensors, tokenizer
+        self.config_label = config_label or f"the config of {label}"
+
+
+def config_from(
+    build: Callable[[dict[str, Any]], TransformerConfig], source: _Source
+) -> TransformerConfig:
+    """`build(source.hf_config)` (a family's config mapping), with a config that cannot be read
+    as one reported as a `ConfigError` naming where it came from and the field: a missing key
+    (a bare KeyError otherwise), a value of the wrong type, a nonsense size."""
+    where = source.config_label
+    try:
+        cfg = build(source.hf_config)
+    except ConfigError as error:
+        field = _config_key(source.hf_config, error)
+        raise ConfigError(f"{where}{field}: {error}", error.field, error.value, where) from None
+    except KeyError as error:
+        key = error.args[0] if error.args else "?"
+        raise ConfigError(
+            f"{where} lacks the key {key!r}, which this architecture's config needs. The file "
+            "is incomplete or was written for another architecture; use the config.json that "
+            "came with the weights.",
+            str(key),
+            None,
+            where,
+        ) from None
+    except (TypeError, ZeroDivisionError, AttributeError) as error:
+        raise ConfigError(
+            f"{where} has a value of the wrong type or size ({type(error).__name__}: {error}). "
+            "Check its numbers (sizes and counts are positive integers) against the model's "
+            "original config.json.",
+            None,
+            None,
+            where,
+        ) from None
+    if cfg.d_vocab < 1:  # -1 ("set later") only makes sense for a config built by hand
+        raise ConfigError(
+            f"{where} gives no vocabulary size (d_vocab {cfg.d_vocab}); a checkpoint's config "
+            "must (vocab_size).",
+            "d_vocab",
+            cfg.d_vocab,
+            where,
+        )
+    return cfg
+
+
+def _config_key(hf_config: dict[str, Any], error: ConfigError) -> str:
+    """ " (field F, config.json's K)": the field a `ConfigError` names, and the config.json key
+    that holds its value when exactly one does (families rename keys: n_head -> n_heads)."""
+    if error.field is None:
+        return ""
+    value = error.value
+    keys = [
+        key
+        for key, given in hf_config.items()
+        if type(given) is type(value) and given == value and not isinstance(value, bool | None)
+    ]
+    key = f", config.json's {keys[0]}" if len(keys) == 1 and keys[0] != error.field else ""
+    return f" (field {error.field}{key})"
 
 
 def _open_source(
@@ -202,9 +265,18 @@ def _open_source(
 
     folder = resolved.path
     hf_config = _read_config(folder / "config.json")
+    # The architecture first: a folder that is custom code (config.json's auto_map) or an
+    # architecture we do not know is refused before anything else of it is read, above all its
+    # tokenizer, which transformers would otherwise offer to run the folder's Python for.
+    family_for_config(hf_config)
     tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
     return _Source(
-        resolved.name, str(folder), hf_config, iter_checkpoint_tensors(folder), tokenizer
+        resolved.name,
+        str(folder),
+        hf_config,
+        iter_checkpoint_tensors(folder),
+        tokenizer,
+        str(folder / "config.json"),
     )
 
 
@@ -216,15 +288,32 @@ def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool
     folder, weights = checkpoint.folder, checkpoint.weights
     assert folder is not None and weights is not None
     hf_config = _read_config(folder / "config.json")
+    family_for_config(hf_config)  # before the tokenizer, as in _open_source
     tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
-    return _Source(checkpoint.name, str(weights), hf_config, _iter_bin(weights, None), tokenizer)
+    return _Source(
+        checkpoint.name,
+        str(weights),
+        hf_config,
+        _iter_bin(weights, None),
+        tokenizer,
+        str(folder / "config.json"),
+    )
 
 
 def _read_config(config_path: Path) -> dict[str, Any]:
     try:
-        config: dict[str, Any] = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"Cannot read {config_path}: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{config_path} holds a JSON {type(config).__name__}, not an object of settings "
+            "(a Hugging Face config.json maps names such as model_type to values). Use the "
+            "config.json that came with the weights.",
+            None,
+            config,
+            str(config_path),
+        )
     return config
 
 
@@ -232,12 +321,62 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 
 
 def _folder_tokenizer(folder: Path) -> Any:
-    """The folder's tokenizer, or None when it ships none."""
+    """The folder's tokenizer, or None when it ships none. Never runs code from the folder: a
+    tokenizer that only custom code builds is refused (pass ``tokenizer=`` instead), and
+    transformers is told not to trust remote code."""
     if not any((folder / f).exists() for f in _TOKENIZER_FILES):
         return None
+    custom = _custom_tokenizer_code(folder)
+    if custom is not None:
+        raise CheckpointError(
+            f"{folder}: its tokenizer is custom code ({custom}), which anatomist never runs. "
+            "Pass a tokenizer you trust instead: from_pretrained(..., tokenizer=tok), e.g. "
+            "tok = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True) "
+            "once you have read the code."
+        )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{folder}: cannot build its tokenizer ({type(error).__name__}: {error}). Pass a "
+            "tokenizer instead: from_pretrained(..., tokenizer=tok)."
+        ) from error
+
+
+def _custom_tokenizer_code(folder: Path) -> str | None:
+    """Where the folder declares a tokenizer class that exists only as its own Python code
+    (an ``auto_map`` AutoTokenizer entry, in tokenizer_config.json or config.json, while the
+    ``tokenizer_class`` they name is not one transformers has), or None. transformers (with
+    trust_remote_code=False) would refuse such a tokenizer, or fall back to a generic one built
+    from tokenizer.json that may tokenize differently."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    declared: str | None = None
+    custom: str | None = None
+    for name in ("tokenizer_config.json", "config.json"):  # the first one that says wins
+        path = folder / name
+        try:
+            settings = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"Cannot read {path}: {error}") from error
+        if not isinstance(settings, dict):
+            continue
+        if declared is None and isinstance(settings.get("tokenizer_class"), str):
+            declared = settings["tokenizer_class"]
+        auto_map = settings.get("auto_map")
+        entry = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map
+        if custom is None and entry:
+            custom = f"{path.name}'s auto_map names AutoTokenizer {entry!r}"
+    if custom is None:
+        return None
+    if declared is not None and any(
+        tokenizer_class_from_name(candidate) is not None
+        for candidate in (declared, declared.removesuffix("Fast"), declared + "Fast")
+    ):
+        return None  # a class transformers has: the auto_map is a leftover, and nothing runs
+    return custom
 
 
 def refuse_unknown_quantization(hf_config: dict[str, Any], family: Family, label: str) -> None:
@@ -269,32 +408,44 @@ def fill_weights(
     tensors: Iterable[tuple[str, Tensor]],
     label: str,
     progress: bool = True,
+    checkpoint_layers: int | None = None,
 ) -> None:
     """Convert and assign checkpoint tensors into a model built with uninitialised weights.
 
-    Tensors stored in parts (the family's `TensorGroup`s) are joined first, one whole at a time.
-    Biases the checkpoint lacks become zeros; a tied output embedding is copied from the input
-    embedding; any other missing weight, a shape mismatch, or an unknown tensor name is a
-    `CheckpointError` naming the checkpoint.
+    Loading is complete or refused: every checkpoint tensor is used, or ignored by a rule of the
+    family (buffers such as rotary ``inv_freq``), and every weight of the model comes from the
+    checkpoint. The exceptions are spelled out: a tied output embedding is copied from the input
+    embedding when the config ties them; a bias no rule of the family produces is zero (the
+    architecture has none), as is one the family declares optional (`Family.optional`) when the
+    checkpoint lacks it in every layer. `checkpoint_layers` is the layer count of the
+    checkpoint's own config when the model was built with fewer (``first_n_layers``): the
+    tensors of the later layers are skipped; otherwise a tensor of a layer beyond the model's is
+    an error, as is an unknown tensor, a tensor stored twice, a shape other than the config
+    implies, or a missing weight (`CheckpointError`, naming the checkpoint and the tensor).
     """
     cfg: TransformerConfig = model.cfg  # type: ignore[assignment]
     expected = dict(model.named_parameters())
-    loaded: set[str] = set()
+    loaded: dict[str, str] = {}  # native name -> the checkpoint tensor it came from
     for hf_name, tensor in _assembled(family, _progress(tensors, progress, label), cfg, label):
-        try:
-            native = family.convert(hf_name, tensor, cfg)
-        except KeyError:
-            raise CheckpointError(
-                f"{label}: unexpected tensor {hf_name!r} for the {family.name} family "
-                f"(shape {tuple(tensor.shape)}). The checkpoint may be a different architecture "
-                "than its config.json says."
-            ) from None
+        native = _converted(family, hf_name, tensor, cfg, label)
         for key, value in native.items():
             if key not in expected:
-                if _beyond_last_layer(key, cfg.n_layers):
+                if _skipped_layer(model, key, hf_name, label, checkpoint_layers):
                     continue
                 raise CheckpointError(
                     f"{label}: tensor {hf_name!r} maps to unknown weight {key!r}."
+                )
+            if key in loaded:
+                # Two names for one tensor (tied aliases such as BERT's decoder bias, in a model's
+                # state dict) are fine; two different values for one weight are not: which one
+                # wins would depend on the file order.
+                if torch.equal(value.to(cfg.dtype), model.get_parameter(key).detach()):
+                    continue
+                raise CheckpointError(
+                    f"{label}: weight {key} is stored twice with different values, as "
+                    f"{loaded[key]!r} and {hf_name!r}; the checkpoint holds conflicting "
+                    "tensors (shards that overlap?). Remove one copy, or download the checkpoint "
+                    "again."
                 )
             if not value.is_floating_point():
                 raise CheckpointError(
@@ -305,7 +456,9 @@ def fill_weights(
             if value.shape != want:
                 raise CheckpointError(
                     f"{label}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, which gives "
-                    f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}."
+                    f"{key} the shape {tuple(value.shape)}; the config says {tuple(want)}. The "
+                    "config.json and the weights disagree: use the config.json that came with "
+                    "these weights."
                 )
             weight = value.to(cfg.dtype)  # `_assign` gives it the layout the model built
             storage = weight.untyped_storage()
@@ -320,28 +473,134 @@ def fill_weights(
                 else:
                     weight = weight.clone()
             _assign(model, key, weight)
-            loaded.add(key)
-
-    if "unembed.W_U" not in loaded and "embed.W_E" in loaded:
-        # Tied embeddings: the checkpoint stores one matrix. Keep a separate copy for W_U so
-        # weight processing (centering, folding) can change one without the other.
-        _assign(model, "unembed.W_U", model.embed.W_E.detach().T.clone())
-        loaded.add("unembed.W_U")
-    missing = []
-    for key, param in expected.items():
-        if key in loaded:
-            continue
-        if key.rsplit(".", 1)[-1].lstrip("_").startswith("b"):
-            _assign(model, key, torch.zeros(param.shape, dtype=cfg.dtype))
-        else:
-            missing.append(key)
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise CheckpointError(f"{label}: the checkpoint lacks {len(missing)} weights: {shown}.")
+            loaded[key] = hf_name
+    _fill_absent(model, family, cfg, expected, loaded, label)
     for module in model.modules():
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
             reset()
+
+
+def _converted(
+    family: Family, hf_name: str, tensor: Tensor, cfg: TransformerConfig, label: str
+) -> dict[str, Tensor]:
+    """`family.convert`, with what can go wrong said in terms of the checkpoint."""
+    try:
+        return family.convert(hf_name, tensor, cfg)
+    except KeyError:
+        raise CheckpointError(
+            f"{label}: unexpected tensor {hf_name!r} for the {family.name} family "
+            f"(shape {tuple(tensor.shape)}). The checkpoint may be a different architecture "
+            "than its config.json says."
+        ) from None
+    except StoredShapeError as error:
+        raise CheckpointError(
+            f"{label}: {error}. The file's header and config.json disagree: the file is "
+            "damaged, or config.json belongs to another model; download both again."
+        ) from None
+    except NotImplementedError:
+        raise  # an unsupported option, which says so itself (a RuntimeError, not a bad shape)
+    except (RuntimeError, ValueError, IndexError) as error:
+        # A transform that cannot split or reshape the tensor: its shape does not fit the config.
+        raise CheckpointError(
+            f"{label}: tensor {hf_name!r} (shape {tuple(tensor.shape)}) does not fit the "
+            f"{family.name} family's layout for this config ({error}). The file is damaged, or "
+            "config.json belongs to another model."
+        ) from None
+
+
+_LAYERED = re.compile(r"(?P<stack>\w+)\.(?P<layer>\d+)\.")
+
+
+def _skipped_layer(
+    model: nn.Module, key: str, hf_name: str, label: str, checkpoint_layers: int | None
+) -> bool:
+    """Whether `key`, a weight the model does not have, belongs to a layer that
+    ``first_n_layers`` leaves out (then it is skipped). A layer beyond the config's count is a
+    `CheckpointError`: the config and the weights disagree, and loading only some layers would
+    compute something else than the checkpoint without a word."""
+    match = _LAYERED.match(key)
+    stack = getattr(model, match["stack"], None) if match else None
+    if match is None or not isinstance(stack, nn.ModuleList):
+        return False
+    layer, built = int(match["layer"]), len(stack)
+    if layer < built:
+        return False
+    if match["stack"] == "blocks" and checkpoint_layers is not None and layer < checkpoint_layers:
+        return True  # first_n_layers: asked for
+    declared = checkpoint_layers if match["stack"] == "blocks" and checkpoint_layers else built
+    raise CheckpointError(
+        f"{label}: tensor {hf_name!r} belongs to layer {layer} of {match['stack']}, but the "
+        f"config says there are {declared} layers. The config.json and the weights disagree; use "
+        "the config.json that came with these weights (to load only the first layers of a "
+        "checkpoint, pass first_n_layers=...)."
+    )
+
+
+def _fill_absent(
+    model: nn.Module,
+    family: Family,
+    cfg: TransformerConfig,
+    expected: dict[str, nn.Parameter],
+    loaded: dict[str, str],
+    label: str,
+) -> None:
+    """Give the weights the checkpoint does not store their values, where the family and
+    config say what they are; a `CheckpointError` listing those nobody can supply."""
+    loaded_kinds = {_kind(key) for key in loaded}
+    missing: list[str] = []
+    for key, param in expected.items():
+        if key in loaded:
+            continue
+        if key == "unembed.W_U" and cfg.tie_word_embeddings and "embed.W_E" in loaded:
+            # Tied embeddings: the checkpoint stores one matrix. Keep a separate copy for W_U so
+            # weight processing (centering, folding) can change one without the other.
+            _assign(model, key, model.embed.W_E.detach().T.clone())  # type: ignore[union-attr, operator]
+            continue
+        rules = family.producers(key)
+        bias = key.rsplit(".", 1)[-1].lstrip("_").startswith("b")
+        absent_by_design = bias and not rules
+        # An optional bias is absent from every layer or from none: one layer without it is a
+        # damaged checkpoint, not a config without biases.
+        optional = bool(rules) and all(r.optional for r in rules)
+        if absent_by_design or (optional and _kind(key) not in loaded_kinds):
+            _assign(model, key, torch.zeros(param.shape, dtype=cfg.dtype))
+        else:
+            missing.append(key)
+    if missing:
+        shown = ", ".join(_described(family, key) for key in missing[:6])
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        tied = ""
+        if "unembed.W_U" in missing and "embed.W_E" in loaded:
+            tied = (
+                " (config.json does not tie the output embedding to the input one, "
+                "tie_word_embeddings, so it must be stored)"
+            )
+        raise CheckpointError(
+            f"{label}: the checkpoint lacks {len(missing)} weight(s) the {family.name} family "
+            f"needs: {shown}{more}{tied}. The files are incomplete or were saved for another "
+            "configuration; download them again, or use the config.json that came with them."
+        )
+
+
+def _kind(key: str) -> str:
+    """A native weight name with its layer and expert numbers replaced: the same weight in
+    every layer ("blocks.3.attn.b_Q" -> "blocks.#.attn.b_Q")."""
+    return re.sub(r"(?<=\.)\d+(?=\.)", "#", key)
+
+
+def _described(family: Family, key: str) -> str:
+    """`key`, and the checkpoint tensor name that would have given it, when it can be told."""
+    rules = family.producers(key)
+    if not rules:
+        return key
+    rule = rules[0]
+    layer = _LAYERED.match(key)
+    name = rule.pattern.replace(r"(?P<i>\d+)", layer["layer"] if layer else "0")
+    name = re.sub(r"\(\?:[^()]*\)\?", "", name).replace("\\.", ".")
+    if re.search(r"[\\()\[\]?*+|]", name):
+        return f"{key} (a tensor named like {rule.pattern!r})"
+    return f"{key} (a tensor named like {name!r})"
 
 
 def _assembled(
@@ -366,11 +625,6 @@ def _progress(
         disable=not enabled,
         leave=False,
     )
-
-
-def _beyond_last_layer(key: str, n_layers: int) -> bool:
-    parts = key.split(".")
-    return len(parts) > 1 and parts[0] == "blocks" and int(parts[1]) >= n_layers
 
 
 def _assign(model: nn.Module, key: str, value: Tensor) -> None:

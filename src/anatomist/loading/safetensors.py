@@ -186,6 +186,8 @@ def validate_safetensors_header(path: Path) -> dict[str, Any]:
             raise _damaged(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise _damaged(path, f"tensor {name!r} has invalid shape {shape!r}")
+        if not isinstance(dtype, str):
+            raise _damaged(path, f"tensor {name!r} has no dtype name (got {dtype!r})")
         begin, end = offsets
         if end > data_bytes:
             raise _damaged(

@@ -223,6 +223,7 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         """
         from anatomist.families import bert
         from anatomist.loading.pretrained import (
+            config_from,
             fill_and_finish,
             open_family_checkpoint,
             parse_dtype,
@@ -240,7 +241,7 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
             local_files_only,
             want_tokenizer=tokenizer is None,
         )
-        cfg = bert.build_encoder_config(source.hf_config)
+        cfg = config_from(bert.build_encoder_config, source)
         cfg.model_name = source.name
         cfg.dtype = parse_dtype(dtype)
         with_head = bert.has_mlm_head(source.hf_config) if mlm_head is None else mlm_head

@@ -261,6 +261,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         or an instantiated Hugging Face model (`hf_model`). No weight processing is applied."""
         from anatomist.families import t5
         from anatomist.loading.pretrained import (
+            config_from,
             fill_and_finish,
             open_family_checkpoint,
             parse_dtype,
@@ -278,7 +279,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             local_files_only,
             want_tokenizer=tokenizer is None,
         )
-        cfg = t5.build_encoder_decoder_config(source.hf_config)
+        cfg = config_from(t5.build_encoder_decoder_config, source)
         cfg.model_name = source.name
         cfg.dtype = parse_dtype(dtype)
         model = cls(
