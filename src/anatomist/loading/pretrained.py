@@ -531,9 +531,9 @@ def _skipped_layer(
     declared = checkpoint_layers if match["stack"] == "blocks" and checkpoint_layers else built
     raise CheckpointError(
         f"{label}: tensor {hf_name!r} belongs to layer {layer} of {match['stack']}, but the "
-        f"config says there are {declared} layers. The config.json and the weights disagree; use "
-        "the config.json that came with these weights (to load only the first layers of a "
-        "checkpoint, pass first_n_layers=...)."
+        f"config gives it {declared} layer(s) (0..{declared - 1}). The config.json and the "
+        "weights disagree; use the config.json that came with these weights (to load only the "
+        "first layers of a checkpoint, pass first_n_layers=...)."
     )
 
 
