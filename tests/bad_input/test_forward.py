@@ -192,7 +192,7 @@ def test_mask_values_other_than_zero_and_one_are_refused(
         m(ids, attention_mask=mask)
     assert str(int(bad.min())) in str(error.value)
     with unchanged(m), pytest.raises(ValueError, match="attention_mask"):
-        m(ids, attention_mask=mask.float() / 2)  # halves are not 0/1 either
+        m(ids, attention_mask=mask.float() + 0.5)  # nor are fractions, which .long() truncates
 
 
 @EXAMPLES
