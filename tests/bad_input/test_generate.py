@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import anatomist
 from anatomist.utils import sample_logits
+from tests.helpers import BUILDERS, tiny_tokenizer
 
 from .state import tiny_model, unchanged
 
@@ -96,3 +97,31 @@ def test_sampling_either_samples_a_valid_id_or_names_the_argument(
     else:
         with pytest.raises(ValueError, match="temperature|top_k|top_p"):
             sample_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature)
+
+
+def test_left_padded_ids_without_a_mask_generate_as_with_it() -> None:
+    """generate reads ids as forward does: on a left-padding model the leading pad ids are
+    padding, with and without the KV cache (without the cache they used to be masked, with it
+    they were read as text), and the result is the row's own continuation."""
+    model = BUILDERS["llama"]()
+    tok = tiny_tokenizer()
+    tok.pad_token = "<pad>"
+    model.set_tokenizer(tok, default_padding_side="left")
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad, pad, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    kwargs: dict[str, Any] = dict(max_new_tokens=4, do_sample=False, stop_at_eos=False)
+    runs = {
+        (cache, given): model.generate(
+            ids,
+            use_past_kv_cache=cache,
+            attention_mask=mask if given else None,
+            verbose=False,
+            **kwargs,
+        )
+        for cache in (True, False)
+        for given in (True, False)
+    }
+    alone = model.generate(ids[:, 2:], verbose=False, **kwargs)
+    for out in runs.values():
+        assert torch.equal(out[:, 2:], alone)

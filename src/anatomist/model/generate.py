@@ -233,8 +233,9 @@ class GenerationMixin:
             output = texts[0] if isinstance(input, str) else texts
         if not return_cache:
             return output
-        mask = run.mask if not bool(run.mask.all()) else None
-        _, cache = self.run_with_cache(run.tokens, attention_mask=mask)
+        # Always the mask, even all ones: without one, a left-padding model would take a prompt
+        # that starts with the pad id for padding.
+        _, cache = self.run_with_cache(run.tokens, attention_mask=run.mask)
         return output, cache
 
     @torch.no_grad()
@@ -315,30 +316,20 @@ class GenerationMixin:
         padding_side: str | None,
         eos_token_id: int | list[int] | None,
     ) -> _Generation:
-        """The left-aligned prompt: real tokens at the right end of each row, padding masked."""
-        if isinstance(input, str | list):
-            if attention_mask is not None:
-                raise ValueError("attention_mask goes with token ids; text input builds its own.")
-            tokens, attention_mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
-        elif isinstance(input, Tensor):
-            if input.is_floating_point():
-                raise ValueError("generate takes text or token ids, got a float tensor.")
-            tokens = input if input.dim() == 2 else input.reshape(1, -1)
-        else:
-            raise TypeError(f"generate takes text or token ids, got {type(input).__name__}.")
-        device = self.cfg.device if self.cfg.device is not None else tokens.device
-        tokens = tokens.to(device)
-        if tokens.shape[1] == 0:
-            raise ValueError("generate needs a prompt of at least one token.")
-        if attention_mask is None:
-            mask = torch.ones_like(tokens)
-        else:
-            if attention_mask.shape != tokens.shape:
-                raise ValueError(
-                    f"attention_mask {tuple(attention_mask.shape)} must match the tokens "
-                    f"{tuple(tokens.shape)}."
-                )
-            mask = attention_mask.to(device).long()
+        """The left-aligned prompt: real tokens at the right end of each row, padding masked.
+
+        Token ids and masks are read (and checked) as `forward` reads them, so left-padded ids
+        without a mask have their leading pads masked here too."""
+        if isinstance(input, Tensor) and input.is_floating_point():
+            raise ValueError(
+                f"generate takes text or token ids, got a float tensor of shape "
+                f"{tuple(input.shape)}."
+            )
+        tokens, given_mask = self._tokens_and_mask(  # type: ignore[attr-defined]
+            input, prepend_bos, padding_side, attention_mask
+        )
+        device = tokens.device
+        mask = torch.ones_like(tokens) if given_mask is None else given_mask.long()
         if not bool(mask.any(-1).all()):
             raise ValueError("Every prompt needs at least one real (unmasked) token.")
         pad_id = self._generation_pad_id(eos_token_id)
@@ -411,8 +402,7 @@ class GenerationMixin:
         """A function giving the ``[b, d_vocab]`` logits after the sequence in `run`."""
 
         def full_sequence() -> Tensor:
-            mask = run.mask if not bool(run.mask.all()) else None
-            return self(run.tokens, attention_mask=mask)[:, -1]  # type: ignore[no-any-return]
+            return self(run.tokens, attention_mask=run.mask)[:, -1]  # type: ignore[no-any-return]
 
         if not use_past_kv_cache:
             return full_sequence
