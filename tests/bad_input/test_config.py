@@ -259,3 +259,18 @@ def test_a_good_config_still_loads_and_matches(gpt2_folder: Path) -> None:
 def test_bad_n_ctx_override(n_ctx: Any, gpt2_folder: Path) -> None:
     with pytest.raises(ConfigError, match="n_ctx"):
         load(gpt2_folder, n_ctx=n_ctx)
+
+
+def test_unset_vocabulary_size_comes_from_the_tokenizer_or_is_refused() -> None:
+    """d_vocab=-1 (the classic default) used to build a model from a negative size."""
+    from tests.helpers import tiny_tokenizer
+
+    fields: dict[str, Any] = dict(
+        n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=16, act_fn="gelu"
+    )
+    with pytest.raises(anatomist.ConfigError, match="d_vocab is -1"):
+        anatomist.HookedTransformer(anatomist.TransformerConfig(**fields))
+    tok = tiny_tokenizer()
+    model = anatomist.HookedTransformer(anatomist.TransformerConfig(**fields), tokenizer=tok)
+    assert model.cfg.d_vocab == model.cfg.d_vocab_out == max(tok.get_vocab().values()) + 1
+    assert model.W_E.shape[0] == model.W_U.shape[1] == model.cfg.d_vocab

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from anatomist.config import TransformerConfig
+from anatomist.config import ConfigError, TransformerConfig
 from anatomist.hooks import HookedRootModule, HookPoint
 from anatomist.model.attention import causal_mask
 from anatomist.model.block import TransformerBlock
@@ -57,6 +57,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         self.cfg = cfg = TransformerConfig.unwrap(cfg)
         self.tokenizer = None
         self.set_tokenizer(tokenizer, default_padding_side)
+        _set_vocab_size(cfg, tokenizer)
 
         self.embed = Embed(cfg)
         self.hook_tokens = HookPoint("use_hook_tokens")  # [b, p] token ids
@@ -687,6 +688,23 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             final = make_norm(self.cfg, kind=_final_norm_type(self.cfg))
             self.ln_final = final.to(self.embed.W_E.device)
         self.setup()
+
+
+def _set_vocab_size(cfg: TransformerConfig, tokenizer: Any) -> None:
+    """``d_vocab = -1`` (the classic default) takes the size from the tokenizer, as the classic
+    library did; without a tokenizer there is nothing to take it from."""
+    if cfg.d_vocab != -1:
+        return
+    if tokenizer is None:
+        raise ConfigError(
+            "d_vocab is -1 (not set) and there is no tokenizer to take the vocabulary size from: "
+            "pass d_vocab=... in the config, or a tokenizer.",
+            field="d_vocab",
+            value=-1,
+        )
+    cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+    if cfg.d_vocab_out == -1:
+        cfg.d_vocab_out = cfg.d_vocab
 
 
 # Position schemes with a learned table W_pos (hook_pos_embed): added to the residual stream, or
