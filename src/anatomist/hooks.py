@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -303,6 +303,11 @@ class HookedRootModule(nn.Module):
         """How many `hooks()` blocks the calling thread is inside."""
         return self._context_levels.get(threading.get_ident(), 0)
 
+    @context_level.setter
+    def context_level(self, level: int) -> None:
+        # Code written for the classic class sets it (to 0, in its own __init__).
+        self._context_levels[threading.get_ident()] = level
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -375,6 +380,11 @@ class HookedRootModule(nn.Module):
             return [
                 n for n, hp in self.hook_dict.items() if self._opt_in_enabled(hp) and predicate(n)
             ]
+        if not isinstance(names_filter, Iterable):
+            raise TypeError(
+                "names_filter must be None, a hook name, a list of hook names or a predicate "
+                f"fn(name) -> bool; got {type(names_filter).__name__} {names_filter!r}."
+            )
         names = list(names_filter)
         for n in names:
             if not isinstance(n, str):
@@ -450,10 +460,9 @@ class HookedRootModule(nn.Module):
         """
         # Resolve every name first: a bad one fails before anything is attached.
         resolved = [
-            (names, fn, direction)
+            (self.resolve_hook_names(name), fn, direction)
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks))
-            for name, fn in pairs
-            for names in [self.resolve_hook_names(name)]
+            for name, fn in _hook_pairs(pairs, f"{direction}_hooks")
         ]
         thread = threading.get_ident()
         level = self._context_levels.get(thread, 0) + 1
@@ -571,6 +580,29 @@ class HookedRootModule(nn.Module):
         from anatomist.cache import ActivationCache
 
         return ActivationCache(store, self, has_batch_dim=has_batch_dim)
+
+
+def _hook_pairs(pairs: Any, argument: str) -> list[tuple[Any, HookFunction]]:
+    """`pairs` as a list of ``(name or predicate, fn)``, refusing anything else by name before a
+    hook is attached (a bad entry used to fail with 'not enough values to unpack', or in the
+    middle of the forward pass when fn was not callable)."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and callable(pairs[1]):
+        raise TypeError(
+            f"{argument} must be a list of (name, fn) pairs; got a single pair. Wrap it in a "
+            f"list: {argument}=[(name, fn)]."
+        )
+    checked = []
+    for entry in pairs:
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise TypeError(f"{argument} entries must be (name, fn) pairs, got {entry!r}.")
+        name, fn = entry
+        if not callable(fn):
+            raise TypeError(
+                f"{argument} entry for {name!r} has a {type(fn).__name__} where the hook function "
+                "fn(activation, hook) belongs."
+            )
+        checked.append((name, fn))
+    return checked
 
 
 # Hooks whose tensors are [batch, head, query_pos, key_pos]: the position axis is the query axis.

@@ -150,3 +150,39 @@ def test_returning_something_else_is_refused() -> None:
         m.run_with_hooks(IDS, fwd_hooks=[(name, lambda a, hook: 1.0)])
     with unchanged(m), pytest.raises(anatomist.HookShapeError, match=r"returned shape \(2, 3"):
         m.run_with_hooks(IDS, fwd_hooks=[(name, lambda a, hook: a[:, :3])])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"fwd_hooks": [("blocks.0.hook_resid_pre",)]}, "fwd_hooks entries must be"),
+        ({"fwd_hooks": [("blocks.0.hook_resid_pre", 3)]}, "fwd_hooks entry for"),
+        (
+            {"bwd_hooks": ("blocks.0.hook_resid_pre", lambda a, hook: None)},
+            "bwd_hooks must be a list",
+        ),
+        (
+            {"fwd_hooks": [("blocks.0.hook_resid_pre", lambda a, hook: None), ("nope", print)]},
+            "nope",
+        ),
+    ],
+)
+def test_malformed_hook_lists_are_refused_before_any_hook_is_attached(kwargs, named) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    with unchanged(model), pytest.raises((TypeError, KeyError), match=named):
+        model.run_with_hooks(torch.tensor([[1, 2, 3]]), **kwargs)
+
+
+@pytest.mark.parametrize("names_filter", [3, 2.5, object()])
+def test_a_names_filter_of_another_type_is_named(names_filter) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    with unchanged(model), pytest.raises(TypeError, match="names_filter must be"):
+        model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter=names_filter)
+
+
+def test_context_level_can_be_set_as_classic_subclasses_do() -> None:
+    model = tiny_model()
+    model.context_level = 0
+    with model.hooks([("blocks.0.hook_resid_pre", lambda a, hook: None)]):
+        assert model.context_level == 1
+    assert model.context_level == 0
