@@ -199,16 +199,6 @@ class GenerationMixin:
         logits equal to float error). `verbose` shows a progress bar.
         """
         output_type = _resolve_return_type(return_type, input)
-        check_sampling_args(
-            max_new_tokens,
-            top_k,
-            top_p,
-            temperature,
-            freq_penalty,
-            repetition_penalty,
-            eos_token_id,
-            self.cfg.d_vocab,
-        )
         run = self._start(input, attention_mask, prepend_bos, padding_side, eos_token_id)
         steps = self._steps(
             run,
@@ -268,16 +258,6 @@ class GenerationMixin:
         steps or when every row has finished. Arguments as in `generate`.
         """
         output_type = _resolve_return_type(return_type, input)
-        check_sampling_args(
-            max_new_tokens,
-            top_k,
-            top_p,
-            temperature,
-            freq_penalty,
-            repetition_penalty,
-            eos_token_id,
-            self.cfg.d_vocab,
-        )
         run = self._start(input, attention_mask, prepend_bos, padding_side, eos_token_id)
         steps = self._steps(
             run,
@@ -364,7 +344,18 @@ class GenerationMixin:
         use_past_kv_cache: bool,
         stop_strings: str | list[str] | None,
     ) -> Iterator[Tensor]:
-        """Choose and append one token per step, yielding the ``[b]`` new ids."""
+        """Choose and append one token per step, yielding the ``[b]`` new ids. The settings are
+        checked first, before the first forward pass."""
+        check_sampling_args(
+            max_new_tokens,
+            top_k,
+            top_p,
+            temperature,
+            freq_penalty,
+            repetition_penalty,
+            eos_token_id,
+            self.cfg.d_vocab,
+        )
         stops = self._stop_tokens(stop_at_eos, eos_token_id)
         stop_ids = torch.tensor(stops, dtype=torch.long, device=run.tokens.device)
         strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
@@ -442,7 +433,7 @@ class GenerationMixin:
         for candidate in (
             None if tok is None else tok.pad_token_id,
             None if tok is None else tok.eos_token_id,
-            eos_token_id if not isinstance(eos_token_id, list) else eos_token_id[0],
+            eos_token_id if not isinstance(eos_token_id, list) else next(iter(eos_token_id), None),
         ):
             if candidate is not None:
                 return int(candidate)
