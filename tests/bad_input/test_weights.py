@@ -142,6 +142,28 @@ def test_an_optional_bias_missing_in_one_layer_only(llama: Path, tmp_path: Path)
         assert (model(tokens) - hf(tokens).logits).abs().max() <= 1e-5
 
 
+def test_qwen2_query_key_value_biases_are_required(tmp_path: Path) -> None:
+    """Qwen2 always has q/k/v biases (Llama's rules, where they are optional, used to load a
+    checkpoint without any of them as zeros)."""
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        vocab_size=101,
+        max_position_embeddings=64,
+    )
+    source = save_tiny(transformers.Qwen2ForCausalLM(config), tmp_path / "qwen2")
+    assert load(source) is not None
+    tensors = load_file(source / WEIGHTS)
+    folder = _copy(source, tmp_path / "lacking")
+    with originals_kept(source):
+        save_file({k: v for k, v in tensors.items() if "bias" not in k}, folder / WEIGHTS)
+        with pytest.raises(CheckpointError, match=r"lacks .*b_Q"):
+            load(folder)
+
+
 def test_untied_output_embedding_missing(gpt2: Path, tmp_path: Path) -> None:
     """GPT-2 stores no lm_head when it ties it to the input embedding; a config that says the
     two are separate needs one (it used to be tied silently)."""

@@ -9,13 +9,29 @@ names are Llama's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from anatomist.config import TransformerConfig
-from anatomist.families.base import Family
+from anatomist.families.base import Family, WeightRule
 from anatomist.families.llama import IGNORE, RULES, llama_rope, llama_style_config
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def with_required_qkv_biases(rules: tuple[WeightRule, ...]) -> tuple[WeightRule, ...]:
+    """Llama's rules with the query, key and value biases required: transformers builds them
+    unconditionally for Qwen2 (Qwen2-MoE has qkv_bias), so a checkpoint without them is incomplete, not
+    a config without biases (Llama's optional rule would load them as zeros)."""
+    return tuple(
+        dataclasses.replace(rule, optional=False)
+        if rule.pattern.endswith((r"q_proj\.bias", r"k_proj\.bias", r"v_proj\.bias"))
+        else rule
+        for rule in rules
+    )
+
+
+QWEN2_RULES = with_required_qkv_biases(RULES)
 
 
 def checked_layer_types(layer_types: list[str], n_layers: int) -> None:
@@ -64,6 +80,6 @@ FAMILY = Family(
     architectures=("Qwen2ForCausalLM", "Qwen2Model"),
     model_types=("qwen2",),
     build_config=build_config,
-    rules=RULES,
+    rules=QWEN2_RULES,
     ignore=IGNORE,
 )
