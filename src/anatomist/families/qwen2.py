@@ -21,8 +21,8 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 
 def with_required_qkv_biases(rules: tuple[WeightRule, ...]) -> tuple[WeightRule, ...]:
     """Llama's rules with the query, key and value biases required: transformers builds them
-    unconditionally for Qwen2 (Qwen2-MoE has qkv_bias), so a checkpoint without them is incomplete, not
-    a config without biases (Llama's optional rule would load them as zeros)."""
+    unconditionally for Qwen2 (not for Qwen2-MoE, which has `qkv_bias`), so a checkpoint without
+    them is incomplete, not a config without biases (Llama's optional rules load them as zeros)."""
     return tuple(
         dataclasses.replace(rule, optional=False)
         if rule.pattern.endswith((r"q_proj\.bias", r"k_proj\.bias", r"v_proj\.bias"))
