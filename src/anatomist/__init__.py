@@ -28,6 +28,7 @@ from anatomist.loading.errors import CheckpointError, UnknownModelError
 from anatomist.model.encoder import HookedEncoder
 from anatomist.model.encoder_decoder import HookedEncoderDecoder
 from anatomist.model.kv_cache import HookedTransformerKeyValueCache, KVCache
+from anatomist.model.state_dict import StateDictError
 from anatomist.model.tokens import TokenIdError
 from anatomist.model.transformer import HookedTransformer, Output
 
@@ -59,6 +60,7 @@ __all__ = [
     "LensHandle",
     "Output",
     "SVDInterpreter",
+    "StateDictError",
     "TokenIdError",
     "TransformerConfig",
     "UnknownHookError",
