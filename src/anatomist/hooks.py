@@ -34,6 +34,8 @@ from torch.nn.modules.module import (
 )
 from torch.utils.hooks import RemovableHandle
 
+from anatomist.model.state_dict import AtomicLoadMixin
+
 HookFunction = Callable[..., Any]
 NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 Direction = Literal["fwd", "bwd", "both"]
@@ -284,8 +286,10 @@ class HookPoint(nn.Module):
         return f"HookPoint({self.name!r})"
 
 
-class HookedRootModule(nn.Module):
-    """Base class for models with hook points. Call `setup()` at the end of ``__init__``."""
+class HookedRootModule(AtomicLoadMixin, nn.Module):
+    """Base class for models with hook points. Call `setup()` at the end of ``__init__``.
+
+    ``load_state_dict`` is all-or-nothing (`AtomicLoadMixin`)."""
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.model.mlp import empty_weight
-from anatomist.model.state_dict import AtomicLoadMixin
 
 
 def stacked_parameters(params: Sequence[Tensor]) -> Tensor:
@@ -120,7 +119,7 @@ class _StackedParameters(torch.autograd.Function):
         return grad.unbind(0)
 
 
-class StackedWeightsMixin(AtomicLoadMixin):
+class StackedWeightsMixin:
     """``W_Q`` ... ``b_out`` as ``[n_layers, ...]`` tensors that share the parameters' storage
     (see the module docstring); ``QK`` and ``OV`` as `FactoredMatrix` objects.
 
@@ -129,8 +128,6 @@ class StackedWeightsMixin(AtomicLoadMixin):
     that share it, which is a copy (an edit of it does not reach the model). ``_W_K``, ``_W_V``,
     ``_b_K`` and ``_b_V`` are the stored weights, one slice per key/value head, sharing storage
     (without GQA they equal ``W_K`` ...).
-
-    ``load_state_dict`` is all-or-nothing (`AtomicLoadMixin`).
     """
 
     blocks: Any
