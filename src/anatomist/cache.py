@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anatomist.model.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre, rms_normalize
+from anatomist.model.tokens import check_token_ids
 from anatomist.utils import Slice, get_act_name
 
 
@@ -668,13 +669,8 @@ class ActivationCache:
         ids = torch.as_tensor(tokens)
         if ids.is_floating_point() or ids.dtype == torch.bool or ids.is_complex():
             raise TypeError(f"{argument} must be token ids (ints) or a string, got {ids.dtype}.")
-        d_vocab = self.model.cfg.d_vocab
-        if ids.numel() and not bool(((ids >= 0) & (ids < d_vocab)).all()):
-            bad = ((ids < 0) | (ids >= d_vocab)).nonzero()[0].tolist()
-            raise ValueError(
-                f"{argument} holds id {int(ids[tuple(bad)])} at index {tuple(bad)}, outside this "
-                f"model's vocabulary (ids are 0 .. d_vocab - 1 = {d_vocab - 1})."
-            )
+        if ids.numel():  # named here: tokens_to_residual_directions would say "tokens"
+            check_token_ids(ids, self.model.cfg.d_vocab, argument)
         return self.model.tokens_to_residual_directions(ids)  # [..., d_model]
 
 

@@ -15,6 +15,7 @@ from anatomist.analysis.factored_matrix import FactoredMatrix
 
 # The classic utils.sample_logits; it lives with generation, which uses it.
 from anatomist.model.generate import sample_logits as sample_logits
+from anatomist.model.tokens import check_token_ids
 
 _LAYER_TYPE_ALIASES = {
     "a": "attn",
@@ -156,14 +157,7 @@ def _check_logits_and_tokens(logits: Tensor, tokens: Tensor, mask: Tensor | None
             f"{tuple(mask.shape)}."
         )
     if tokens.numel():
-        low, high = torch.aminmax(tokens)
-        if int(low) < 0 or int(high) >= logits.shape[-1]:
-            bad = int(low) if int(low) < 0 else int(high)
-            where = tuple((tokens == bad).nonzero()[0].tolist())
-            raise ValueError(
-                f"tokens holds id {bad} at (batch, pos) {where}, outside the logits' vocabulary "
-                f"(ids 0 .. {logits.shape[-1] - 1})."
-            )
+        check_token_ids(tokens, logits.shape[-1], "tokens", "the logits' d_vocab")
 
 
 def lm_accuracy(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:

@@ -25,7 +25,10 @@ def test_logit_attrs_names_an_id_outside_the_vocabulary(cached, argument, bad) -
     stack, _ = cache.decompose_resid(return_labels=True)
     kwargs = {"tokens": 3, "incorrect_tokens": None}
     kwargs[argument] = bad
-    with unchanged(model), pytest.raises(ValueError, match=rf"{argument} .*d_vocab - 1 = 36"):
+    with (
+        unchanged(model),
+        pytest.raises(ValueError, match=rf"{argument} holds token id .*d_vocab=37"),
+    ):
         cache.logit_attrs(stack[:, :, -1], pos_slice=-1, **kwargs)
 
 
