@@ -269,7 +269,7 @@ def _open_source(
     # architecture we do not know is refused before anything else of it is read, above all its
     # tokenizer, which transformers would otherwise offer to run the folder's Python for.
     family_for_config(hf_config)
-    tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
+    tokenizer = _folder_tokenizer(folder, hf_config) if want_tokenizer else None
     return _Source(
         resolved.name,
         str(folder),
@@ -289,7 +289,7 @@ def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool
     assert folder is not None and weights is not None
     hf_config = _read_config(folder / "config.json")
     family_for_config(hf_config)  # before the tokenizer, as in _open_source
-    tokenizer = _folder_tokenizer(folder) if want_tokenizer else None
+    tokenizer = _folder_tokenizer(folder, hf_config) if want_tokenizer else None
     return _Source(
         checkpoint.name,
         str(weights),
@@ -300,11 +300,15 @@ def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool
     )
 
 
-def _read_config(config_path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     try:
-        config = json.loads(config_path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"Cannot read {config_path}: {error}") from error
+        raise CheckpointError(f"Cannot read {path}: {error}") from error
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    config = _read_json(config_path)
     if not isinstance(config, dict):
         raise ConfigError(
             f"{config_path} holds a JSON {type(config).__name__}, not an object of settings "
@@ -320,13 +324,13 @@ def _read_config(config_path: Path) -> dict[str, Any]:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
-def _folder_tokenizer(folder: Path) -> Any:
+def _folder_tokenizer(folder: Path, hf_config: dict[str, Any]) -> Any:
     """The folder's tokenizer, or None when it ships none. Never runs code from the folder: a
     tokenizer that only custom code builds is refused (pass ``tokenizer=`` instead), and
     transformers is told not to trust remote code."""
     if not any((folder / f).exists() for f in _TOKENIZER_FILES):
         return None
-    custom = _custom_tokenizer_code(folder)
+    custom = _custom_tokenizer_code(folder, hf_config)
     if custom is not None:
         raise CheckpointError(
             f"{folder}: its tokenizer is custom code ({custom}), which anatomist never runs. "
@@ -345,22 +349,21 @@ def _folder_tokenizer(folder: Path) -> Any:
         ) from error
 
 
-def _custom_tokenizer_code(folder: Path) -> str | None:
+def _custom_tokenizer_code(folder: Path, hf_config: dict[str, Any]) -> str | None:
     """Where the folder declares a tokenizer class that exists only as its own Python code
-    (an ``auto_map`` AutoTokenizer entry, in tokenizer_config.json or config.json, while the
-    ``tokenizer_class`` they name is not one transformers has), or None. transformers (with
-    trust_remote_code=False) would refuse such a tokenizer, or fall back to a generic one built
-    from tokenizer.json that may tokenize differently."""
+    (an ``auto_map`` AutoTokenizer entry, in tokenizer_config.json or config.json (`hf_config`),
+    while the ``tokenizer_class`` they name is not one transformers has), or None. transformers
+    (with trust_remote_code=False) would refuse such a tokenizer, or fall back to a generic one
+    built from tokenizer.json that may tokenize differently."""
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
+    tokenizer_config = folder / "tokenizer_config.json"
+    sources = [(hf_config, "config.json")]
+    if tokenizer_config.is_file():
+        sources.insert(0, (_read_json(tokenizer_config), tokenizer_config.name))
     declared: str | None = None
     custom: str | None = None
-    for name in ("tokenizer_config.json", "config.json"):  # the first one that says wins
-        path = folder / name
-        try:
-            settings = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"Cannot read {path}: {error}") from error
+    for settings, name in sources:  # the first one that says wins
         if not isinstance(settings, dict):
             continue
         if declared is None and isinstance(settings.get("tokenizer_class"), str):
@@ -368,7 +371,7 @@ def _custom_tokenizer_code(folder: Path) -> str | None:
         auto_map = settings.get("auto_map")
         entry = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map
         if custom is None and entry:
-            custom = f"{path.name}'s auto_map names AutoTokenizer {entry!r}"
+            custom = f"{name}'s auto_map names AutoTokenizer {entry!r}"
     if custom is None:
         return None
     if declared is not None and any(
