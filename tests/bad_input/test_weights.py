@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 import anatomist
 from anatomist import CheckpointError, ConfigError
+from tests.families.cases.qwen2 import CASES as QWEN2_CASES
 from tests.helpers import load, random_tokens, save_tiny, tiny_gpt2, tiny_llama
 
 WEIGHTS = "model.safetensors"
@@ -145,16 +146,8 @@ def test_an_optional_bias_missing_in_one_layer_only(llama: Path, tmp_path: Path)
 def test_qwen2_query_key_value_biases_are_required(tmp_path: Path) -> None:
     """Qwen2 always has q/k/v biases (Llama's rules, where they are optional, used to load a
     checkpoint without any of them as zeros)."""
-    config = transformers.Qwen2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        vocab_size=101,
-        max_position_embeddings=64,
-    )
-    source = save_tiny(transformers.Qwen2ForCausalLM(config), tmp_path / "qwen2")
+    case = QWEN2_CASES["gqa-tied"]
+    source = save_tiny(case.model_class(case.config), tmp_path / "qwen2")
     assert load(source) is not None
     tensors = load_file(source / WEIGHTS)
     folder = _copy(source, tmp_path / "lacking")
