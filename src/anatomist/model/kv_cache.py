@@ -150,6 +150,8 @@ class KVCache:
         return full
 
 
-# The classic names.
+# The classic names (2.x, then 3.x).
 HookedTransformerKeyValueCache = KVCache
 HookedTransformerKeyValueCacheEntry = KVCacheEntry
+TransformerLensKeyValueCache = KVCache
+TransformerLensKeyValueCacheEntry = KVCacheEntry

@@ -52,7 +52,13 @@ def xielu(x: Tensor, alpha_p_raw: Tensor, alpha_n_raw: Tensor) -> Tensor:
     )
 
 
-class MLP(nn.Module):
+class CanBeUsedAsMLP(nn.Module):
+    """The type every MLP-like block component shares (dense, gated, mixture of experts): what
+    sits at `blocks.{i}.mlp`, takes the normalized residual [b, p, d_model] and returns the MLP
+    output; the classic library's name for that type, which downstream code uses in checks."""
+
+
+class MLP(CanBeUsedAsMLP):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         assert cfg.d_mlp is not None and cfg.act_fn is not None

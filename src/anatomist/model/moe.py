@@ -57,13 +57,13 @@ from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
-from anatomist.model.mlp import dense_config, make_mlp, matmul_bias
+from anatomist.model.mlp import CanBeUsedAsMLP, dense_config, make_mlp, matmul_bias
 
 # The dense-MLP weights a reader might look for on this module, and where they live instead.
 _DENSE_WEIGHTS = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "b_out")
 
 
-class MoE(nn.Module):
+class MoE(CanBeUsedAsMLP):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         n_experts, top_k = cfg.num_experts, cfg.experts_per_token

@@ -30,6 +30,11 @@ from anatomist.utils import lm_cross_entropy_loss
 
 RETURN_TYPES = ("logits", "loss", "both", None)
 
+# The classic type names of what `forward(return_type="loss")` returns.
+SingleLoss = Tensor  # a 0-d tensor: the mean loss
+LossPerToken = Tensor  # [batch, pos - 1] with loss_per_token=True
+Loss = Tensor  # either of the above
+
 
 class Output(NamedTuple):
     """What ``forward(return_type="both")`` returns."""
