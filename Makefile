@@ -29,8 +29,12 @@ $(VENV)/.demo: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e .
 	touch $@
 
+# SAELens (tests/compat/, docs/guide-sae.md): the sae extra is its requirements minus
+# transformer-lens; sae-lens itself goes in with --no-deps because it requires
+# transformer-lens<4, which anatomist.compat stands in for.
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,sae]"
+	$(BIN)/python -m pip install --quiet --no-deps "sae-lens==6.54.*"
 	touch $@ $(VENV)/.demo
 
 venv: $(VENV)/.dev $(VENV)/.models $(VENV)/.test-models
