@@ -334,3 +334,89 @@ def test_composition_scores_match_the_definition(data: Any) -> None:
     assert_close(
         composition_scores(left, right, broadcast_dims=False), composition_by_definition(L, R)
     )
+
+
+def test_shape_errors_are_also_the_classic_exceptions() -> None:
+    """Code written against the classic class catches AssertionError (shapes it asserted) and
+    RuntimeError (leading dims torch could not broadcast); both still are ValueErrors."""
+    from anatomist.analysis.factored_matrix import (
+        FactoredMatrixBroadcastError,
+        FactoredMatrixShapeError,
+    )
+
+    fm = FactoredMatrix(torch.randn(3, 4), torch.randn(4, 6))
+    attempts = [
+        lambda: FactoredMatrix(torch.randn(3, 4), torch.randn(5, 6)),  # inner dims
+        lambda: fm @ torch.randn(5, 2),  # rows of the right operand
+        lambda: torch.randn(2, 5) @ fm,  # columns of the left operand
+        lambda: fm * torch.randn(2, 2),  # not a scalar
+        lambda: fm.BA,  # not square
+        lambda: fm.eigenvalues,
+    ]
+    for attempt in attempts:
+        with pytest.raises(FactoredMatrixShapeError) as caught:
+            attempt()
+        assert isinstance(caught.value, AssertionError) and isinstance(caught.value, ValueError)
+    with pytest.raises(FactoredMatrixBroadcastError, match="mismatch") as caught:
+        FactoredMatrix(torch.randn(9, 5, 3), torch.randn(2, 4, 3, 7))
+    assert isinstance(caught.value, RuntimeError) and isinstance(caught.value, AssertionError)
+    batched = FactoredMatrix(torch.randn(2, 3, 4), torch.randn(2, 4, 6))
+    with pytest.raises(RuntimeError):  # the product's leading dims (2) and (4) do not broadcast
+        torch.randn(4, 6, 3) @ batched
+
+
+class _Wrapped:
+    """A duck-typed tensor (not a torch.Tensor subclass)."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+    ndim = property(lambda self: self.tensor.ndim)
+    shape = property(lambda self: self.tensor.shape)
+
+    def size(self, dim: int) -> int:
+        return self.tensor.size(dim)
+
+    def unsqueeze(self, dim: int) -> _Wrapped:
+        return _Wrapped(self.tensor.unsqueeze(dim))
+
+    def squeeze(self, dim: int) -> _Wrapped:
+        return _Wrapped(self.tensor.squeeze(dim))
+
+    def broadcast_to(self, shape: Any) -> _Wrapped:
+        return _Wrapped(self.tensor.broadcast_to(shape))
+
+    def __matmul__(self, other: Any) -> Any:
+        if isinstance(other, FactoredMatrix):
+            return NotImplemented
+        return _Wrapped(self.tensor @ getattr(other, "tensor", other))
+
+    def __rmatmul__(self, other: Tensor) -> _Wrapped:
+        return _Wrapped(other @ self.tensor)
+
+
+def test_products_with_tensor_like_operands() -> None:
+    from anatomist.analysis.factored_matrix import TensorLike
+
+    a, b = randn(2, 3, seed=1), randn(3, 4, seed=2)
+    fm = FactoredMatrix(a, b)
+    assert isinstance(_Wrapped(a), TensorLike)
+    right = randn(4, 5, seed=3)
+    product = fm @ _Wrapped(right)
+    assert isinstance(product, FactoredMatrix)
+    assert_close(product.AB.tensor, a @ b @ right)
+    left = randn(5, 2, seed=4)
+    product = _Wrapped(left) @ fm
+    assert isinstance(product, FactoredMatrix)
+    assert_close(product.AB.tensor, left @ a @ b)
+    vector = randn(4, seed=5)
+    assert_close((fm @ _Wrapped(vector)).tensor, a @ b @ vector)
+
+
+def test_vh_is_v_and_deprecated() -> None:
+    fm = FactoredMatrix(randn(4, 3, seed=1), randn(3, 5, seed=2))
+    with pytest.warns(DeprecationWarning, match="use .V"):
+        vh = fm.Vh
+    U, S, V = torch.linalg.svd(fm.A @ fm.B, full_matrices=False)
+    assert vh.shape == (5, 3)
+    assert_close(vh @ torch.diag(fm.S) @ vh.T, V.T @ torch.diag(S) @ V)

@@ -18,13 +18,47 @@ float64 (Apple MPS) the float64 work and its results are on the CPU.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 IndexEntry = Any  # int, slice, None, Ellipsis, list or index tensor
 _SvdKey = float | None
+
+
+class FactoredMatrixShapeError(ValueError, AssertionError):
+    """Factors or operands whose shapes do not fit. Also an AssertionError: the classic class
+    asserted these shapes, and code written against it catches that."""
+
+
+class FactoredMatrixBroadcastError(FactoredMatrixShapeError, RuntimeError):
+    """Leading (batch) dims that do not broadcast. Also a RuntimeError, as torch's broadcasting
+    error (which the classic class let through) is."""
+
+
+@runtime_checkable
+class TensorLike(Protocol):
+    """What a factor or matmul operand that is not a ``torch.Tensor`` must provide (a duck-typed
+    wrapper). Such factors support the products (``@``, ``AB``, ``BA``); the linear algebra
+    (``svd``, ``norm``, ``eigenvalues``, indexing) needs real tensors."""
+
+    @property
+    def ndim(self) -> int: ...
+
+    @property
+    def shape(self) -> Any: ...
+
+    def size(self, dim: int) -> int: ...
+
+    def unsqueeze(self, dim: int) -> Any: ...
+
+    def squeeze(self, dim: int) -> Any: ...
+
+    def broadcast_to(self, shape: Any) -> Any: ...
+
+    def __matmul__(self, other: Any) -> Any: ...
 
 
 def _linalg_device(device: torch.device) -> torch.device:
@@ -46,16 +80,16 @@ class FactoredMatrix:
 
     def __init__(self, A: Tensor, B: Tensor) -> None:
         if A.ndim < 2 or B.ndim < 2:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"FactoredMatrix factors must be matrices (at least 2 dims); got A {tuple(A.shape)},"
                 f" B {tuple(B.shape)}"
             )
         if A.size(-1) != B.size(-2):
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 "FactoredMatrix factors must match on the inner dimension: A is "
                 f"{tuple(A.shape)} and B is {tuple(B.shape)} (need A.shape[-1] == B.shape[-2])"
             )
-        if A.dtype != B.dtype:
+        if isinstance(A, Tensor) and isinstance(B, Tensor) and A.dtype != B.dtype:
             dtype = torch.promote_types(A.dtype, B.dtype)
             A, B = A.to(dtype), B.to(dtype)
         self.ldim: int = A.size(-2)
@@ -65,10 +99,10 @@ class FactoredMatrix:
         try:
             leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         except RuntimeError:
-            raise ValueError(
-                "FactoredMatrix factors' leading (batch) dims must broadcast against each other: "
-                f"A is {tuple(A.shape)} (leading {tuple(A.shape[:-2])}) and B is "
-                f"{tuple(B.shape)} (leading {tuple(B.shape[:-2])}); each leading dim must be "
+            raise FactoredMatrixBroadcastError(
+                "Shape mismatch: FactoredMatrix factors' leading (batch) dims must broadcast "
+                f"against each other: A is {tuple(A.shape)} (leading {tuple(A.shape[:-2])}) and B "
+                f"is {tuple(B.shape)} (leading {tuple(B.shape[:-2])}); each leading dim must be "
                 "equal or 1 in one of them"
             ) from None
         self.shape: torch.Size = torch.Size((*leading, self.ldim, self.rdim))
@@ -104,7 +138,7 @@ class FactoredMatrix:
     def BA(self) -> Tensor:
         """The reverse product ``[..., mdim, mdim]``; defined only for square ``AB``."""
         if self.ldim != self.rdim:
-            raise ValueError(f"BA needs a square product (ldim == rdim); shape is {self.shape}")
+            raise FactoredMatrixShapeError(f"BA needs a square product (ldim == rdim); shape is {self.shape}")
         return self.B @ self.A
 
     @property
@@ -197,7 +231,7 @@ class FactoredMatrix:
         if other.ndim < 2:  # a vector [rdim] -> [..., ldim]
             return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.size(-2) != self.rdim:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"matmul shapes do not match: FactoredMatrix {tuple(self.shape)} @ tensor "
                 f"{tuple(other.shape)}"
             )
@@ -208,7 +242,7 @@ class FactoredMatrix:
     def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
         """``other @ self``: a FactoredMatrix for a matrix, a tensor for a vector ``[ldim]``."""
         if other.size(-1) != self.ldim:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"matmul shapes do not match: tensor {tuple(other.shape)} @ FactoredMatrix "
                 f"{tuple(self.shape)}"
             )
@@ -221,7 +255,7 @@ class FactoredMatrix:
     def __mul__(self, scalar: float | Tensor) -> FactoredMatrix:
         """Multiply by a scalar (a number or a one-element tensor); use ``@`` for matrices."""
         if isinstance(scalar, Tensor) and scalar.numel() != 1:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"FactoredMatrix * tensor needs a one-element tensor, got shape "
                 f"{tuple(scalar.shape)}; use @ for matrix products"
             )
@@ -302,7 +336,14 @@ class FactoredMatrix:
 
     @property
     def Vh(self) -> Tensor:
-        """The classic name for ``V`` ``[..., rdim, r]`` (not transposed, despite the name)."""
+        """Deprecated: the classic name for ``V`` ``[..., rdim, r]`` (not transposed, despite the
+        name); warns, as the classic 3.x class does."""
+        warnings.warn(
+            "FactoredMatrix.Vh is V (the right singular vectors, not transposed); use .V, or "
+            ".V.transpose(-2, -1) for the transpose.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.svd()[2]
 
     @property
@@ -314,7 +355,7 @@ class FactoredMatrix:
         returns them.
         """
         if self.ldim != self.rdim:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"eigenvalues need a square product (ldim == rdim); shape is {self.shape}"
             )
         A, B = self._float64_factors()
