@@ -18,6 +18,7 @@ per thread.
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from anatomist.model.state_dict import AtomicLoadMixin
 HookFunction = Callable[..., Any]
 NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 Direction = Literal["fwd", "bwd", "both"]
+DeviceType = torch.device | None
 
 
 class HookShapeError(ValueError):
@@ -73,13 +75,17 @@ _HOOKS_LOCK = threading.RLock()
 
 
 @dataclass
-class HookHandle:
-    """A hook attached to a `HookPoint`, with the bookkeeping needed to remove it selectively."""
+class LensHandle:
+    """A hook attached to a `HookPoint`, with the bookkeeping needed to remove it selectively.
 
-    handle: RemovableHandle
-    direction: Literal["fwd", "bwd"]
+    The first four fields are the classic ones (``hook`` is torch's handle, ``user_hook`` the
+    function as given to ``add_hook``)."""
+
+    hook: RemovableHandle
     is_permanent: bool = False
     context_level: int | None = None
+    user_hook: HookFunction | None = None
+    direction: Literal["fwd", "bwd"] = "fwd"
     thread: int | None = None  # the thread the hook fires in (threading.get_ident()); None: all
 
     def fires_here(self) -> bool:
@@ -87,11 +93,57 @@ class HookHandle:
         return self.thread is None or self.thread == threading.get_ident()
 
     def remove(self) -> None:
-        self.handle.remove()
+        self.hook.remove()
 
 
-# The classic name for the same object; downstream code imports it.
-LensHandle = HookHandle
+# anatomist's first name for the same class.
+HookHandle = LensHandle
+
+
+class _HasHooks:
+    """``hook_point.has_hooks``: true when a hook would fire in the calling thread's forward
+    pass (``if hook_point.has_hooks:``), and callable with the classic filters
+    (``hook_point.has_hooks(dir="fwd", including_permanent=False, level=2)``)."""
+
+    __slots__ = ("_point",)
+
+    def __init__(self, point: HookPoint) -> None:
+        self._point = point
+
+    def __bool__(self) -> bool:
+        return self._point.hooked_here()
+
+    def __call__(
+        self,
+        dir: Direction = "both",
+        including_permanent: bool = True,
+        level: int | None = None,
+    ) -> bool:
+        """Whether a hook in direction `dir` fires in the calling thread, counting permanent
+        hooks only with `including_permanent` and, with `level`, only hooks of that `hooks()`
+        context level."""
+        entries = _entries(self._point, dir)
+        return any(
+            e.fires_here()
+            and (including_permanent or not e.is_permanent)
+            and (level is None or e.context_level == level)
+            for e in entries
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self) == other if isinstance(other, bool) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(bool(self))
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
+def _entries(point: HookPoint, dir: str) -> list[LensHandle]:
+    if dir not in ("fwd", "bwd", "both"):
+        raise ValueError(f"Direction must be 'fwd', 'bwd' or 'both', got {dir!r}.")
+    return (point.fwd_hooks if dir != "bwd" else []) + (point.bwd_hooks if dir != "fwd" else [])
 
 
 class HookPoint(nn.Module):
@@ -106,8 +158,8 @@ class HookPoint(nn.Module):
         self.name: str | None = None
         self.opt_in = opt_in
         self.ctx: dict[Any, Any] = {}
-        self.fwd_hooks: list[HookHandle] = []
-        self.bwd_hooks: list[HookHandle] = []
+        self.fwd_hooks: list[LensHandle] = []
+        self.bwd_hooks: list[LensHandle] = []
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         # Most hook points have no hook at a given forward: skip nn.Module's call machinery
@@ -137,11 +189,9 @@ class HookPoint(nn.Module):
             return x.view_as(x)
         return x
 
-    @property
-    def has_hooks(self) -> bool:
-        """True when any hook (ours or a raw torch forward hook) would see this activation in a
-        forward pass of the calling thread (another thread's hooks do not count: they must not
-        switch this thread to the explicit attention or norm paths)."""
+    def hooked_here(self) -> bool:
+        """Whether any hook (ours or a raw torch forward hook) would see this activation in a
+        forward pass of the calling thread: ``bool(has_hooks)``, without building the callable."""
         if not self._forward_hooks:
             return False
         if len(self._forward_hooks) > len(self.fwd_hooks) + len(self.bwd_hooks):
@@ -149,6 +199,14 @@ class HookPoint(nn.Module):
         return any(e.fires_here() for e in self.fwd_hooks) or any(
             e.fires_here() for e in self.bwd_hooks
         )
+
+    @property
+    def has_hooks(self) -> _HasHooks:
+        """Truthy when any hook (ours or a raw torch forward hook) would see this activation in a
+        forward pass of the calling thread (another thread's hooks do not count: they must not
+        switch this thread to the explicit attention or norm paths). Call it with the classic
+        filters: ``has_hooks(dir="both", including_permanent=True, level=None)``."""
+        return _HasHooks(self)
 
     def add_hook(
         self,
@@ -158,12 +216,13 @@ class HookPoint(nn.Module):
         level: int | None = None,
         prepend: bool = False,
         thread: int | None = None,
-    ) -> HookHandle:
+    ) -> LensHandle:
         """Attach `hook` (``fn(tensor, hook=self)``) to this point, forward or backward.
 
         A forward hook that returns a tensor replaces the activation; a backward hook that returns
-        a tensor replaces the gradient flowing back through it. With `thread` (an id from
-        ``threading.get_ident()``) the hook fires only in forward passes run by that thread.
+        a tensor replaces the gradient flowing back through it. Hooks run in the order they were
+        added; `prepend` puts this one first. With `thread` (an id from ``threading.get_ident()``)
+        the hook fires only in forward passes run by that thread.
         """
         if dir == "fwd":
             wrapper = self._forward_wrapper(hook, thread)
@@ -173,9 +232,19 @@ class HookPoint(nn.Module):
             raise ValueError(f"Hook direction must be 'fwd' or 'bwd', got {dir!r}.")
         with _HOOKS_LOCK:
             handle = self.register_forward_hook(wrapper, prepend=prepend)
-            entry = HookHandle(handle, dir, is_permanent, level, thread)
-            (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(entry)
+            entry = LensHandle(handle, is_permanent, level, user_hook=hook)
+            entry.direction, entry.thread = dir, thread
+            entries = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+            if prepend:
+                entries.insert(0, entry)
+            else:
+                entries.append(entry)
         return entry
+
+    def add_perma_hook(self, hook: HookFunction, dir: Literal["fwd", "bwd"] = "fwd") -> LensHandle:
+        """`add_hook` with ``is_permanent=True``: the hook stays through `remove_hooks` and
+        ``reset_hooks`` unless they are called with ``including_permanent=True``."""
+        return self.add_hook(hook, dir=dir, is_permanent=True)
 
     def _forward_wrapper(self, hook: HookFunction, thread: int | None) -> Callable[..., Any]:
         def run(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
@@ -253,7 +322,7 @@ class HookPoint(nn.Module):
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"Direction must be 'fwd', 'bwd' or 'both', got {dir!r}.")
 
-        def keep(entry: HookHandle) -> bool:
+        def keep(entry: LensHandle) -> bool:
             if entry.is_permanent and not including_permanent:
                 return True
             if level is not None and (entry.context_level != level or not entry.fires_here()):
@@ -274,19 +343,65 @@ class HookPoint(nn.Module):
         self.ctx.clear()
 
     def layer(self) -> int:
-        """The block index in this hook's name (``blocks.3.attn.hook_q`` -> 3)."""
+        """The block index in this hook's name (``blocks.3.attn.hook_q`` -> 3,
+        ``decoder.1.hook_resid_pre`` -> 1)."""
         if self.name is None:
             raise ValueError("This HookPoint has no name yet; call setup() on the root module.")
         parts = self.name.split(".")
-        if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[1].isdigit():
             raise ValueError(f"Hook {self.name!r} does not belong to a block.")
         return int(parts[1])
 
     def __repr__(self) -> str:
-        return f"HookPoint({self.name!r})"
+        bits = [] if self.name is None else [f"name={self.name!r}"]
+        bits += [
+            f"{len(hooks)} {d}"
+            for d, hooks in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks))
+            if hooks
+        ]
+        return f"HookPoint({', '.join(bits)})"
 
 
-class HookedRootModule(AtomicLoadMixin, nn.Module):
+def is_hooked(point: nn.Module) -> bool:
+    """Whether the module at a hook point's place must see its activation: a `HookPoint` with a
+    hook that fires in this thread, or any other module put in its place (SAELens swaps a hook
+    point for an SAE wrapper). Models skip computing an activation nobody reads only when this
+    is False."""
+    return point.hooked_here() if isinstance(point, HookPoint) else True
+
+
+class HookIntrospectionMixin:
+    """`list_hooks` for any class with a ``hook_dict`` (an attribute or a property)."""
+
+    def list_hooks(
+        self,
+        name_filter: NamesFilter = None,
+        dir: Direction = "both",
+        including_permanent: bool = True,
+    ) -> dict[str, list[LensHandle]]:
+        """The hooks attached to each hook point that `name_filter` selects (None: all; a name,
+        names, or a predicate), by hook name; hook points without hooks are left out. Each
+        `LensHandle` holds the function as given (``user_hook``). Hooks of every thread."""
+        if name_filter is None:
+            selected: Callable[[str], bool] = lambda name: True  # noqa: E731
+        elif callable(name_filter):
+            selected = name_filter
+        elif isinstance(name_filter, str):
+            selected = name_filter.__eq__
+        else:
+            selected = set(name_filter).__contains__
+        hook_dict: dict[str, HookPoint] = getattr(self, "hook_dict")  # noqa: B009
+        found = {}
+        for name, point in hook_dict.items():
+            if not selected(name):
+                continue
+            handles = [e for e in _entries(point, dir) if including_permanent or not e.is_permanent]
+            if handles:
+                found[name] = handles
+        return found
+
+
+class HookedRootModule(HookIntrospectionMixin, AtomicLoadMixin, nn.Module):
     """Base class for models with hook points. Call `setup()` at the end of ``__init__``.
 
     ``load_state_dict`` is all-or-nothing (`AtomicLoadMixin`)."""
@@ -294,8 +409,11 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any) -> None:
         super().__init__()
+        # Set while caching hooks made by get_caching_hooks / add_caching_hooks may be attached;
+        # reset_hooks clears it (the classic flag, read by some subclasses).
+        self.is_caching = False
         # The nesting depth of `hooks()` blocks, per thread id: two threads nesting blocks on one
         # model must not share (and remove) each other's levels.
         self._context_levels: dict[int, int] = {}
@@ -324,7 +442,9 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
             raise
 
     def setup(self) -> None:
-        """Name every `HookPoint` after its path and index modules and hook points by name."""
+        """Name every submodule after its path and index modules (`mod_dict`) and hook points
+        (`hook_dict`) by name. Call it again after replacing submodules (a hook point swapped for
+        a module holding hook points of its own, as SAE wrappers do) to rebuild both."""
         self.mod_dict = {}
         self.hook_dict = {}
         for name, module in self.named_modules():
@@ -336,6 +456,7 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
                 self.hook_dict[name] = module
 
     def hook_points(self) -> list[HookPoint]:
+        """Every hook point, in `hook_dict` order."""
         return list(self.hook_dict.values())
 
     # --- which hooks are live -------------------------------------------------------------------
@@ -409,14 +530,50 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
         level: int | None = None,
         prepend: bool = False,
     ) -> None:
-        """Attach `hook` to the hook point `name`, or to every hook point whose name passes it.
+        """Attach `hook` to the hook point `name`, or to every hook point whose name passes it,
+        each through `check_and_add_hook`.
 
         The hook fires in every thread's forward passes (`hooks()` and `run_with_hooks` add hooks
         for the calling thread only)."""
         for hook_name in self.resolve_hook_names(name):
-            self.hook_dict[hook_name].add_hook(
-                hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend
+            self.check_and_add_hook(
+                self.hook_dict[hook_name],
+                hook_name,
+                hook,
+                dir=dir,
+                is_permanent=is_permanent,
+                level=level,
+                prepend=prepend,
             )
+
+    def check_and_add_hook(
+        self,
+        hook_point: HookPoint,
+        hook_point_name: str,
+        hook: HookFunction,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> None:
+        """Run `check_hooks_to_add`, then attach `hook` to `hook_point` (`add_hook` calls this
+        for every hook point it selects; subclasses override it to attach hooks differently)."""
+        self.check_hooks_to_add(
+            hook_point, hook_point_name, hook, dir=dir, is_permanent=is_permanent, prepend=prepend
+        )
+        hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def check_hooks_to_add(
+        self,
+        hook_point: HookPoint,
+        hook_point_name: str,
+        hook: HookFunction,
+        dir: Literal["fwd", "bwd"] = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Refuse a hook by raising; runs before every hook `add_hook`, `hooks()`,
+        `run_with_hooks` and `run_with_cache` attach. Accepts everything; override to check."""
 
     def add_perma_hook(
         self,
@@ -433,16 +590,22 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
         including_permanent: bool = False,
         level: int | None = None,
     ) -> None:
-        """Remove hooks from every hook point (permanent ones only when asked)."""
-        for hp in self.hook_dict.values():
-            if clear_contexts:
-                hp.clear_context()
-            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+        """Remove hooks from every hook point (permanent ones only when asked; with `level`, only
+        those of that `hooks()` level) and, with `clear_contexts`, empty every ``hook.ctx``."""
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level)
+        self.is_caching = False
 
     def remove_all_hook_fns(
-        self, direction: Direction = "both", including_permanent: bool = False
+        self,
+        direction: Direction = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
     ) -> None:
-        self.reset_hooks(False, direction, including_permanent)
+        """Remove hooks from every hook point, leaving contexts alone (see `reset_hooks`)."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
 
     def clear_contexts(self) -> None:
         for hp in self.hook_dict.values():
@@ -468,6 +631,9 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks))
             for name, fn in _hook_pairs(pairs, f"{direction}_hooks")
         ]
+        for names, fn, direction in resolved:
+            for name in names:
+                self.check_hooks_to_add(self.hook_dict[name], name, fn, dir=direction)  # type: ignore[arg-type]
         thread = threading.get_ident()
         level = self._context_levels.get(thread, 0) + 1
         self._context_levels[thread] = level
@@ -543,7 +709,50 @@ class HookedRootModule(AtomicLoadMixin, nn.Module):
 
         fwd = [(n, make_saver(n)) for n in names]
         bwd = [(n, make_saver(n + "_grad")) for n in names] if incl_bwd else []
+        self.is_caching = True
         return store, fwd, bwd
+
+    def add_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Attach caching hooks (`get_caching_hooks`) to the model, in every thread, until
+        ``reset_hooks()``; returns the dict that every later forward (and, with `incl_bwd`,
+        backward) pass fills. Runs nothing: `run_with_cache` is the one-call way."""
+        store, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, cache
+        )
+        for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
+            for name, fn in pairs:
+                self.add_hook(name, fn, dir=direction)  # type: ignore[arg-type]
+        return store
+
+    def cache_all(
+        self,
+        cache: dict[str, Tensor] | None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+    ) -> dict[str, Tensor]:
+        """Deprecated (as in the classic library): ``add_caching_hooks(None, ...)``."""
+        logging.warning("cache_all is deprecated: use add_caching_hooks or run_with_cache.")
+        return self.add_caching_hooks(None, incl_bwd, device, remove_batch_dim, cache)
+
+    def cache_some(
+        self,
+        cache: dict[str, Tensor] | None,
+        names: NamesFilter,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+    ) -> dict[str, Tensor]:
+        """Deprecated (as in the classic library): ``add_caching_hooks(names, ...)``."""
+        logging.warning("cache_some is deprecated: use add_caching_hooks or run_with_cache.")
+        return self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
 
     def run_with_cache(
         self,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
-from anatomist.hooks import HookPoint
+from anatomist.hooks import HookPoint, is_hooked
 from anatomist.model.kv_cache import KVCacheEntry
 from anatomist.model.mlp import empty_weight, matmul_bias
 from anatomist.model.norm import LayerNorm, RMSNorm
@@ -88,8 +88,8 @@ class Attention(nn.Module):
         """Whether to compute the pattern explicitly: a hook wants it, or soft-capped scores,
         which the fused kernel cannot compute."""
         return (
-            self.hook_attn_scores.has_hooks
-            or self.hook_pattern.has_hooks
+            is_hooked(self.hook_attn_scores)
+            or is_hooked(self.hook_pattern)
             or self.cfg.attn_scores_soft_cap is not None
         )
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anatomist.config import TransformerConfig
-from anatomist.hooks import HookPoint
+from anatomist.hooks import HookPoint, is_hooked
 
 
 class _Norm(nn.Module):
@@ -32,7 +32,7 @@ class _Norm(nn.Module):
         self.hook_normalized = HookPoint()  # [..., length]
 
     def _hooked(self) -> bool:
-        return self.hook_scale.has_hooks or self.hook_normalized.has_hooks
+        return is_hooked(self.hook_scale) or is_hooked(self.hook_normalized)
 
 
 class LayerNorm(_Norm):
