@@ -308,7 +308,9 @@ def get_pretrained_state_dict(
     from anatomist.families.registry import family_for_config
 
     dtype = kwargs.pop("torch_dtype", dtype)
-    options = {k: kwargs[k] for k in ("revision", "local_files_only") if k in kwargs}
+    options: dict[str, Any] = {
+        k: kwargs[k] for k in ("revision", "local_files_only") if k in kwargs
+    }
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
     else:
