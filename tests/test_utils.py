@@ -91,12 +91,20 @@ def test_slice_tuple_slice_list_none() -> None:
     assert Slice().apply(t) is t
     assert torch.equal(Slice((0, 1)).apply(t, dim=0), t[:1])
     assert list(Slice((1, 4)).indices(6)) == [1, 2, 3]
-    assert list(Slice([5, 0]).indices()) == [5, 0]
+    assert list(Slice([5, 0]).indices(6)) == [5, 0]
+    assert list(Slice([-1, 1]).indices(6)) == [5, 1]  # counted from the end, as in the axis
     assert list(Slice(None).indices(3)) == [0, 1, 2]
-    with pytest.raises(ValueError):
-        Slice((1, 4)).indices()
-    with pytest.raises(TypeError):
+    assert list(Slice(2).indices()) == [2]  # only an int knows its indices without max_ctx
+    for needs_length in ((1, 4), [5, 0], torch.tensor([1])):
+        with pytest.raises(ValueError, match="max_ctx"):
+            Slice(needs_length).indices()
+    with pytest.raises(IndexError):
+        Slice([7]).indices(6)
+    with pytest.raises(TypeError, match="Cannot build a Slice from str"):
         Slice("first")
+    with pytest.raises(ValueError):  # the classic raised ValueError
+        Slice(1.5)
+    assert [Slice(s).mode for s in (None, 3, (1, 2), [1])] == ["identity", "int", "slice", "array"]
     inner = Slice((1, 3))
     assert Slice(inner).slice == inner.slice
 

@@ -9,6 +9,8 @@ tokens instead (``[CLS] ... [SEP]``, ``... </s>``).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -361,3 +363,85 @@ def _pad_rows(rows: list[list[int]], pad: int, side: str) -> tuple[Tensor, Tenso
         tokens[i, span] = torch.tensor(ids, dtype=torch.long)
         mask[i, span] = 1
     return tokens, mask
+
+
+# --- the classic module-level tokenizer helpers (utils.get_attention_mask, ...) -------------------
+
+
+def get_attention_mask(tokenizer: Any, tokens: Tensor, prepend_bos: bool) -> Tensor:
+    """The 0/1 mask of ids padded by `tokenizer` on its ``padding_side``, like `tokens`.
+
+    Only the padding run at the padded end counts (trailing pads for ``"right"``, leading pads
+    otherwise), so a pad id inside the text, often the EOS, stays a token. When BOS and pad share
+    an id and `prepend_bos`, a left-padded row's last leading pad is its BOS and stays unmasked.
+    Without a tokenizer, or a pad token, every token counts.
+    """
+    pad = None if tokenizer is None else tokenizer.pad_token_id
+    if pad is None:
+        return torch.ones_like(tokens)
+    if tokenizer.padding_side == "right":
+        return leading_pad_mask(tokens.flip(-1), pad).flip(-1).to(tokens.dtype)
+    keep_bos = bool(prepend_bos) and tokenizer.bos_token_id == pad
+    return leading_pad_mask(tokens, pad, keep_last_pad=keep_bos).to(tokens.dtype)
+
+
+def get_input_with_manually_prepended_bos(bos_token: str, input: TextInput) -> TextInput:
+    """`input` (a string or a list of strings) with `bos_token` written in front of each text."""
+    if isinstance(input, str):
+        return bos_token + input
+    return [bos_token + text for text in input]
+
+
+def get_tokens_with_bos_removed(tokenizer: Any, tokens: Tensor) -> Tensor:
+    """`tokens` ``[..., pos]`` without each row's BOS, one position shorter.
+
+    With ``tokenizer.padding_side == "right"`` the BOS is the first token of each row. Left
+    padded, it is the first BOS id of the row or, when BOS and pad share an id, the last of the
+    row's leading pads. A left-padded row without a BOS is an error (the classic removed its first
+    token instead).
+    """
+    if tokenizer.padding_side == "right":
+        return tokens[..., 1:]
+    rows = tokens.reshape(-1, tokens.shape[-1])  # [rows, pos]
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    if bos == pad:
+        position = (rows != pad).cumsum(-1).eq(0).sum(-1) - 1  # [rows]: the last leading pad
+        missing = position < 0
+    else:
+        is_bos = rows == bos
+        position, missing = is_bos.int().argmax(-1), ~is_bos.any(-1)
+    if bool(missing.any()):
+        row = int(missing.nonzero()[0])
+        raise ValueError(
+            f"tokens row {row} holds no BOS (id {bos}) to remove; were they tokenized with "
+            "prepend_bos=False, or padded on the right (set tokenizer.padding_side)?"
+        )
+    keep = torch.ones_like(rows, dtype=torch.bool).scatter(-1, position[:, None], False)
+    return rows[keep].reshape(*tokens.shape[:-1], tokens.shape[-1] - 1)
+
+
+def get_tokenizer_with_bos(tokenizer: Any) -> Any:
+    """A copy of `tokenizer` that adds BOS itself (Llama-style ``add_bos_token=True``), or
+    `tokenizer` when it already does or has no BOS token.
+
+    anatomist's models prepend BOS themselves and never twice, so they do not need this; it is
+    kept for code that tokenizes with the tokenizer directly. A tokenizer that cannot be switched
+    (``add_bos_token`` has no effect on it) is an error rather than a silent no-op.
+    """
+    if tokenizer.bos_token_id is None or _adds_bos(tokenizer):
+        return tokenizer
+    switched = copy.deepcopy(tokenizer)
+    with contextlib.suppress(AttributeError):  # a read-only attribute: checked just below
+        switched.add_bos_token = True
+    if not _adds_bos(switched):
+        raise ValueError(
+            f"{type(tokenizer).__name__} does not add BOS even with add_bos_token=True; prepend "
+            "it yourself (get_input_with_manually_prepended_bos) or let the model do it "
+            "(prepend_bos=True)."
+        )
+    return switched
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(ids) > 0 and ids[0] == tokenizer.bos_token_id
