@@ -12,6 +12,7 @@ them and how they handle each architecture.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,11 @@ class MissingActivationError(KeyError):
 
     def __str__(self) -> str:  # KeyError repr-quotes its message; show it plainly.
         return str(self.args[0])
+
+
+class CacheBatchDimError(ValueError, AssertionError):
+    """The batch axis cannot be removed or sliced (batch size above 1, or no batch axis).
+    An AssertionError too, as the classic library raised."""
 
 
 class ActivationCache:
@@ -106,25 +112,36 @@ class ActivationCache:
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis (the batch must have size 1); returns self."""
         if not self.has_batch_dim:
+            logging.warning("remove_batch_dim: this cache has no batch dim (removed already).")
             return self
         for name, value in self.cache_dict.items():
             if value.shape[0] != 1:
-                raise ValueError(
-                    f"Cannot remove the batch dim: {name} has batch size {value.shape[0]}."
+                raise CacheBatchDimError(
+                    f"Cannot remove the batch dim: {name} has batch size {value.shape[0]}. "
+                    "Select one row first: cache.apply_slice_to_batch_dim(i)."
                 )
         self.cache_dict = {k: v[0] for k, v in self.cache_dict.items()}
         self.has_batch_dim = False
         return self
 
     def apply_slice_to_batch_dim(self, batch_slice: Any) -> ActivationCache:
-        """A new cache holding only the selected batch rows (an int drops the batch axis)."""
-        if not self.has_batch_dim:
-            raise ValueError("This cache has no batch dim to slice.")
+        """A new cache holding only the selected batch rows (an int drops the batch axis; None
+        keeps every row, also in a cache without a batch axis)."""
         sl = Slice(batch_slice)
+        if not self.has_batch_dim:
+            if sl.mode == "identity":
+                return ActivationCache(dict(self.cache_dict), self.model, has_batch_dim=False)
+            raise CacheBatchDimError(
+                f"This cache has no batch dim to slice with {batch_slice!r} (remove_batch_dim "
+                "or run_with_cache(remove_batch_dim=True) dropped it)."
+            )
         sliced = {k: sl.apply(v, dim=0) for k, v in self.cache_dict.items()}
         return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(sl.slice, int))
 
     def toggle_autodiff(self, mode: bool = False) -> None:
+        """``torch.set_grad_enabled(mode)``: global state, for every model in the process (as
+        classic). ``torch.inference_mode()`` does the same for one block."""
+        logging.warning("Changed the global state, set autodiff to %s", mode)
         torch.set_grad_enabled(mode)
 
     def stack_activation(
@@ -410,13 +427,21 @@ class ActivationCache:
         return self.model.blocks[layer].mlp
 
     def get_neuron_results(
-        self, layer: int, neuron_slice: Any = None, pos_slice: Any = None
+        self,
+        layer: int,
+        neuron_slice: Any = None,
+        pos_slice: Any = None,
+        project_output_onto: Tensor | None = None,
     ) -> Tensor:
         """Each neuron's write to the stream in block `layer`'s MLP,
         ``[*batch_and_pos, neurons, d_model]``: its activation (``mlp.hook_post``) times its row of
         ``W_out``, through the MLP's post norm (``ln2_post``) at its cached scale where the model
         has one. An int `neuron_slice` drops the neuron axis. Computed, not cached (large, cheap).
-        """
+
+        `project_output_onto` (``[d_model]`` or ``[d_model, k]``) returns each write's projection
+        instead (last axis dropped or ``k``), without building the ``d_model`` writes where the
+        model has no post norm."""
+        project, squeeze = _projection_2d(project_output_onto, self.model.cfg.d_model)
         layer = layer + self.model.cfg.n_layers if layer < 0 else layer
         pos_slice, neuron_slice = Slice(pos_slice), Slice(neuron_slice)
         W_out = self._dense_mlp(layer).W_out  # [d_mlp, d_model]
@@ -425,9 +450,15 @@ class ActivationCache:
             neuron_slice = Slice([neuron_slice.slice])
         post = neuron_slice.apply(pos_slice.apply(self[("post", layer)], dim=-2), dim=-1)
         W_out = neuron_slice.apply(W_out, dim=0).to(post.device, post.dtype)
-        results = post[..., None] * W_out  # [..., neurons, d_model]
-        results = self._through_post_norm(layer, "ln2_post", results, pos_slice)
-        return results[..., 0, :] if one else results
+        if project is not None and self.model.cfg.post_norm_type is None:
+            results = post[..., None] * (W_out @ project.to(W_out))  # [..., neurons, k]
+        else:
+            results = post[..., None] * W_out  # [..., neurons, d_model]
+            results = self._through_post_norm(layer, "ln2_post", results, pos_slice)
+            if project is not None:
+                results = results @ project.to(results)
+        results = results[..., 0, :] if one else results
+        return results.squeeze(-1) if squeeze else results
 
     def stack_neuron_results(
         self,
@@ -437,27 +468,58 @@ class ActivationCache:
         return_labels: bool = False,
         incl_remainder: bool = False,
         apply_ln: bool = False,
+        project_output_onto: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[str]]:
         """Every neuron's write to the stream in the blocks before `layer`,
         ``[neurons, *batch_and_pos, d_model]``, labels ``"L{l}N{n}"`` (see `get_neuron_results`);
         `incl_remainder` and `apply_ln` as in `stack_head_results`. Memory grows with
-        ``layers * d_mlp * batch * pos * d_model``: slice neurons or positions on large models."""
+        ``layers * d_mlp * batch * pos * d_model``: slice neurons or positions on large models,
+        or pass `project_output_onto` (``[d_model]`` or ``[d_model, k]``) to get each row's
+        projection (after `apply_ln`) with ``k`` (or no) values per row instead of ``d_model``."""
         self._require_additive_stream("stack_neuron_results")
+        project, squeeze = _projection_2d(project_output_onto, self.model.cfg.d_model)
         pos_slice, neuron_slice = Slice(pos_slice), Slice(neuron_slice)
         if isinstance(neuron_slice.slice, int):
             neuron_slice = Slice([neuron_slice.slice])
         layer = self._resolve_layer(layer)
+        if project is None:
+            stack, labels = self._neuron_stack(layer, pos_slice, neuron_slice, None)
+            if incl_remainder:
+                stack, labels = self._with_remainder(stack, labels, layer, pos_slice)
+            if apply_ln:
+                stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+            return (stack, labels) if return_labels else stack
+        # The norm's linear part (centre, * w, / scale) folded into the projection: the rows are
+        # projected before they are normalized, so no row ever has d_model values.
+        reading = self._norm_reading(layer, mlp_input=False) if apply_ln else None
+        if reading is not None:
+            project = _fold_norm_into_projection(reading[0], project)
+        stack, labels = self._neuron_stack(layer, pos_slice, neuron_slice, project)
+        if incl_remainder:
+            stream = pos_slice.apply(self._stream_into(layer), dim=-2)
+            remainder = stream @ project.to(stream) - stack.sum(dim=0)
+            stack, labels = torch.cat([stack, remainder[None]], dim=0), [*labels, "remainder"]
+        if reading is not None:
+            scale = pos_slice.apply(self[reading[1]], dim=-2)
+            stack = (stack / scale.to(stack.device)).to(stack.dtype)
+        stack = stack.squeeze(-1) if squeeze else stack
+        return (stack, labels) if return_labels else stack
+
+    def _neuron_stack(
+        self, layer: int, pos_slice: Slice, neuron_slice: Slice, project: Tensor | None
+    ) -> tuple[Tensor, list[str]]:
+        """``[neurons, *batch_and_pos, d_model or k]`` of the blocks before `layer`, labels."""
         parts, labels = [], []
         for index in range(layer):
             width = self._dense_mlp(index).W_out.shape[0]
-            parts.append(self.get_neuron_results(index, neuron_slice, pos_slice))
+            parts.append(self.get_neuron_results(index, neuron_slice, pos_slice, project))
             labels += [f"L{index}N{n}" for n in neuron_slice.indices(width).tolist()]
-        stack = self._components_first(parts, pos_slice)
-        if incl_remainder:
-            stack, labels = self._with_remainder(stack, labels, layer, pos_slice)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
-        return (stack, labels) if return_labels else stack
+        if parts:
+            return torch.cat(parts, dim=-2).movedim(-2, 0), labels
+        empty = self._empty_stack(pos_slice)
+        if project is not None:
+            empty = empty.new_zeros(*empty.shape[:-1], project.shape[-1])
+        return empty, labels
 
     # --- norms -----------------------------------------------------------------------------------
     def _norm_reading(self, layer: int, mlp_input: bool) -> tuple[AnyNorm, str] | None:
@@ -572,6 +634,7 @@ class ActivationCache:
         apply_ln: bool = False,
         pos_slice: Any = None,
         return_labels: bool = False,
+        project_output_onto: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[str]]:
         """The stream into block `layer` (its MLP with `mlp_input`; n_layers, None, -1: the final
         norm's input) split into every head (``"L{l}H{h}"``), every neuron (``"L{l}N{n}"``; with
@@ -582,9 +645,11 @@ class ActivationCache:
         With `apply_ln` the rows go through the norm at `layer` at its cached scale
         (`apply_ln_to_stack`), and an unfolded LayerNorm's bias joins the ``bias`` row, so the
         rows sum to the norm's output. Mixture-of-experts MLPs have no per-neuron results: use
-        ``expand_neurons=False``.
+        ``expand_neurons=False``. `project_output_onto` (``[d_model]`` or ``[d_model, k]``)
+        returns every row's projection onto it (last axis dropped, or ``k``).
         """
         self._require_additive_stream("get_full_resid_decomposition")
+        project, squeeze = _projection_2d(project_output_onto, self.model.cfg.d_model)
         pos_slice = Slice(pos_slice)
         layer = self._resolve_layer(layer)
         cfg = self.model.cfg
@@ -615,6 +680,9 @@ class ActivationCache:
             reading = self._norm_reading(layer, mlp_input)
             if reading is not None and isinstance(reading[0], LayerNorm):
                 stack[-1] += reading[0].b.to(stack)
+        if project is not None:
+            stack = stack @ project.to(stack)
+            stack = stack.squeeze(-1) if squeeze else stack
         return (stack, labels) if return_labels else stack
 
     def logit_attrs(
@@ -675,6 +743,37 @@ class ActivationCache:
 
 
 _NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
+
+
+def _projection_2d(project: Tensor | None, d_model: int) -> tuple[Tensor | None, bool]:
+    """`project_output_onto` as ``[d_model, k]``, and whether it was one direction (then the
+    caller drops the last axis of its result)."""
+    if project is None:
+        return None, False
+    if (
+        not isinstance(project, Tensor)
+        or project.dim() not in (1, 2)
+        or project.shape[0] != d_model
+    ):
+        shape = tuple(project.shape) if isinstance(project, Tensor) else type(project).__name__
+        raise ValueError(
+            f"project_output_onto must be a tensor [d_model] or [d_model, k] with d_model = "
+            f"{d_model}, got {shape}."
+        )
+    return (project[:, None], True) if project.dim() == 1 else (project, False)
+
+
+def _fold_norm_into_projection(norm: AnyNorm, project: Tensor) -> Tensor:
+    """`q` with ``_linear_part(norm, x, s) @ project == (x @ q) / s`` for every `x`: the norm's
+    weight scales each row of the projection and LayerNorm's centring subtracts their mean,
+    since ``(x - mean(x)) @ p == x @ (p - mean over rows of p)``."""
+    if isinstance(norm, LayerNorm | RMSNorm):
+        project = norm.multiplier.to(project)[:, None] * project
+    if isinstance(norm, LayerNorm | LayerNormPre):
+        project = project - project.mean(dim=0, keepdim=True)
+    return project
+
+
 AnyNorm = LayerNorm | LayerNormPre | RMSNorm | RMSNormPre
 
 
