@@ -134,3 +134,33 @@ def test_full_resid_decomposition_projected_sums_to_the_stream(apply_ln: bool) -
     target = cache["ln_final.hook_normalized"] if apply_ln else cache["blocks.1.hook_resid_post"]
     assert stack.shape[1:] == target.shape[:-1]
     torch.testing.assert_close(stack.sum(0), target @ direction, rtol=1e-4, atol=1e-4)
+
+
+def test_projected_neuron_stack_never_builds_d_model_rows() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            result = func(*args, **(kwargs or {}))
+            for t in result if isinstance(result, tuple | list) else (result,):
+                if isinstance(t, Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return result
+
+    cfg = anatomist.TransformerConfig(
+        n_layers=2, d_model=64, n_ctx=16, d_head=16, d_vocab=50, act_fn="gelu", seed=0
+    )
+    model = anatomist.HookedTransformer(cfg)
+    cache = model.run_with_cache(torch.randint(0, 50, (4, 8)))[1]
+    direction = torch.randn(64)
+    with LargestTensor() as full:
+        cache.stack_neuron_results(-1, apply_ln=True)
+    with LargestTensor() as projected:
+        cache.stack_neuron_results(-1, apply_ln=True, project_output_onto=direction)
+    rows = 2 * model.cfg.d_mlp * 4 * 8  # neurons x batch x pos
+    assert full.numel >= rows * 64
+    assert projected.numel <= rows
