@@ -16,6 +16,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 
+class SamplingSettingError(ValueError, AssertionError):
+    """A generation setting out of its range. Also an AssertionError, which the classic
+    ``sample_logits`` raised, so code that caught that keeps working."""
+
+
+class StopTokenError(ValueError, AssertionError):
+    """``stop_at_eos=True`` with no end-of-sequence token to stop at. Also an AssertionError,
+    which the classic library raised."""
+
+
 def sample_logits(
     final_logits: Tensor,
     top_k: int | None = None,
@@ -23,17 +33,30 @@ def sample_logits(
     temperature: float = 1.0,
     freq_penalty: float = 0.0,
     tokens: Tensor | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Tensor:
     """One sampled token id per row of `final_logits` ``[b, d_vocab]`` -> ``[b]``.
 
-    ``temperature == 0`` is greedy. Otherwise the logits are divided by `temperature`, each
-    token already in `tokens` ``[b, p]`` loses ``freq_penalty`` per occurrence, and sampling is
-    restricted to the `top_k` most likely tokens and/or the smallest set whose probability
-    reaches `top_p` (the most likely token is always kept).
+    Each token already in `tokens` ``[b, p]`` first has its logit divided by
+    `repetition_penalty` (multiplied, when negative). ``temperature == 0`` is then greedy.
+    Otherwise the logits are divided by `temperature`, each token in `tokens` loses
+    ``freq_penalty`` per occurrence, and sampling is restricted to the `top_k` most likely
+    tokens and/or the smallest set whose probability reaches `top_p` (the most likely token is
+    always kept). `repetition_penalty` comes after `tokens`, so the 2.x positional order holds.
     """
     check_sampling_args(
-        top_k=top_k, top_p=top_p, temperature=temperature, freq_penalty=freq_penalty
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        freq_penalty=freq_penalty,
+        repetition_penalty=repetition_penalty,
     )
+    if tokens is None and (freq_penalty or repetition_penalty != 1.0):
+        raise SamplingSettingError(
+            "freq_penalty and repetition_penalty need tokens=, the ids generated so far [b, p]."
+        )
+    if tokens is not None:
+        final_logits = apply_repetition_penalty(final_logits, tokens, repetition_penalty)
     if temperature == 0.0:
         return final_logits.argmax(-1)
     logits = final_logits.float()
@@ -78,33 +101,35 @@ def check_sampling_args(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
         raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}.")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+        raise SamplingSettingError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
     ):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}.")
+        raise SamplingSettingError(f"top_k must be None or an int >= 1, got {top_k!r}.")
     if top_p is not None and not (_real(top_p) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
+        raise SamplingSettingError(f"top_p must be None or a number in (0, 1], got {top_p!r}.")
     if not (_real(temperature) and temperature >= 0):
-        raise ValueError(
+        raise SamplingSettingError(
             f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}."
         )
     if not _real(freq_penalty):
-        raise ValueError(f"freq_penalty must be a finite number, got {freq_penalty!r}.")
+        raise SamplingSettingError(f"freq_penalty must be a finite number, got {freq_penalty!r}.")
     if not (_real(repetition_penalty) and repetition_penalty > 0):
-        raise ValueError(
+        raise SamplingSettingError(
             f"repetition_penalty must be a finite number > 0 (1 is none), got "
             f"{repetition_penalty!r}."
         )
     if eos_token_id is not None:
         ids = eos_token_id if isinstance(eos_token_id, list | tuple) else [eos_token_id]
         if not ids:
-            raise ValueError("eos_token_id must be an id or a non-empty list of ids, got [].")
+            raise SamplingSettingError(
+                "eos_token_id must be an id or a non-empty list of ids, got []."
+            )
         for i in ids:
             if isinstance(i, bool) or not isinstance(i, numbers.Integral):
                 raise TypeError(f"eos_token_id must hold token ids (ints), got {i!r}.")
             if i < 0 or (d_vocab is not None and i >= d_vocab):
-                raise ValueError(
+                raise SamplingSettingError(
                     f"eos_token_id {i} is not a token of this model (ids are 0 .. "
                     f"{'d_vocab - 1' if d_vocab is None else d_vocab - 1})."
                 )
@@ -470,6 +495,13 @@ def _penalize_repetition(logits: Tensor, tokens: Tensor, mask: Tensor, penalty: 
     return torch.where(seen, penalized, logits)
 
 
+def apply_repetition_penalty(logits: Tensor, tokens: Tensor, penalty: float) -> Tensor:
+    """`_penalize_repetition` over every token of `tokens` ``[b, p]`` (a new tensor; the
+    classic ``_apply_repetition_penalty``)."""
+    tokens = tokens.to(logits.device)
+    return _penalize_repetition(logits, tokens, torch.ones_like(tokens), penalty)
+
+
 def stop_token_ids(
     tokenizer: Any, stop_at_eos: bool, eos_token_id: int | list[int] | None
 ) -> list[int]:
@@ -479,7 +511,7 @@ def stop_token_ids(
         return []
     if eos_token_id is None:
         if tokenizer is None or tokenizer.eos_token_id is None:
-            raise ValueError(
+            raise StopTokenError(
                 "stop_at_eos needs an end-of-sequence token: pass eos_token_id=..., attach "
                 "a tokenizer that has one, or set stop_at_eos=False."
             )
