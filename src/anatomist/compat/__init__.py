@@ -40,6 +40,7 @@ MODULES: dict[str, str] = {
     "HookedRootModule": "anatomist.hooks",
     "HookedTransformer": "anatomist.model.transformer",
     "HookedEncoder": "anatomist.model.encoder",
+    "BertNextSentencePrediction": "anatomist.model.encoder",
     "HookedEncoderDecoder": "anatomist.model.encoder_decoder",
     "past_key_value_caching": "anatomist.model.kv_cache",
     "cache.key_value_cache": "anatomist.model.kv_cache",
@@ -64,6 +65,7 @@ CLASS_MODULES = (
     "HookedEncoder",
     "HookedEncoderDecoder",
     "SVDInterpreter",
+    "BertNextSentencePrediction",
 )
 
 

@@ -1,22 +1,30 @@
-"""BERT (BertModel, BertForMaskedLM, BertForPreTraining): an encoder, loaded by `HookedEncoder`.
+"""BERT (BertModel, BertForMaskedLM, BertForPreTraining, BertForNextSentencePrediction): an
+encoder, loaded by `HookedEncoder`.
 
 What differs from the decoder families: attention is bidirectional (``causal=False``); the
 embeddings add a learned token-type (segment) table to the word and position embeddings and
 normalize the sum (``embed.ln``); blocks are post-LayerNorm (``ln1`` normalizes
 ``resid_pre + attn_out``, ``ln2`` normalizes ``normalized_resid_mid + mlp_out``); GELU is exact.
 Masked-LM checkpoints add ``cls.predictions`` (dense + activation + LayerNorm, then the output
-embedding, tied to the word embeddings by default), loaded as ``mlm_head`` and ``unembed``.
+embedding, tied to the word embeddings by default), loaded as ``mlm_head`` and ``unembed``;
+next-sentence checkpoints add the pooler (``pooler.dense``: dense + tanh of the first token) and
+``cls.seq_relationship`` (2 logits), loaded as ``pooler`` and ``nsp_head``. A head the model is
+built without is left out of the checkpoint's tensors (`without_heads`), as is the pooler of a
+bare ``BertModel``.
 
 `HookedTransformer.from_pretrained` refuses these checkpoints (`build_config` raises, pointing to
 `HookedEncoder.from_pretrained`), which builds its config with `build_encoder_config`.
-Not loaded: the pooler (``pooler.dense``) and the next-sentence head (``cls.seq_relationship``).
 Not supported: relative position embeddings (``position_embedding_type`` other than
 ``"absolute"``) and decoder use (``is_decoder``, cross-attention).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from torch import Tensor
 
 from anatomist.config import TransformerConfig
 from anatomist.families.base import (
@@ -32,9 +40,16 @@ from anatomist.families.base import (
     transpose,
 )
 
-ARCHITECTURES = ("BertForMaskedLM", "BertModel", "BertForPreTraining")
+ARCHITECTURES = (
+    "BertForMaskedLM",
+    "BertModel",
+    "BertForPreTraining",
+    "BertForNextSentencePrediction",
+)
 # Architectures whose checkpoints carry the masked-LM head (cls.predictions.*).
 MLM_ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining")
+# ... and the next-sentence head (bert.pooler.dense.*, cls.seq_relationship.*).
+NSP_ARCHITECTURES = ("BertForPreTraining", "BertForNextSentencePrediction")
 
 
 class EncoderOnlyError(NotImplementedError):
@@ -92,6 +107,27 @@ def has_mlm_head(hf: dict[str, Any]) -> bool:
     return any(arch in MLM_ARCHITECTURES for arch in hf.get("architectures") or [])
 
 
+def has_nsp_head(hf: dict[str, Any]) -> bool:
+    """Whether the checkpoint's architecture carries the pooler and next-sentence head."""
+    return any(arch in NSP_ARCHITECTURES for arch in hf.get("architectures") or [])
+
+
+_MLM_TENSORS = re.compile(r"cls\.predictions\..+")
+_NSP_TENSORS = re.compile(r"(?:bert\.)?pooler\.dense\..+|cls\.seq_relationship\..+")
+
+
+def without_heads(
+    tensors: Iterable[tuple[str, Tensor]], mlm_head: bool, nsp_head: bool
+) -> Iterator[tuple[str, Tensor]]:
+    """The checkpoint's tensors less those of the heads the model is built without."""
+    for name, tensor in tensors:
+        if not mlm_head and _MLM_TENSORS.fullmatch(name):
+            continue
+        if not nsp_head and _NSP_TENSORS.fullmatch(name):
+            continue
+        yield name, tensor
+
+
 # The output embedding is usually not stored (tied to the word embeddings).
 TIED_SOURCE = r"(?:bert\.)?embeddings\.word_embeddings\.weight"
 TIED_TARGET = "cls.predictions.decoder.weight"
@@ -133,6 +169,10 @@ RULES = (
     WeightRule(_H + r"transform\.LayerNorm\." + _B, ("mlm_head.ln.b",), same),
     WeightRule(_H + r"decoder\.weight", ("unembed.W_U",), transpose),
     WeightRule(_H + r"(?:decoder\.)?bias", ("unembed.b_U",), same),
+    WeightRule(r"(?:bert\.)?pooler\.dense\.weight", ("pooler.W",), transpose),
+    WeightRule(r"(?:bert\.)?pooler\.dense\.bias", ("pooler.b",), same),
+    WeightRule(r"cls\.seq_relationship\.weight", ("nsp_head.W",), transpose),
+    WeightRule(r"cls\.seq_relationship\.bias", ("nsp_head.b",), same),
 )
 
 FAMILY = Family(
@@ -141,9 +181,5 @@ FAMILY = Family(
     model_types=("bert",),
     build_config=build_config,
     rules=RULES,
-    ignore=(
-        _E + r"(?:position_ids|token_type_ids)",
-        r"(?:bert\.)?pooler\.dense\.(?:weight|bias)",
-        r"cls\.seq_relationship\.(?:weight|bias)",
-    ),
+    ignore=(_E + r"(?:position_ids|token_type_ids)",),
 )

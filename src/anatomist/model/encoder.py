@@ -14,6 +14,8 @@ Layout (classic names)::
         hook_resid_post       = ln1.hook_normalized + mlp_out         (before ln2)
         hook_normalized_resid_post = LN2(resid_post): the block's output (next resid_pre)
     mlm_head.W, b, ln  ->  unembed.W_U, b_U   (masked-LM head; only when the model has one)
+    pooler.W, b -> pooler.hook_pooler_out [b, d]   tanh of the first ([CLS]) position
+    nsp_head.W, b -> nsp_head.hook_nsp_out [b, 2]   next-sentence logits (BertNextSentencePrediction)
 
 Attention is bidirectional: a padding mask hides padded keys only. Positions are 0..p-1 in
 every row, as in BERT, so padding goes on the right. No weight processing is applied, neither
@@ -157,14 +159,44 @@ class BertMLMHead(nn.Module):
         return self.ln(self.act(resid @ self.W + self.b))
 
 
+class BertPooler(nn.Module):
+    """The pooled sequence: ``tanh(resid[:, 0] @ W + b)``, from the first ([CLS]) position."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.W = nn.Parameter(torch.empty(cfg.d_model, cfg.d_model, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.hook_pooler_out = HookPoint()  # [b, d_model]
+
+    def forward(self, resid: Tensor) -> Tensor:  # [b, p, d_model] -> [b, d_model]
+        return self.hook_pooler_out(torch.tanh(resid[:, 0] @ self.W + self.b))
+
+
+class BertNSPHead(nn.Module):
+    """Next-sentence logits ``[b, 2]`` of the pooled sequence: 0 = B follows A, 1 = it does not."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.W = nn.Parameter(torch.empty(cfg.d_model, 2, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(2, dtype=cfg.dtype))
+        self.hook_nsp_out = HookPoint()  # [b, 2]
+
+    def forward(self, pooled: Tensor) -> Tensor:  # [b, d_model] -> [b, 2]
+        return self.hook_nsp_out(pooled @ self.W + self.b)
+
+
 class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
     """A BERT-style encoder whose every activation has a named hook point.
 
     ``HookedEncoder(cfg)`` builds a randomly initialised model; ``HookedEncoder.from_pretrained``
-    loads a BERT checkpoint (``BertModel``, ``BertForMaskedLM``, ``BertForPreTraining``).
-    `n_token_types` is the size of the segment-embedding table; `mlm_head` says whether the model
-    has the masked-LM head (``mlm_head`` + ``unembed``), without which only the encoder output
-    (``return_type="embeddings"``, `encoder_output`) is available.
+    loads a BERT checkpoint (``BertModel``, ``BertForMaskedLM``, ``BertForPreTraining``,
+    ``BertForNextSentencePrediction``). `n_token_types` is the size of the segment-embedding
+    table; `mlm_head` says whether the model has the masked-LM head (``mlm_head`` + ``unembed``),
+    without which only the encoder output (``return_type="embeddings"``, `encoder_output`) is
+    available; `nsp_head` whether it has the pooler and next-sentence head (``pooler`` +
+    ``nsp_head``, run by `BertNextSentencePrediction`, not by `forward`).
     """
 
     def __init__(
@@ -175,6 +207,7 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         init_weights: bool = True,
         n_token_types: int = 2,
         mlm_head: bool = True,
+        nsp_head: bool = True,
     ) -> None:
         super().__init__()
         self.cfg = cfg = TransformerConfig.unwrap(cfg)
@@ -187,6 +220,7 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
             )
         self.n_token_types = n_token_types
         self.has_mlm_head = mlm_head
+        self.has_nsp_head = nsp_head
         self.tokenizer = None
         self.set_tokenizer(tokenizer)
 
@@ -196,6 +230,9 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         if mlm_head:
             self.mlm_head = BertMLMHead(cfg)
             self.unembed = Unembed(cfg)
+        if nsp_head:
+            self.pooler = BertPooler(cfg)
+            self.nsp_head = BertNSPHead(cfg)
 
         self._finish_construction(init_weights, move_to_device)
 
@@ -213,6 +250,7 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         revision: str | None = None,
         local_files_only: bool | None = None,
         progress: bool = True,
+        nsp_head: bool | None = None,
     ) -> HookedEncoder:
         """Load a BERT checkpoint: a local folder, a cached repo id, a registry name, or an
         instantiated Hugging Face model (`hf_model`).
@@ -245,14 +283,16 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         cfg.model_name = source.name
         cfg.dtype = parse_dtype(dtype)
         with_head = bert.has_mlm_head(source.hf_config) if mlm_head is None else mlm_head
+        with_nsp = bert.has_nsp_head(source.hf_config) if nsp_head is None else nsp_head
         model = cls(
             cfg,
             move_to_device=False,
             init_weights=False,
             n_token_types=bert.n_token_types(source.hf_config),
             mlm_head=with_head,
+            nsp_head=with_nsp,
         )
-        tensors = source.tensors
+        tensors = bert.without_heads(source.tensors, with_head, with_nsp)
         if with_head and cfg.tie_word_embeddings:
             tensors = with_tied_tensor(tensors, bert.TIED_SOURCE, bert.TIED_TARGET)
         return fill_and_finish(
@@ -417,6 +457,155 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
     def b_U(self) -> Tensor:
         self._require_head()
         return self.unembed.b_U
+
+
+NSP_RETURN_TYPES = ("logits", "predictions", None)
+NSP_PREDICTIONS = ("The sentences are sequential", "The sentences are NOT sequential")
+
+
+class BertNextSentencePrediction:
+    """Next-sentence prediction with a `HookedEncoder` that has the NSP head: does sentence B
+    follow sentence A? (Devlin et al. 2019, BERT's second pre-training task.)
+
+    Runs ``encoder_output`` -> ``pooler`` (tanh of the [CLS] position) -> ``nsp_head``, giving
+    logits ``[b, 2]``: index 0 means "B follows A", 1 "it does not". The wrapped model's hooks
+    are its hooks (``pooler.hook_pooler_out``, ``nsp_head.hook_nsp_out`` included)::
+
+        nsp = BertNextSentencePrediction.from_pretrained("bert-base-cased")
+        nsp(["She went to the store.", "She bought an apple."], return_type="predictions")
+    """
+
+    def __init__(self, model: HookedEncoder) -> None:
+        if getattr(model, "has_nsp_head", True) is False:
+            raise ValueError(
+                "This HookedEncoder has no next-sentence head (pooler + nsp_head): load a "
+                "BertForPreTraining or BertForNextSentencePrediction checkpoint, or pass "
+                "nsp_head=True to HookedEncoder.from_pretrained."
+            )
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls, model_name: str | os.PathLike[str], **kwargs: Any
+    ) -> BertNextSentencePrediction:
+        """Load a BERT checkpoint with its next-sentence head (``BertForPreTraining``,
+        ``BertForNextSentencePrediction``); `kwargs` go to `HookedEncoder.from_pretrained`."""
+        kwargs.setdefault("nsp_head", True)
+        return cls(HookedEncoder.from_pretrained(model_name, **kwargs))
+
+    @property
+    def cfg(self) -> TransformerConfig:
+        return self.model.cfg  # type: ignore[no-any-return]
+
+    def __call__(
+        self,
+        input: list[str] | Tensor,
+        return_type: str | None = "logits",
+        token_type_ids: Tensor | None = None,
+        one_zero_attention_mask: Tensor | None = None,
+    ) -> Any:
+        return self.forward(input, return_type, token_type_ids, one_zero_attention_mask)
+
+    def to_tokens(
+        self, input: list[str], move_to_device: bool = True, truncate: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(tokens, token_type_ids, attention_mask)`` ``[1, pos]`` of a sentence pair
+        ``[A, B]``, encoded as ``[CLS] A [SEP] B [SEP]`` by the tokenizer (cut to ``n_ctx``
+        when `truncate`)."""
+        if not isinstance(input, list | tuple) or len(input) != 2:
+            raise ValueError(
+                "Next sentence prediction task requires exactly two sentences: pass a list "
+                f"[sentence_a, sentence_b], got {input!r}."
+            )
+        if self.model.tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizer; pass token ids with token_type_ids, or attach "
+                "one with model.set_tokenizer(tokenizer)."
+            )
+        encoded = self.model.tokenizer(
+            input[0],
+            input[1],
+            return_tensors="pt",
+            padding=True,
+            truncation=truncate,
+            max_length=self.model.cfg.n_ctx if truncate else None,
+        )
+        out = encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"]
+        if move_to_device and self.model.cfg.device is not None:
+            return tuple(t.to(self.model.cfg.device) for t in out)  # type: ignore[return-value]
+        return out
+
+    def forward(
+        self,
+        input: list[str] | Tensor,
+        return_type: str | None = "logits",
+        token_type_ids: Tensor | None = None,
+        one_zero_attention_mask: Tensor | None = None,
+    ) -> Any:
+        """Next-sentence logits ``[b, 2]`` (`return_type="logits"`), the verdict as text
+        (``"predictions"``: one string per row, a single string for one pair), or None.
+
+        `input` is a sentence pair ``[A, B]`` (tokenized with its token types and mask) or token
+        ids ``[b, p]``; ids need `token_type_ids` (0 for A's tokens, 1 for B's), without which
+        the pair would be read as one sentence.
+        """
+        if return_type not in NSP_RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {NSP_RETURN_TYPES}, got {return_type!r}.")
+        if isinstance(input, list | tuple):
+            tokens, types, mask = self.to_tokens(list(input))
+            token_type_ids = types if token_type_ids is None else token_type_ids
+            if one_zero_attention_mask is None:
+                one_zero_attention_mask = mask
+        elif isinstance(input, Tensor):
+            if token_type_ids is None:
+                raise ValueError(
+                    "You are using the NSP task without specifying token_type_ids: token ids "
+                    "alone read as one sentence. Pass token_type_ids (0 for sentence A's "
+                    "tokens, 1 for B's), or the pair as a list of two strings."
+                )
+            tokens = input
+        else:
+            raise TypeError(
+                f"input must be a pair of sentences or token ids [batch, pos], got "
+                f"{type(input).__name__}."
+            )
+        resid = self.model.encoder_output(tokens, token_type_ids, one_zero_attention_mask)
+        logits = self.model.nsp_head(self.model.pooler(resid))
+        if return_type is None:
+            return None
+        if return_type == "predictions":
+            verdicts = [NSP_PREDICTIONS[i] for i in logits.argmax(dim=-1).tolist()]
+            return verdicts[0] if len(verdicts) == 1 else verdicts
+        return logits
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        return_cache_object: bool = True,
+        remove_batch_dim: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """`forward` with the wrapped model's activations cached: ``(logits, cache)``.
+        `kwargs` are `HookedEncoder.run_with_cache`'s (``names_filter``, ``device``, ...) and
+        `forward`'s."""
+        from anatomist.cache import ActivationCache
+
+        model = self.model
+        own = isinstance(model, nn.Module) and "forward" not in vars(model)
+        original = model.forward
+        model.forward = self.forward  # type: ignore[method-assign, assignment]
+        try:
+            out, cache_dict = model.run_with_cache(
+                *model_args, remove_batch_dim=remove_batch_dim, return_cache_object=False, **kwargs
+            )
+        finally:
+            if own:
+                del model.forward
+            else:
+                model.forward = original  # type: ignore[method-assign]
+        if return_cache_object:
+            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, cache_dict
 
 
 def _key_mask(

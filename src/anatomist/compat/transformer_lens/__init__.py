@@ -10,7 +10,7 @@ from anatomist.config import HookedTransformerConfig
 from anatomist.hooks import HookedRootModule
 from anatomist.loading import names as loading
 from anatomist.model import kv_cache as past_key_value_caching
-from anatomist.model.encoder import HookedEncoder
+from anatomist.model.encoder import BertNextSentencePrediction, HookedEncoder
 from anatomist.model.encoder_decoder import HookedEncoderDecoder
 from anatomist.model.kv_cache import (
     HookedTransformerKeyValueCache,
@@ -26,6 +26,7 @@ loading_from_pretrained = loading
 
 __all__ = [
     "ActivationCache",
+    "BertNextSentencePrediction",
     "FactoredMatrix",
     "HookedEncoder",
     "HookedEncoderDecoder",
