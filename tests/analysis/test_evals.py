@@ -140,10 +140,30 @@ def test_ioi_dataset_samples() -> None:
     for first, second in zip(sym.samples[::2], sym.samples[1::2], strict=True):
         assert (first["IO"], first["S"]) == (second["S"], second["IO"])
 
-    # Default names are kept only when they are one known token: none are for this vocabulary.
-    with pytest.raises(ValueError, match="two distinct names"):
-        evals.IOIDataset(tok, num_samples=2)
+    # Default names are kept only when they are one known token; when fewer than two are (none
+    # for this vocabulary), all of them are used, as the classic did.
+    assert evals.IOIDataset(tok, num_samples=2).names == evals.IOIDataset.get_default_names()
     assert evals.single_token_names(tok, ["mary", "Mary", "john", "zed"]) == ["mary", "john"]
+    with pytest.raises(ValueError, match="two distinct names"):
+        evals.IOIDataset(tok, names=["mary", "mary"], num_samples=2)
+
+
+class _TextOnlyTokenizer:
+    """A tokenizer whose encode takes only the text (no add_special_tokens), tiktoken-style."""
+
+    bos_token_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+
+def test_ioi_dataset_with_a_text_only_tokenizer() -> None:
+    ds = evals.IOIDataset(_TextOnlyTokenizer(), num_samples=6, seed=3)
+    assert len(ds) == 6 and len({s["text"] for s in ds.samples}) > 1
+    item = ds[0]
+    words = ds.samples[0]["text"].split()
+    assert item["prompt"].tolist() == [0, *map(len, words)]
+    assert item["IO"].tolist() == [len(ds.samples[0]["IO"].strip())]
 
 
 def _logit_diffs_by_hand(model: anatomist.HookedTransformer, ds: Any) -> list[float]:
@@ -204,3 +224,87 @@ def test_smollm2_ioi_induction_and_sanity(smollm2: anatomist.HookedTransformer) 
     print(f"SmolLM2 induction loss: {repeat.item():.2f}")
     assert repeat.item() < 3.0  # vs ~10 on the unpredictable first half
     assert 1.0 < evals.sanity_check(smollm2).item() < 5.0
+
+
+# --- MMLU -----------------------------------------------------------------------------------------
+
+MMLU_ROWS = {
+    "anatomy": [
+        {"question": "the big cat", "choices": ["milk", "drink", "bottle", "store"], "answer": 2},
+        {"question": "a house", "choices": ["john", "mary", "milk", "cat"], "answer": 0},
+        {"question": "to the store", "choices": ["cat", "big", "the", "a"], "answer": 3},
+    ],
+    "virology": [
+        {"question": "mary and john", "choices": ["a", "b", "c", "d"], "answer": 1},
+    ],
+}
+
+
+def test_mmlu_data_from_rows_mappings_and_csv_folders(tmp_path: Any) -> None:
+    from_mapping = evals.make_mmlu_data_loader("anatomy", num_samples=2, data=MMLU_ROWS)
+    assert from_mapping == [{**row, "subject": "anatomy"} for row in MMLU_ROWS["anatomy"][:2]]
+    rows = [{**row, "subject": s} for s, subject_rows in MMLU_ROWS.items() for row in subject_rows]
+    both = evals.make_mmlu_data_loader(["virology", "anatomy"], data=rows)
+    assert [q["subject"] for q in both] == ["virology", "anatomy", "anatomy", "anatomy"]
+
+    # The original release: <root>/<split>/<subject>_<split>.csv, answers as letters.
+    (tmp_path / "val").mkdir()
+    lines = ['"What, exactly?",one,two,three,four,C', "Next,a,b,c,d,A"]
+    (tmp_path / "val" / "anatomy_val.csv").write_text("\n".join(lines) + "\n")
+    from_csv = evals.make_mmlu_data_loader("anatomy", split="validation", data=tmp_path)
+    assert from_csv == [
+        {"question": "What, exactly?", "choices": ["one", "two", "three", "four"], "answer": 2,
+         "subject": "anatomy"},
+        {"question": "Next", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "anatomy"},
+    ]  # fmt: skip
+
+
+def test_mmlu_errors(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="Invalid subject"):
+        evals.make_mmlu_data_loader("cooking", data=MMLU_ROWS)
+    with pytest.raises(evals.DatasetUnavailableError, match="never downloads"):
+        evals.make_mmlu_data_loader("anatomy")
+    with pytest.raises(evals.DatasetUnavailableError, match="virology"):
+        evals.make_mmlu_data_loader(["anatomy", "virology"], data={"anatomy": MMLU_ROWS["anatomy"]})
+    with pytest.raises(evals.DatasetUnavailableError, match="not a folder"):
+        evals.make_mmlu_data_loader("anatomy", data=tmp_path)
+    bad = {"anatomy": [{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 4}]}
+    with pytest.raises(ValueError, match="answer 0-3"):
+        evals.make_mmlu_data_loader("anatomy", data=bad)
+    with pytest.raises(ValueError, match="'subject' key"):
+        evals.make_mmlu_data_loader("anatomy", data=MMLU_ROWS["anatomy"])
+
+
+def _word_ids(text: str) -> list[int]:
+    return [sum(map(ord, word)) % 50 for word in text.split()]
+
+
+class _WordTokenizer:
+    """One id per whitespace-separated word (" A" is the one token of "A")."""
+
+    def encode(self, text: str) -> list[int]:
+        return _word_ids(text)
+
+
+def test_mmlu_eval_scores_the_answer_letters(model: anatomist.HookedTransformer) -> None:
+    letter_ids = [_word_ids(x)[0] for x in "ABCD"]
+    assert len(set(letter_ids)) == 4
+    expected: dict[str, list[bool]] = {}
+    for subject, rows in MMLU_ROWS.items():
+        for row in rows:
+            lines = [f"Question: {row['question']}", "Choices:"]
+            lines += [f"{x}. {c}" for x, c in zip("ABCD", row["choices"], strict=True)]
+            ids = _word_ids("\n".join(lines) + "\nAnswer:")
+            with torch.no_grad():
+                last = model(torch.tensor([ids]))[0, -1]
+            pick = max(range(4), key=lambda i: float(last[letter_ids[i]]))
+            expected.setdefault(subject, []).append(pick == row["answer"])
+    result = evals.mmlu_eval(
+        model, _WordTokenizer(), subjects=["anatomy", "virology"], data=MMLU_ROWS
+    )
+    assert result["num_total"] == 4
+    assert result["num_correct"] == sum(sum(v) for v in expected.values())
+    assert result["accuracy"] == pytest.approx(result["num_correct"] / 4)
+    assert result["subject_scores"] == {
+        s: pytest.approx(sum(v) / len(v)) for s, v in expected.items()
+    }

@@ -1,17 +1,21 @@
 """Quick behavioural evaluations: induction, a sanity-check loss, indirect-object identification
-(IOI) and the mean loss over a data loader.
+(IOI), zero-shot MMLU and the mean loss over a data loader.
 
 The classic ``transformer_lens.evals`` names and defaults, without downloads: the classic
 ``make_*_data_loader`` helpers fetched datasets from the Hugging Face hub; here they raise
-`DatasetUnavailableError`, and `make_data_loader` builds a loader from texts you already have.
+`DatasetUnavailableError`, `make_data_loader` builds a loader from texts you already have, and
+`make_mmlu_data_loader` / `mmlu_eval` read MMLU from local files or rows (``data=``).
 Rough evals for comparing models cheaply, not benchmarks.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -289,12 +293,21 @@ _NOUNS = {
 }
 
 
+def _encode_text(tokenizer: Any, text: str) -> list[int]:
+    """`text`'s ids without the tokenizer's own special tokens; a tokenizer whose ``encode``
+    takes only the text (tiktoken-style) adds none anyway."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tokenizer.encode(text))
+
+
 def single_token_names(tokenizer: Any, names: Iterable[str]) -> list[str]:
     """The names that `tokenizer` encodes, with a leading space, as one known token."""
     unk = getattr(tokenizer, "unk_token_id", None)
     kept = []
     for name in names:
-        ids = tokenizer.encode(" " + name, add_special_tokens=False)
+        ids = _encode_text(tokenizer, " " + name)
         if len(ids) == 1 and ids[0] != unk:
             kept.append(name)
     return kept
@@ -308,7 +321,8 @@ class IOIDataset(Dataset[dict[str, Tensor]]):
     indirect object [A] over the subject [B] as the last word. ``ds[i]`` is
     ``{"prompt": ids (ending with IO), "IO": ids of " A", "S": ids of " B"}``.
 
-    Default names are the ones that are single tokens for `tokenizer` (at least two are needed).
+    Default names are the ones that are single tokens for `tokenizer`, or all of them when fewer
+    than two are (`ioi_eval` then compares the first token where the names differ).
     `symmetric` adds, for every sample, the same sentence with the names swapped.
 
     Differences from the classic: samples really differ (the classic re-seeded Python's global
@@ -335,6 +349,8 @@ class IOIDataset(Dataset[dict[str, Tensor]]):
         self.templates = templates if templates is not None else self.get_default_templates()
         if names is None:
             names = single_token_names(tokenizer, self.get_default_names())
+            if len(names) < 2:
+                names = self.get_default_names()
         if len(set(names)) < 2:
             raise ValueError(
                 f"IOI needs at least two distinct names, got {names}; the default names are kept "
@@ -365,7 +381,7 @@ class IOIDataset(Dataset[dict[str, Tensor]]):
         return {"prompt": torch.tensor(prompt), "IO": torch.tensor(io), "S": torch.tensor(s)}
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return _encode_text(self.tokenizer, text)
 
     def get_sample(self, symmetric: bool = False) -> list[dict[str, str]]:
         """One sample (two with `symmetric`): ``{"text", "IO", "S"}``, names with a space."""
@@ -452,3 +468,183 @@ def ioi_eval(
     if count == 0:
         raise ValueError("The IOI dataset is empty.")
     return {"Logit Difference": total_logit_diff / count, "Accuracy": total_correct / count}
+
+
+# --- MMLU -----------------------------------------------------------------------------------------
+
+#: The 57 subjects of MMLU (Hendrycks et al. 2021, "Measuring Massive Multitask Language
+#: Understanding", arXiv:2009.03300).
+MMLU_SUBJECTS = [
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
+    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
+    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
+    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
+    "global_facts", "high_school_biology", "high_school_chemistry",
+    "high_school_computer_science", "high_school_european_history", "high_school_geography",
+    "high_school_government_and_politics", "high_school_macroeconomics",
+    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history",
+    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
+    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
+    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law",
+    "professional_medicine", "professional_psychology", "public_relations", "security_studies",
+    "sociology", "us_foreign_policy", "virology", "world_religions",
+]  # fmt: skip
+MMLU_ANSWER_LETTERS = ["A", "B", "C", "D"]
+# The original release's CSV folders are named test/val/dev; cais/mmlu calls val "validation".
+_MMLU_CSV_SPLITS = {"test": "test", "validation": "val", "val": "val", "dev": "dev"}
+
+MMLURows = Mapping[str, Iterable[Mapping[str, Any]]] | Iterable[Mapping[str, Any]]
+
+
+def make_mmlu_data_loader(
+    subjects: str | list[str] | None = None,
+    split: str = "test",
+    num_samples: int | None = None,
+    *,
+    data: str | os.PathLike[str] | MMLURows | None = None,
+) -> list[dict[str, Any]]:
+    """MMLU questions as ``{"question", "choices" (4 strings), "answer" (0-3), "subject"}``,
+    the first `num_samples` of each subject (None: all) of `subjects` (None: all 57).
+
+    `data` is where they come from, since anatomist never downloads: a folder of the original
+    release (``<data>/<split>/<subject>_<split>.csv``: question, four choices, answer letter;
+    `split` ``"validation"`` reads ``val/``), a mapping ``{subject: rows}``, or rows carrying a
+    ``"subject"`` key, e.g. ``datasets.load_dataset("cais/mmlu", "all", split="test")``.
+
+    Raises:
+        ValueError: an unknown subject, a row whose answer is not 0-3 or A-D.
+        DatasetUnavailableError: no `data`, or a subject missing from it.
+    """
+    wanted = _mmlu_subjects(subjects)
+    if data is None:
+        raise DatasetUnavailableError(
+            "make_mmlu_data_loader downloaded cais/mmlu from the Hugging Face hub in the classic "
+            "library; anatomist never downloads datasets. Pass data=: the folder of the original "
+            "MMLU release (data/test/<subject>_test.csv ...), a {subject: rows} mapping, or "
+            "rows with a 'subject' key, e.g. datasets.load_dataset('cais/mmlu', 'all', "
+            "split='test') on a machine that has it."
+        )
+    by_subject = _mmlu_rows(data, split, wanted)
+    questions: list[dict[str, Any]] = []
+    for subject in wanted:
+        rows = by_subject.get(subject)
+        if not rows:
+            raise DatasetUnavailableError(
+                f"The MMLU data given has no {split!r} questions of subject {subject!r}."
+            )
+        for row in rows[:num_samples]:
+            questions.append(_mmlu_question(row, subject))
+    return questions
+
+
+def _mmlu_subjects(subjects: str | list[str] | None) -> list[str]:
+    if subjects is None:
+        return list(MMLU_SUBJECTS)
+    wanted = [subjects] if isinstance(subjects, str) else list(subjects)
+    unknown = sorted(set(wanted) - set(MMLU_SUBJECTS))
+    if unknown:
+        raise ValueError(
+            f"Invalid subject(s): {unknown}. MMLU's subjects are: {', '.join(MMLU_SUBJECTS)}."
+        )
+    return wanted
+
+
+def _mmlu_rows(
+    data: str | os.PathLike[str] | MMLURows, split: str, wanted: list[str]
+) -> dict[str, list[Mapping[str, Any]]]:
+    """``{subject: rows}`` of the subjects `wanted`, from any form `data` may take."""
+    if isinstance(data, str | os.PathLike):
+        folder = Path(data) / _MMLU_CSV_SPLITS.get(split, split)
+        if not folder.is_dir():
+            raise DatasetUnavailableError(
+                f"{str(folder)!r} is not a folder; data= must be the folder of the original MMLU "
+                "release, holding test/, val/ and dev/ with <subject>_<split>.csv files."
+            )
+        found: dict[str, list[Mapping[str, Any]]] = {}
+        for subject in wanted:
+            path = folder / f"{subject}_{folder.name}.csv"
+            if path.is_file():
+                with path.open(newline="", encoding="utf-8") as file:
+                    found[subject] = [
+                        {"question": r[0], "choices": r[1:5], "answer": r[5]}
+                        for r in csv.reader(file)
+                    ]
+        return found
+    if isinstance(data, Mapping):
+        return {subject: list(rows) for subject, rows in data.items()}
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for row in data:
+        if "subject" not in row:
+            raise ValueError(
+                "MMLU rows given as one sequence need a 'subject' key each; pass "
+                "{subject: rows} for rows without one."
+            )
+        grouped.setdefault(row["subject"], []).append(row)
+    return grouped
+
+
+def _mmlu_question(row: Mapping[str, Any], subject: str) -> dict[str, Any]:
+    choices = [str(c) for c in row["choices"]]
+    answer = row["answer"]
+    if isinstance(answer, str) and answer.strip() in MMLU_ANSWER_LETTERS:
+        answer = MMLU_ANSWER_LETTERS.index(answer.strip())
+    if len(choices) != 4 or isinstance(answer, bool) or answer not in range(4):
+        raise ValueError(
+            f"An MMLU question needs four choices and an answer 0-3 (or A-D); got "
+            f"{len(choices)} choices and answer {answer!r} in subject {subject!r}."
+        )
+    return {
+        "question": row["question"],
+        "choices": choices,
+        "answer": int(answer),
+        "subject": subject,
+    }
+
+
+@torch.no_grad()
+def mmlu_eval(
+    model: Any,
+    tokenizer: Any = None,
+    subjects: str | list[str] | None = None,
+    split: str = "test",
+    num_samples: int | None = None,
+    *,
+    data: str | os.PathLike[str] | MMLURows | None = None,
+) -> dict[str, Any]:
+    """Zero-shot MMLU: ``{"accuracy", "num_correct", "num_total", "subject_scores"}``.
+
+    Each question is shown with its four lettered choices and ends ``"Answer:"``; the model's
+    answer is the letter (" A" ... " D", or "A" ... where the spaced letter is not one token)
+    with the highest log-probability at the last position. Questions come from
+    `make_mmlu_data_loader` (`subjects`, `split`, `num_samples`, `data`).
+    """
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    if tokenizer is None:
+        raise ValueError("mmlu_eval needs a tokenizer: the model has none, pass tokenizer=.")
+    questions = make_mmlu_data_loader(subjects, split, num_samples, data=data)
+    letter_ids = []
+    for letter in MMLU_ANSWER_LETTERS:
+        ids = _encode_text(tokenizer, " " + letter)
+        letter_ids.append(ids[0] if len(ids) == 1 else _encode_text(tokenizer, letter)[0])
+    device = _model_device(model)
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for q in tqdm(questions, desc="MMLU", leave=False):
+        lines = [f"Question: {q['question']}", "Choices:"]
+        lines += [f"{letter}. {c}" for letter, c in zip(MMLU_ANSWER_LETTERS, q["choices"])]
+        prompt = "\n".join(lines) + "\nAnswer:"
+        tokens = torch.as_tensor(tokenizer.encode(prompt))[None].to(device)
+        last = model(tokens, return_type="logits")[0, -1]
+        predicted = int(last[letter_ids].argmax())
+        subject = q["subject"]
+        correct[subject] = correct.get(subject, 0) + int(predicted == q["answer"])
+        total[subject] = total.get(subject, 0) + 1
+    n_correct, n_total = sum(correct.values()), sum(total.values())
+    return {
+        "accuracy": n_correct / n_total,
+        "num_correct": n_correct,
+        "num_total": n_total,
+        "subject_scores": {subject: correct[subject] / total[subject] for subject in total},
+    }
