@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -862,7 +862,7 @@ def warn_if_mps(device: str | torch.device) -> None:
         return
     _mps_warned = True
     warnings.warn(
-        f"The MPS backend may give silently incorrect results (PyTorch {torch.__version__}); "
+        f"MPS backend may produce silently incorrect results (PyTorch {torch.__version__}): "
         f"compare against the CPU, and set {_ALLOW_MPS_ENV}=1 to silence this warning.",
         UserWarning,
         stacklevel=2,
@@ -883,19 +883,20 @@ class ModelWithCfg(Protocol):
 def move_to_and_update_config(
     model: Any, device_or_dtype: str | torch.device | torch.dtype, print_details: bool = True
 ) -> Any:
-    """``model.to(device_or_dtype)`` with ``model.cfg.device`` / ``cfg.dtype`` updated to match."""
+    """``nn.Module.to(model, device_or_dtype)`` with ``model.cfg.device`` (the device type) or
+    ``model.cfg.dtype`` (when the config has one) updated to match."""
     if isinstance(device_or_dtype, torch.dtype):
-        model.cfg.dtype = device_or_dtype
+        if hasattr(model.cfg, "dtype"):
+            model.cfg.dtype = device_or_dtype
         message = f"Changing model dtype to {device_or_dtype}"
     else:
         warn_if_mps(device_or_dtype)
-        if isinstance(device_or_dtype, torch.device):
-            device_or_dtype = device_or_dtype.type
-        model.cfg.device = device_or_dtype
-        message = f"Moving model to device: {device_or_dtype}"
+        model.cfg.device = torch.device(device_or_dtype).type
+        message = f"Moving model to device: {model.cfg.device}"
     if print_details:
         print(message)
-    return model.to(device_or_dtype)
+    # nn.Module's own `to`: a model's `to` may itself be built on this function.
+    return nn.Module.to(model, device_or_dtype)
 
 
 def print_gpu_mem(step_name: str = "") -> None:
@@ -1107,3 +1108,11 @@ def enable_hf_retry() -> None:
 
         setattr(from_pretrained, _RETRIED, True)
         cls.from_pretrained = classmethod(from_pretrained)
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class TypedModuleList(nn.ModuleList, Generic[ModuleT]):
+    """An ``nn.ModuleList`` whose type names what it holds (``TypedModuleList[nn.Linear]``); at
+    run time exactly an ``nn.ModuleList`` (slicing gives a TypedModuleList)."""

@@ -21,6 +21,7 @@ from anatomist.compat.transformer_lens.utilities import (
     slice,
     tensors,
     tokenize_utils,
+    typed_module_list,
 )
 from anatomist.utils import (
     CACHE_DIR,
@@ -32,6 +33,7 @@ from anatomist.utils import (
     NonlinearityType,
     Slice,
     SliceInput,
+    TypedModuleList,
     calc_fan_in_and_fan_out,
     call_hf_with_retry,
     check_structure,
@@ -160,6 +162,8 @@ __all__ = [
     "tokenize_and_concatenate",
     "tokenize_utils",
     "transpose",
+    "typed_module_list",
+    "TypedModuleList",
     "USE_DEFAULT_VALUE",
     "warn_if_mps",
     "xielu",
