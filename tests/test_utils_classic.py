@@ -527,3 +527,16 @@ def test_transformer_lens_utilities_paths_are_anatomist_utils() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 50
+
+
+def test_test_prompt_prints_the_classic_header_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_utils import _StubTokenizerModel
+
+    stub = _StubTokenizerModel(torch.randn(1, 10, 11))
+    utils.test_prompt("ab", "cd", stub, prepend_space_to_answer=False, top_k=1)
+    lines = capsys.readouterr().out.splitlines()
+    # The stub's BOS is id 0, which reads "a".
+    assert lines[:2] == ["Tokenized prompt: ['a', 'a', 'b']", "Tokenized answer: ['c', 'd']"]
+    utils.test_prompt("ab", ["c", "de"], stub, top_k=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "Tokenized answers: [[' '], [' ']]"  # one line, first tokens only

@@ -465,19 +465,21 @@ def test_prompt(
         answers = [a if a.startswith(" ") else " " + a for a in answers]
     prompt_tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
     start = prompt_tokens.shape[1] - 1
+    answer_ids = [model.to_tokens(text, prepend_bos=False) for text in answers]
+    if len(answers) > 1:
+        answer_ids = [ids[:, :1] for ids in answer_ids]
     if print_details:
         print("Tokenized prompt:", model.to_str_tokens(prompt_tokens))
-    results = []
-    for text in answers:
-        answer_tokens = model.to_tokens(text, prepend_bos=False)
         if len(answers) > 1:
-            answer_tokens = answer_tokens[:, :1]
+            print("Tokenized answers:", [model.to_str_tokens(ids) for ids in answer_ids])
+        else:
+            print("Tokenized answer:", model.to_str_tokens(answer_ids[0]))
+    results = []
+    for answer_tokens in answer_ids:
         tokens = torch.cat((prompt_tokens, answer_tokens.to(prompt_tokens.device)), dim=1)
         with torch.no_grad():
             logits = model(tokens)
         probs = logits.float().softmax(-1)[0]
-        if print_details:
-            print("Tokenized answer:", model.to_str_tokens(answer_tokens))
         for i, token in enumerate(answer_tokens[0].tolist()):
             row = probs[start + i]
             rank = int((row > row[token]).sum())
