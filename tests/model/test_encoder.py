@@ -336,3 +336,29 @@ def test_all_minilm_l6_v2_matches_hf_and_sentence_similarity() -> None:
     pooled = (out * weights).sum(1) / weights.sum(1)
     cosine = F.cosine_similarity(pooled[0], pooled[1], dim=0).item()
     assert abs(cosine - 0.755) <= 1e-3, cosine
+
+
+def test_vocabulary_size_from_the_tokenizer(tmp_path: Path) -> None:
+    """``d_vocab=-1`` takes the tokenizer's size (given, or loaded from cfg.tokenizer_name); a
+    d_vocab set on the config after it was built also sizes the unembedding."""
+    from anatomist.config import ConfigError
+
+    tokenizer = tiny_bert_tokenizer()
+    size = max(tokenizer.get_vocab().values()) + 1
+
+    def config() -> anatomist.TransformerConfig:
+        return anatomist.TransformerConfig(n_layers=1, d_model=12, n_ctx=5, d_head=4, act_fn="gelu")
+
+    model = anatomist.HookedEncoder(config(), tokenizer=tokenizer)
+    assert model.cfg.d_vocab == model.cfg.d_vocab_out == size
+    assert model.W_E.shape == (size, 12) and model.W_U.shape == (12, size)
+    tokenizer.save_pretrained(tmp_path)
+    named = config()
+    named.tokenizer_name = str(tmp_path)
+    loaded = anatomist.HookedEncoder(named)
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab() and loaded.cfg.d_vocab == size
+    later = config()
+    later.d_vocab = 22
+    assert anatomist.HookedEncoder(later).W_U.shape == (12, 22)
+    with pytest.raises(ConfigError, match="d_vocab"):
+        anatomist.HookedEncoder(config())

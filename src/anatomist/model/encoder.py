@@ -46,6 +46,7 @@ from anatomist.model.tokens import (
     check_token_ids,
     token_batch,
 )
+from anatomist.model.transformer import _set_vocab_size
 from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", "embeddings", "predictions", None)
@@ -221,8 +222,15 @@ class HookedEncoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootModule):
         self.n_token_types = n_token_types
         self.has_mlm_head = mlm_head
         self.has_nsp_head = nsp_head
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            from anatomist.model.tokens import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.tokenizer_name, cfg.trust_remote_code)
         self.tokenizer = None
         self.set_tokenizer(tokenizer)
+        _set_vocab_size(cfg, tokenizer)
+        if cfg.d_vocab_out == -1:  # d_vocab set on the config after it was built
+            cfg.d_vocab_out = cfg.d_vocab
 
         self.embed = BertEmbed(cfg, n_token_types)
         self.hook_full_embed = HookPoint()  # [b, p, d_model], the normalized embeddings
