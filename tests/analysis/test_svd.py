@@ -9,6 +9,7 @@ import torch
 
 import anatomist
 from anatomist.analysis import SVDInterpreter
+from anatomist.analysis.svd import SVDArgumentError, SVDIndexError
 from tests.helpers import gpt2_like, llama_like, randomize_small_params
 
 
@@ -79,12 +80,11 @@ def test_grouped_query_heads_use_their_groups_values() -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "message"),
     [
-        (("OV", 0), {}, ValueError, "needs a head_index"),
-        (("w_in", 0), {"head_index": 1}, ValueError, "head_index is for"),
-        (("OV", 0), {"head_index": 0, "num_vectors": 9}, ValueError, "only 8 singular"),
-        (("QK", 0), {}, ValueError, "vector_type must be one of"),
-        (("w_out", 2), {}, IndexError, "layer_index 2 is out of range"),
-        (("OV", 0), {"head_index": 4}, IndexError, "head_index 4"),
+        (("OV", 0), {}, SVDArgumentError, "needs a head_index"),
+        (("OV", 0), {"head_index": 0, "num_vectors": 9}, SVDArgumentError, "only 8 singular"),
+        (("QK", 0), {}, SVDArgumentError, "vector_type must be one of"),
+        (("w_out", 2), {}, SVDIndexError, "layer_index must be between 0 and 1 .* but got 2"),
+        (("OV", 0), {"head_index": 4}, SVDIndexError, "head_index must be between 0 and 3"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(
@@ -94,8 +94,19 @@ def test_bad_requests_say_what_is_wrong(
     error: type[Exception],
     message: str,
 ) -> None:
-    with pytest.raises(error, match=message):
+    """Errors name the argument; they are also AssertionErrors, as the classic raised."""
+    with pytest.raises(error, match=message) as caught:
         SVDInterpreter(model).get_singular_vectors(*args, **kwargs)
+    assert isinstance(caught.value, AssertionError)
+    assert isinstance(caught.value, IndexError if error is SVDIndexError else ValueError)
+
+
+def test_head_index_is_ignored_for_mlp_vectors(model: anatomist.HookedTransformer) -> None:
+    """Classic code passes head_index with "w_in"/"w_out"; it does not change the answer."""
+    svd = SVDInterpreter(model)
+    for vector_type in ("w_in", "w_out"):
+        with_head = svd.get_singular_vectors(vector_type, 1, num_vectors=3, head_index=0)
+        assert torch.equal(with_head, svd.get_singular_vectors(vector_type, 1, num_vectors=3))
 
 
 def test_mixture_of_experts_has_no_single_w_in() -> None:

@@ -29,6 +29,16 @@ VectorType = Literal["OV", "w_in", "w_out"]
 VECTOR_TYPES = ("OV", "w_in", "w_out")
 
 
+class SVDArgumentError(ValueError, AssertionError):
+    """A bad argument to `SVDInterpreter.get_singular_vectors`. Also an AssertionError, which the
+    classic class raised."""
+
+
+class SVDIndexError(IndexError, AssertionError):
+    """A layer or head index out of range. Also an AssertionError, which the classic class
+    raised."""
+
+
 class SVDInterpreter:
     """Singular vectors of a model's OV circuits and MLP weights, in vocabulary space."""
 
@@ -48,28 +58,30 @@ class SVDInterpreter:
 
         Returns float32 ``[d_vocab, 1, num_vectors]``, the classic shape (column ``i`` of the
         last dim is the i-th singular vector, by descending singular value; ``[:, 0]`` gives
-        ``[d_vocab, num_vectors]``). `head_index` is required for ``"OV"`` and refused for the
-        MLP types; `layer_index` and `head_index` may be negative, counting from the end.
+        ``[d_vocab, num_vectors]``). `head_index` is required for ``"OV"`` and ignored for the
+        MLP types, as in the classic class; `layer_index` and `head_index` may be negative,
+        counting from the end.
         """
         if vector_type not in VECTOR_TYPES:
-            raise ValueError(f"vector_type must be one of {VECTOR_TYPES}, got {vector_type!r}.")
+            raise SVDArgumentError(
+                f"vector_type must be one of {VECTOR_TYPES}, got {vector_type!r}."
+            )
         layer = _checked_index(layer_index, self.cfg.n_layers, "layer_index")
         if vector_type == "OV":
             if head_index is None:
-                raise ValueError("vector_type='OV' needs a head_index (the head whose OV circuit).")
+                raise SVDArgumentError(
+                    "vector_type='OV' needs a head_index (the head whose OV circuit); it is "
+                    "optional only for w_in and w_out."
+                )
             vectors = self._ov_vectors(
                 layer, _checked_index(head_index, self.cfg.n_heads, "head_index")
             )
         else:
-            if head_index is not None:
-                raise ValueError(
-                    f"head_index is for vector_type='OV'; {vector_type!r} is the layer's MLP."
-                )
             vectors = self._mlp_vectors(vector_type, layer)  # [d_model, k], columns by S
         if isinstance(num_vectors, bool) or not isinstance(num_vectors, int) or num_vectors < 1:
-            raise ValueError(f"num_vectors must be an int >= 1, got {num_vectors!r}.")
+            raise SVDArgumentError(f"num_vectors must be an int >= 1, got {num_vectors!r}.")
         if num_vectors > vectors.shape[1]:
-            raise ValueError(
+            raise SVDArgumentError(
                 f"num_vectors={num_vectors}, but this {vector_type} matrix has only "
                 f"{vectors.shape[1]} singular vectors (nonzero singular values)."
             )
@@ -109,5 +121,8 @@ def _mlp_input_norm(block: Any, cfg: Any) -> Any:
 
 def _checked_index(index: int, size: int, name: str) -> int:
     if not -size <= index < size:
-        raise IndexError(f"{name} {index} is out of range for {size} (0..{size - 1}).")
+        raise SVDIndexError(
+            f"{name} must be between 0 and {size - 1} (or -{size}..-1 from the end) but got "
+            f"{index}."
+        )
     return index % size
