@@ -301,7 +301,9 @@ def test_download_file_from_hf_loads_by_extension(
 def test_clear_huggingface_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cache = tmp_path / "hub"
     (cache / "models--x").mkdir(parents=True)
-    monkeypatch.setattr(utils, "CACHE_DIR", str(cache))
+    from anatomist.loading import hub_files
+
+    monkeypatch.setattr(hub_files, "CACHE_DIR", str(cache))
     utils.clear_huggingface_cache()
     assert not cache.exists()
     utils.clear_huggingface_cache()  # nothing left to delete is fine
@@ -344,7 +346,7 @@ class _RateLimited(Exception):
 
 def test_call_hf_with_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr(utils.time, "sleep", waits.append)
+    monkeypatch.setattr("time.sleep", waits.append)
     answers: list[Any] = [_RateLimited("7"), _RateLimited(None), "done"]
 
     def flaky(x: int, *, y: int) -> Any:
@@ -376,7 +378,7 @@ def test_enable_hf_retry_wraps_once() -> None:
     try:
         utils.enable_hf_retry()
         wrapped = transformers.AutoTokenizer.from_pretrained
-        assert getattr(wrapped, utils._RETRIED)
+        assert wrapped._anatomist_retries_429
         utils.enable_hf_retry()
         assert transformers.AutoTokenizer.from_pretrained.__func__ is wrapped.__func__
     finally:

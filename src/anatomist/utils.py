@@ -1,42 +1,64 @@
-"""Small helpers of the classic interface: hook-name shorthands, slices, losses."""
+"""The classic ``utils`` namespace: hook-name shorthands, slices, losses, tensor helpers,
+overridable defaults, devices.
+
+Names of the classic module that belong elsewhere are imported here under the same names:
+tokenizer helpers (model/tokens.py), sampling (model/generate.py), weight init (model/init.py),
+corpora (corpus.py) and hub files (loading/hub_files.py). ``__all__`` lists the public names.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import json
 import math
 import os
-import random
 import re
-import shutil
 import sys
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub.constants import HF_HUB_CACHE
 from torch import Tensor, nn
 
 from anatomist.analysis.factored_matrix import FactoredMatrix
-
-# The classic utils.sample_logits; it lives with generation, which uses it.
-from anatomist.model.generate import sample_logits as sample_logits
+from anatomist.corpus import (
+    DATASET_ALIASES,
+    StreamedTokenDataset,
+    TokenDataset,
+    get_dataset,
+    keep_single_column,
+    tokenize_and_concatenate,
+)
+from anatomist.loading.hub_files import (
+    CACHE_DIR,
+    HubFileUnavailableError,
+    call_hf_with_retry,
+    clear_huggingface_cache,
+    download_file_from_hf,
+    enable_hf_retry,
+    get_rotary_pct_from_config,
+    select_compatible_kwargs,
+)
+from anatomist.model.generate import sample_logits
+from anatomist.model.init import (
+    NonlinearityType,
+    calc_fan_in_and_fan_out,
+    init_kaiming_normal_,
+    init_kaiming_uniform_,
+    init_xavier_normal_,
+    init_xavier_uniform_,
+)
 from anatomist.model.mlp import XIELU_ALPHA_INIT, XIELU_BETA
 from anatomist.model.mlp import xielu as _xielu
-from anatomist.model.tokens import check_token_ids
-
-# The classic tokenizer helpers; they live with the models' tokenizer code.
-from anatomist.model.tokens import get_attention_mask as get_attention_mask
 from anatomist.model.tokens import (
-    get_input_with_manually_prepended_bos as get_input_with_manually_prepended_bos,
+    check_token_ids,
+    get_attention_mask,
+    get_input_with_manually_prepended_bos,
+    get_tokenizer_with_bos,
+    get_tokens_with_bos_removed,
 )
-from anatomist.model.tokens import get_tokenizer_with_bos as get_tokenizer_with_bos
-from anatomist.model.tokens import get_tokens_with_bos_removed as get_tokens_with_bos_removed
 
 _LAYER_TYPE_ALIASES = {
     "a": "attn",
@@ -271,181 +293,6 @@ def is_lower_triangular(x: Tensor) -> bool:
     return is_square(x) and bool(torch.equal(x, x.tril()))
 
 
-# --- tokenize_and_concatenate ------------------------------------------------------------------
-
-_TEXTS_PER_BATCH = 1000  # texts packed together, as the classic's datasets.map batches
-
-
-class TokenDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
-    """Rows of packed token ids ``[n_rows, max_length]`` under the column name ``"tokens"``.
-
-    Reads like a ``datasets.Dataset`` in torch format: ``ds[i] == {"tokens": row}``,
-    ``ds["tokens"]`` is the whole tensor, and a ``DataLoader`` over it yields
-    ``{"tokens": [batch, max_length]}``.
-    """
-
-    column_names = ["tokens"]
-
-    def __init__(self, tokens: Tensor) -> None:
-        self.tokens = tokens
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, str):
-            if index != "tokens":
-                raise KeyError(f"The only column is 'tokens', not {index!r}.")
-            return self.tokens
-        return {"tokens": self.tokens[index]}
-
-    def __repr__(self) -> str:
-        return f"TokenDataset(num_rows={len(self)}, max_length={self.tokens.shape[-1]})"
-
-
-class StreamedTokenDataset(torch.utils.data.IterableDataset[dict[str, Tensor]]):
-    """``{"tokens": row}`` rows packed lazily, 1000 texts at a time (``streaming=True``)."""
-
-    def __init__(self, rows: Callable[[], Iterator[Tensor]]) -> None:
-        self._rows = rows
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        for row in self._rows():
-            yield {"tokens": row}
-
-
-def keep_single_column(dataset: Any, col_name: str) -> Any:
-    """A ``datasets`` dataset with every column but `col_name` removed."""
-    columns = getattr(dataset, "column_names", None) or []
-    others = [c for c in columns if c != col_name]
-    return dataset.remove_columns(others) if others else dataset
-
-
-def tokenize_and_concatenate(
-    dataset: Any,
-    tokenizer: Any,
-    streaming: bool = False,
-    max_length: int = 1024,
-    column_name: str = "text",
-    add_bos_token: bool = True,
-    num_proc: int = 10,
-    set_format: bool = True,
-) -> Any:
-    """Tokenize texts, join them with EOS and cut the stream into rows of `max_length` tokens.
-
-    The classic helper for training and evaluation data: every text is tokenized, texts are
-    joined with the EOS token, and each batch of 1000 texts becomes ``n // seq_len`` rows of
-    ``seq_len = max_length - 1`` tokens (``max_length`` without BOS), the leftover tokens dropped;
-    with `add_bos_token` every row starts with BOS. A batch shorter than one row becomes a single
-    row, padded.
-
-    Args:
-        dataset: a ``datasets.Dataset``/``IterableDataset`` (used through its ``map``; the
-            ``datasets`` package is not needed otherwise), or any iterable of strings or of dicts
-            holding `column_name`.
-        tokenizer: a Hugging Face tokenizer (``tokenizer(texts)["input_ids"]``, ``eos_token_id``,
-            ``bos_token_id``, ``pad_token_id``).
-        streaming: for a plain iterable, pack rows lazily (returns an ``IterableDataset``); for a
-            ``datasets`` dataset, map without worker processes.
-        num_proc: worker processes of ``datasets.map`` (ignored for plain iterables).
-        set_format: give a ``datasets`` result the torch format (``with_format("torch")``); pass
-            False to get it as ``map`` returned it (ignored for plain iterables).
-
-    Returns:
-        For a ``datasets`` input, the mapped dataset with the single column ``"tokens"`` in torch
-        format (as the classic); otherwise a `TokenDataset` (``streaming=False``) or a
-        `StreamedTokenDataset`.
-
-    Differences from the classic: each text is tokenized on its own (the classic cut the joined
-    text into 20 chunks at arbitrary characters, splitting words at the cuts), no special tokens
-    are added inside rows (tokenizers that add BOS themselves leaked it mid-row), and the
-    tokenizer is not modified (the classic added a ``<PAD>`` token, whose id can lie outside the
-    model's vocabulary; short batches are padded with the pad or else the EOS token).
-    """
-    seq_len = max_length - 1 if add_bos_token else max_length
-    if seq_len < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for tokens.")
-    if add_bos_token and getattr(tokenizer, "bos_token_id", None) is None:
-        raise ValueError(
-            "add_bos_token=True, but the tokenizer has no BOS token: pass add_bos_token=False."
-        )
-
-    def pack(texts: list[str]) -> Tensor:
-        return _pack_texts(texts, tokenizer, seq_len, add_bos_token)
-
-    if type(dataset).__module__.split(".")[0] == "datasets":
-        dataset = keep_single_column(dataset, column_name)
-
-        def tokenize_function(examples: dict[str, list[str]]) -> dict[str, np.ndarray]:
-            return {"tokens": pack(examples[column_name]).numpy()}
-
-        kwargs: dict[str, Any] = {} if streaming else {"num_proc": num_proc}
-        mapped = dataset.map(
-            tokenize_function, batched=True, remove_columns=[column_name], **kwargs
-        )
-        return mapped.with_format("torch") if set_format else mapped
-
-    def rows() -> Iterator[Tensor]:
-        for texts in _text_batches(dataset, column_name):
-            yield from pack(texts)
-
-    if streaming:
-        return StreamedTokenDataset(rows)
-    packed = list(rows())
-    if not packed:
-        raise ValueError("The dataset holds no text to tokenize.")
-    return TokenDataset(torch.stack(packed))
-
-
-def _text_batches(dataset: Iterable[Any], column_name: str) -> Iterator[list[str]]:
-    if isinstance(dataset, str):
-        raise TypeError("Pass an iterable of texts (a list of strings), not a single string.")
-    batch: list[str] = []
-    for item in dataset:
-        if isinstance(item, str):
-            batch.append(item)
-        elif isinstance(item, Mapping):
-            if column_name not in item:
-                raise KeyError(
-                    f"A row has no {column_name!r} column (it has {sorted(item)}): "
-                    "pass column_name=."
-                )
-            batch.append(item[column_name])
-        else:
-            raise TypeError(
-                f"Rows must be strings or dicts with a {column_name!r} key, "
-                f"got {type(item).__name__}."
-            )
-        if len(batch) == _TEXTS_PER_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _pack_texts(texts: list[str], tokenizer: Any, seq_len: int, add_bos_token: bool) -> Tensor:
-    """One batch of texts -> ``[rows, seq_len (+1 with BOS)]``; an empty batch -> no rows."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    ids: list[int] = []
-    for i, text_ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
-        if i > 0 and eos is not None:
-            ids.append(eos)
-        ids.extend(text_ids)
-    width = seq_len + int(add_bos_token)
-    if not ids:
-        return torch.empty(0, width, dtype=torch.long)
-    tokens = torch.tensor(ids, dtype=torch.long)
-    if len(ids) < seq_len:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        pad = eos if pad is None else pad
-        tokens = torch.cat([tokens, torch.full((seq_len - len(ids),), pad or 0)])
-    n_rows = tokens.shape[0] // seq_len
-    tokens = tokens[: n_rows * seq_len].reshape(n_rows, seq_len)
-    if add_bos_token:
-        tokens = torch.cat([torch.full((n_rows, 1), tokenizer.bos_token_id), tokens], dim=1)
-    return tokens
-
-
 def test_prompt(
     prompt: str,
     answer: str | list[str],
@@ -664,95 +511,6 @@ SUPPORTED_ACTIVATIONS: dict[str, ActivationFunction] = {
 ACTIVATION_FN_DICT = SUPPORTED_ACTIVATIONS
 
 
-# --- weight initialisation ---------------------------------------------------------------------
-
-# What `torch.nn.init.calculate_gain` accepts as `nonlinearity`.
-NonlinearityType = Literal[
-    "linear",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "selu",
-]
-
-
-def calc_fan_in_and_fan_out(tensor: Tensor) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` in this library's weight layouts, which multiply from the right.
-
-    ``[d_out]`` (a bias): ``(1, d_out)``; ``[d_in, d_out]``: ``(d_in, d_out)``;
-    ``[n_heads, d_model, d_head]`` (an attention weight): ``(d_model, n_heads * d_head)``. torch's
-    own helper reads ``[d_out, d_in]`` and would swap them.
-    """
-    shape = tuple(tensor.shape)
-    if len(shape) == 1:
-        return 1, shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    if len(shape) == 3:
-        return shape[1], shape[0] * shape[2]
-    raise ValueError(
-        f"fan in and fan out are defined for 1-D, 2-D and 3-D weights [n_heads, d_model, d_head], "
-        f"got shape {shape}."
-    )
-
-
-def init_xavier_uniform_(param: Tensor, gain: float = 1.0) -> Tensor:
-    """Fill `param` in place from U(-a, a), ``a = gain * sqrt(6 / (fan_in + fan_out))``
-    (Glorot & Bengio 2010); std ``gain * sqrt(2 / (fan_in + fan_out))``."""
-    fan_in, fan_out = calc_fan_in_and_fan_out(param)
-    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    return nn.init.uniform_(param, -bound, bound)
-
-
-def init_xavier_normal_(param: Tensor, gain: float = 1.0) -> Tensor:
-    """Fill `param` in place from N(0, std^2), ``std = gain * sqrt(2 / (fan_in + fan_out))``."""
-    fan_in, fan_out = calc_fan_in_and_fan_out(param)
-    return nn.init.normal_(param, mean=0.0, std=gain * math.sqrt(2.0 / (fan_in + fan_out)))
-
-
-def _kaiming_std(
-    param: Tensor, a: float, nonlinearity: NonlinearityType, gain: float, mode: str
-) -> float:
-    """``gain * calculate_gain(nonlinearity, a) / sqrt(fan)`` (He et al. 2015)."""
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}.")
-    fan_in, fan_out = calc_fan_in_and_fan_out(param)
-    fan = fan_in if mode == "fan_in" else fan_out
-    return gain * nn.init.calculate_gain(nonlinearity, a) / math.sqrt(fan)
-
-
-def init_kaiming_uniform_(
-    param: Tensor,
-    a: float = 0,
-    nonlinearity: NonlinearityType = "relu",
-    gain: float = 1.0,
-    mode: str = "fan_in",
-) -> Tensor:
-    """Fill `param` in place uniformly with std ``gain * calculate_gain(nonlinearity, a) /
-    sqrt(fan)``, `fan` being the fan in (or out, with ``mode="fan_out"``) of this library's
-    layouts (`calc_fan_in_and_fan_out`)."""
-    bound = math.sqrt(3.0) * _kaiming_std(param, a, nonlinearity, gain, mode)
-    return nn.init.uniform_(param, -bound, bound)
-
-
-def init_kaiming_normal_(
-    param: Tensor,
-    a: float = 0,
-    nonlinearity: NonlinearityType = "relu",
-    gain: float = 1.0,
-    mode: str = "fan_in",
-) -> Tensor:
-    """Fill `param` in place from N(0, std^2), std as in `init_kaiming_uniform_`."""
-    return nn.init.normal_(param, mean=0.0, std=_kaiming_std(param, a, nonlinearity, gain, mode))
-
-
 # --- defaults that a call can override ---------------------------------------------------------
 
 USE_DEFAULT_VALUE = None  # what an argument holds when the model's default should apply
@@ -907,128 +665,6 @@ def print_gpu_mem(step_name: str = "") -> None:
     print(f"{step_name} ~ {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated on GPU.")
 
 
-# --- the Hugging Face hub ----------------------------------------------------------------------
-
-CACHE_DIR = HF_HUB_CACHE
-
-
-class HubFileUnavailableError(FileNotFoundError):
-    """A file asked of the Hugging Face hub is neither in the local cache nor downloadable."""
-
-
-def select_compatible_kwargs(
-    kwargs_dict: Mapping[str, Any], callable: Callable[..., Any]
-) -> dict[str, Any]:
-    """The entries of `kwargs_dict` that name a parameter of `callable`."""
-    parameters = inspect.signature(callable).parameters
-    return {key: value for key, value in kwargs_dict.items() if key in parameters}
-
-
-def download_file_from_hf(
-    repo_name: str,
-    file_name: str,
-    subfolder: str = ".",
-    cache_dir: str | None = CACHE_DIR,
-    force_is_torch: bool = False,
-    **kwargs: Any,
-) -> Any:
-    """`file_name` of hub repo `repo_name` (from the local cache, or downloaded when online):
-    a ``.pth`` file (or any, with `force_is_torch`) loaded with ``torch.load(weights_only=True)``
-    on the CPU, a ``.json`` file parsed, any other file's local path. Extra keyword arguments
-    that ``hf_hub_download`` takes (``revision``, ``token``, ...) are passed on.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        path = hf_hub_download(
-            repo_id=repo_name,
-            filename=file_name,
-            subfolder=subfolder,
-            cache_dir=cache_dir,
-            **select_compatible_kwargs(kwargs, hf_hub_download),
-        )
-    except (LocalEntryNotFoundError, EntryNotFoundError) as error:
-        raise HubFileUnavailableError(
-            f"{file_name!r} of Hugging Face repo {repo_name!r} is not in the local cache "
-            f"({cache_dir}) and could not be downloaded ({type(error).__name__}). Download it "
-            "on a machine with network access, or point HF_HUB_CACHE/HF_HOME at a cache that "
-            "holds it."
-        ) from error
-    if path.endswith(".pth") or force_is_torch:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if path.endswith(".json"):
-        with open(path) as file:
-            return json.load(file)
-    return path
-
-
-def clear_huggingface_cache() -> None:
-    """Delete the Hugging Face hub cache folder (`CACHE_DIR`) and everything downloaded in it."""
-    print("Deleting Hugging Face cache directory and all its contents.")
-    shutil.rmtree(CACHE_DIR, ignore_errors=True)
-
-
-# The classic `get_dataset` names: small (10k-text) samples of common corpora on the hub.
-DATASET_ALIASES = {
-    "openwebtext": "stas/openwebtext-10k",
-    "owt": "stas/openwebtext-10k",
-    "pile": "NeelNanda/pile-10k",
-    "c4": "NeelNanda/c4-10k",
-    "code": "NeelNanda/code-10k",
-    "python": "NeelNanda/code-10k",
-    "c4_code": "NeelNanda/c4-code-20k",
-    "c4-code": "NeelNanda/c4-code-20k",
-    "wiki": "NeelNanda/wiki-10k",
-}
-
-
-def get_dataset(dataset_name: str, **kwargs: Any) -> Any:
-    """The train split of a small corpus sample by its classic name (`DATASET_ALIASES`: "pile",
-    "c4", "code", "owt", "wiki", ...), through ``datasets.load_dataset`` (its local cache when
-    offline); `kwargs` go to ``load_dataset``.
-
-    Raises `DatasetUnavailableError` when the ``datasets`` package is missing or the data is
-    neither cached nor downloadable.
-    """
-    from anatomist.analysis.evals import DatasetUnavailableError  # evals imports this module
-
-    if dataset_name not in DATASET_ALIASES:
-        raise ValueError(
-            f"Dataset {dataset_name!r} is not one of get_dataset's names: "
-            f"{sorted(DATASET_ALIASES)}."
-        )
-    repo = DATASET_ALIASES[dataset_name]
-    try:
-        import datasets
-    except ImportError as error:
-        raise DatasetUnavailableError(
-            f"get_dataset({dataset_name!r}) needs the 'datasets' package: pip install datasets."
-        ) from error
-    try:
-        return datasets.load_dataset(repo, split="train", **kwargs)
-    except (ConnectionError, OSError) as error:
-        raise DatasetUnavailableError(
-            f"get_dataset({dataset_name!r}) could not load {repo!r} from the hub or the local "
-            f"datasets cache ({error}). Load it where the hub is reachable, or pass your own "
-            "texts to tokenize_and_concatenate."
-        ) from error
-
-
-def get_rotary_pct_from_config(config: Any) -> float:
-    """The fraction of each head's dimensions that rotary embeddings rotate, from a Hugging Face
-    config: ``rotary_pct`` (transformers 4), ``rope_parameters["partial_rotary_factor"]``
-    (transformers 5), else 1.0."""
-    if config is None:
-        return 1.0
-    if hasattr(config, "rotary_pct"):
-        return float(config.rotary_pct)
-    rope = getattr(config, "rope_parameters", None)
-    if isinstance(rope, dict) and "partial_rotary_factor" in rope:
-        return float(rope["partial_rotary_factor"])
-    return 1.0
-
-
 # --- logits and caches -------------------------------------------------------------------------
 
 
@@ -1060,61 +696,82 @@ def get_pos_offset(past_kv_cache: Any, batch_size: int) -> int:
     return 0 if past_kv_cache is None else int(past_kv_cache.entries[0].past_keys.shape[1])
 
 
-_RETRY_MAX_DELAY_SECONDS = 120.0
-_RETRIED = "_anatomist_retries_429"  # marks a from_pretrained already wrapped
-
-
-def call_hf_with_retry(
-    func: Callable[..., Any],
-    *args: Any,
-    max_attempts: int = 3,
-    base_delay: float = 10.0,
-    **kwargs: Any,
-) -> Any:
-    """``func(*args, **kwargs)``, called again when the hub answers HTTP 429 (rate limited).
-
-    Waits the response's ``Retry-After`` seconds, else ``base_delay * 2**attempt`` (at most 120
-    s, with +-20% jitter); other errors, and the last 429, propagate.
-    """
-    for attempt in range(max_attempts):
-        try:
-            return func(*args, **kwargs)
-        except Exception as error:
-            response = getattr(error, "response", None)
-            if getattr(response, "status_code", None) != 429 or attempt == max_attempts - 1:
-                raise
-            headers = getattr(response, "headers", None) or {}
-            try:
-                wait = float(headers.get("Retry-After", ""))
-            except (TypeError, ValueError):
-                wait = min(base_delay * 2**attempt, _RETRY_MAX_DELAY_SECONDS)
-                wait *= random.uniform(0.8, 1.2)
-            time.sleep(wait)
-    raise ValueError(f"max_attempts must be >= 1, got {max_attempts}.")
-
-
-def enable_hf_retry() -> None:
-    """Make transformers' ``Auto*.from_pretrained`` retry on HTTP 429 (`call_hf_with_retry`), for
-    the rest of the process; calling it again changes nothing."""
-    import transformers
-
-    for name in ("AutoConfig", "AutoModel", "AutoTokenizer", "AutoProcessor"):
-        cls = getattr(transformers, name)
-        original = cls.from_pretrained
-        if getattr(original, _RETRIED, False):
-            continue
-        function = original.__func__
-
-        def from_pretrained(klass: Any, *args: Any, _function: Any = function, **kw: Any) -> Any:
-            return call_hf_with_retry(_function, klass, *args, **kw)
-
-        setattr(from_pretrained, _RETRIED, True)
-        cls.from_pretrained = classmethod(from_pretrained)
-
-
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class TypedModuleList(nn.ModuleList, Generic[ModuleT]):
     """An ``nn.ModuleList`` whose type names what it holds (``TypedModuleList[nn.Linear]``); at
     run time exactly an ``nn.ModuleList`` (slicing gives a TypedModuleList)."""
+
+
+__all__ = [
+    "ACTIVATION_FN_DICT",
+    "ActivationFunction",
+    "CACHE_DIR",
+    "DATASET_ALIASES",
+    "HubFileUnavailableError",
+    "InvalidOverrideError",
+    "LocallyOverridenDefaults",
+    "ModelWithCfg",
+    "NonlinearityType",
+    "SUPPORTED_ACTIVATIONS",
+    "Slice",
+    "SliceInput",
+    "SliceInputError",
+    "StreamedTokenDataset",
+    "ToNumpyTypeError",
+    "TokenDataset",
+    "TypedModuleList",
+    "USE_DEFAULT_VALUE",
+    "calc_fan_in_and_fan_out",
+    "call_hf_with_retry",
+    "check_structure",
+    "clear_huggingface_cache",
+    "composition_scores",
+    "download_file_from_hf",
+    "enable_hf_retry",
+    "filter_dict_by_prefix",
+    "gelu_fast",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "get_act_name",
+    "get_attention_mask",
+    "get_corner",
+    "get_cumsum_along_dim",
+    "get_dataset",
+    "get_device",
+    "get_input_with_manually_prepended_bos",
+    "get_matrix_corner",
+    "get_nested_attr",
+    "get_offset_position_ids",
+    "get_pos_offset",
+    "get_rotary_pct_from_config",
+    "get_tokenizer_with_bos",
+    "get_tokens_with_bos_removed",
+    "init_kaiming_normal_",
+    "init_kaiming_uniform_",
+    "init_xavier_normal_",
+    "init_xavier_uniform_",
+    "is_library_available",
+    "is_lower_triangular",
+    "is_square",
+    "keep_single_column",
+    "lm_accuracy",
+    "lm_cross_entropy_loss",
+    "logits_to_df",
+    "move_to_and_update_config",
+    "override_or_use_default_value",
+    "print_gpu_mem",
+    "remove_batch_dim",
+    "repeat_along_head_dimension",
+    "sample_logits",
+    "select_compatible_kwargs",
+    "set_nested_attr",
+    "solu",
+    "test_prompt",
+    "to_numpy",
+    "tokenize_and_concatenate",
+    "transpose",
+    "warn_if_mps",
+    "xielu",
+]
