@@ -8,6 +8,7 @@ import torch
 
 import anatomist
 from anatomist.analysis.head_detector import (
+    HeadDetectionError,
     detect_head,
     get_duplicate_token_head_detection_pattern,
     get_induction_head_detection_pattern,
@@ -182,21 +183,26 @@ def test_real_forward_matches_cached_patterns_and_lists_average() -> None:
 
 
 def test_errors_say_what_is_wrong() -> None:
+    """Each error says what is wrong; all are HeadDetectionError, a ValueError that is also the
+    AssertionError the classic raised."""
+    assert issubclass(HeadDetectionError, ValueError) and issubclass(
+        HeadDetectionError, AssertionError
+    )
     model = gpt2_like()
     tokens = torch.arange(6)
-    with pytest.raises(ValueError, match="one of"):
+    with pytest.raises(HeadDetectionError, match="one of"):
         detect_head(model, tokens, "copy_head")
-    with pytest.raises(ValueError, match="error_measure"):
+    with pytest.raises(HeadDetectionError, match="error_measure"):
         detect_head(model, tokens, "induction_head", error_measure="max")
-    with pytest.raises(ValueError, match="lower-triangular"):
+    with pytest.raises(HeadDetectionError, match="lower triangular"):
         detect_head(model, tokens, torch.ones(6, 6))
-    with pytest.raises(ValueError, match="seq_len=6"):
+    with pytest.raises(HeadDetectionError, match="seq_len=6"):
         detect_head(model, tokens, torch.eye(5))
-    with pytest.raises(ValueError, match="context window"):
+    with pytest.raises(HeadDetectionError, match="context window"):
         detect_head(model, torch.arange(model.cfg.n_ctx + 1) % 50, "induction_head")
-    with pytest.raises(ValueError, match="one sequence"):
+    with pytest.raises(HeadDetectionError, match="one sequence"):
         detect_head(model, torch.zeros(2, 6, dtype=torch.long), "induction_head", cache={})
-    with pytest.raises(ValueError, match="this sequence"):
+    with pytest.raises(HeadDetectionError, match="this sequence"):
         detect_head(model, tokens[:5], "induction_head", cache=_known_cache(6))
 
 

@@ -38,6 +38,11 @@ HEAD_NAMES: tuple[str, ...] = ("previous_token_head", "duplicate_token_head", "i
 LayerHeads = Sequence[tuple[int, int]] | Mapping[int, Sequence[int]]
 
 
+class HeadDetectionError(ValueError, AssertionError):
+    """A bad argument to `detect_head` (a sequence, pattern, head or cache that does not fit).
+    Also an AssertionError, which the classic function raised."""
+
+
 def get_previous_token_head_detection_pattern(tokens: Tensor) -> Tensor:
     """``[pos, pos]``: each position attends to the one before it (the first to nothing)."""
     n = tokens.shape[-1]
@@ -106,15 +111,15 @@ def detect_head(
         ``[n_layers, n_heads]`` float32 scores.
     """
     if error_measure not in ("mul", "abs"):
-        raise ValueError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
+        raise HeadDetectionError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
     if isinstance(detection_pattern, str) and detection_pattern not in _PATTERN_BUILDERS:
-        raise ValueError(
+        raise HeadDetectionError(
             f"detection_pattern must be a Tensor or one of {list(HEAD_NAMES)}; "
             f"got {detection_pattern!r}."
         )
     rows = _token_rows(model, seq)
     if cache is not None and len(rows) != 1:
-        raise ValueError(
+        raise HeadDetectionError(
             f"A cache holds the run of one sequence, but {len(rows)} sequences were given; "
             "pass them one at a time, or drop the cache."
         )
@@ -146,7 +151,9 @@ def compute_head_attention_similarity_score(
     """Scores of attention patterns ``[..., q, k]`` (one head or a stack of heads) against a
     detection pattern ``[q, k]``; returns a tensor of the leading shape (``[]`` for one head)."""
     if attention_pattern.shape[-1] != attention_pattern.shape[-2]:
-        raise ValueError(f"Attention pattern is not square: {tuple(attention_pattern.shape)}.")
+        raise HeadDetectionError(
+            f"Attention pattern is not square: {tuple(attention_pattern.shape)}."
+        )
     attention = attention_pattern.float().clone()  # never edit the caller's cache
     detection = detection_pattern.to(attention.device, torch.float32)
     size = attention.shape[-1]
@@ -173,11 +180,13 @@ def _token_rows(model: Any, seq: str | Sequence[str] | Tensor) -> list[Tensor]:
             return [seq]
         if seq.dim() == 2:
             return list(seq)
-        raise ValueError(f"Token ids must be [pos] or [batch, pos], got {tuple(seq.shape)}.")
+        raise HeadDetectionError(
+            f"Token ids must be [pos] or [batch, pos], got {tuple(seq.shape)}."
+        )
     if isinstance(seq, str):
         return [model.to_tokens(seq)[0]]
     if len(seq) == 0:
-        raise ValueError("seq is an empty list: give at least one sequence.")
+        raise HeadDetectionError("seq is an empty list: give at least one sequence.")
     return [model.to_tokens(text)[0] for text in seq]
 
 
@@ -206,7 +215,7 @@ def _score_sequence(
     cfg = model.cfg
     seq_len = tokens.shape[-1]
     if not 1 < seq_len <= cfg.n_ctx:
-        raise ValueError(
+        raise HeadDetectionError(
             f"The sequence has {seq_len} tokens; it must have at least 2 and fit in the "
             f"model's context window (n_ctx={cfg.n_ctx})."
         )
@@ -215,8 +224,8 @@ def _score_sequence(
     else:
         detection = detection_pattern.detach().cpu().float()
         if not is_lower_triangular(detection) or detection.shape[0] != seq_len:
-            raise ValueError(
-                "The detection pattern must be a lower-triangular [seq_len, seq_len] matrix with "
+            raise HeadDetectionError(
+                "The detection pattern must be a lower triangular [seq_len, seq_len] matrix with "
                 f"seq_len={seq_len}; got shape {tuple(detection.shape)}"
                 + ("" if is_lower_triangular(detection) else " (not lower-triangular)")
                 + "."
@@ -229,10 +238,10 @@ def _score_sequence(
         )
     for layer, layer_head_list in layer_heads.items():
         if not -cfg.n_layers <= layer < cfg.n_layers:
-            raise ValueError(f"Layer {layer} is out of range (n_layers={cfg.n_layers}).")
+            raise HeadDetectionError(f"Layer {layer} is out of range (n_layers={cfg.n_layers}).")
         for head in layer_head_list:
             if not -cfg.n_heads <= head < cfg.n_heads:
-                raise ValueError(
+                raise HeadDetectionError(
                     f"heads names head {head} of layer {layer}, out of range "
                     f"(n_heads={cfg.n_heads}: heads 0 .. {cfg.n_heads - 1})."
                 )
@@ -263,13 +272,13 @@ def _cached_pattern(cache: Any, layer: int, seq_len: int) -> Tensor:
     pattern = cast(Tensor, cache[get_act_name("pattern", layer)])
     if pattern.dim() == 4:
         if pattern.shape[0] != 1:
-            raise ValueError(
+            raise HeadDetectionError(
                 f"The cache holds a batch of {pattern.shape[0]} sequences; detect_head scores one "
                 "sequence per cache (slice the cache, or pass the sequences without a cache)."
             )
         pattern = pattern[0]
     if pattern.dim() != 3 or pattern.shape[-1] != seq_len or pattern.shape[-2] != seq_len:
-        raise ValueError(
+        raise HeadDetectionError(
             f"The cached pattern of layer {layer} has shape {tuple(pattern.shape)}, which does not "
             f"fit a sequence of {seq_len} tokens: was the cache computed on this sequence?"
         )
