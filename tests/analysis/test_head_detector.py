@@ -8,6 +8,7 @@ import torch
 
 import anatomist
 from anatomist.analysis.head_detector import (
+    SEQ_LEN_ERR,
     HeadDetectionError,
     detect_head,
     get_duplicate_token_head_detection_pattern,
@@ -196,10 +197,11 @@ def test_errors_say_what_is_wrong() -> None:
         detect_head(model, tokens, "induction_head", error_measure="max")
     with pytest.raises(HeadDetectionError, match="lower triangular"):
         detect_head(model, tokens, torch.ones(6, 6))
-    with pytest.raises(HeadDetectionError, match="seq_len=6"):
+    with pytest.raises(HeadDetectionError, match="sequence_length=6"):
         detect_head(model, tokens, torch.eye(5))
-    with pytest.raises(HeadDetectionError, match="context window"):
+    with pytest.raises(HeadDetectionError, match="context window") as caught:
         detect_head(model, torch.arange(model.cfg.n_ctx + 1) % 50, "induction_head")
+    assert str(caught.value).startswith(SEQ_LEN_ERR)  # the classic message, then the numbers
     with pytest.raises(HeadDetectionError, match="one sequence"):
         detect_head(model, torch.zeros(2, 6, dtype=torch.long), "induction_head", cache={})
     with pytest.raises(HeadDetectionError, match="this sequence"):

@@ -35,7 +35,19 @@ from anatomist.utils import get_act_name, is_lower_triangular
 HeadName = Literal["previous_token_head", "duplicate_token_head", "induction_head"]
 ErrorMeasure = Literal["mul", "abs"]
 HEAD_NAMES: tuple[str, ...] = ("previous_token_head", "duplicate_token_head", "induction_head")
-LayerHeads = Sequence[tuple[int, int]] | Mapping[int, Sequence[int]]
+LayerHeadTuple = tuple[int, int]
+LayerToHead = dict[int, list[int]]
+LayerHeads = Sequence[LayerHeadTuple] | Mapping[int, Sequence[int]]
+
+# The classic error messages; ours start with them and add the numbers that were wrong.
+INVALID_HEAD_NAME_ERR = (
+    f"detection_pattern must be a Tensor or one of head names: {HEAD_NAMES}; got %s"
+)
+SEQ_LEN_ERR = "The sequence must be non-empty and must fit within the model's context window."
+DET_PAT_NOT_SQUARE_ERR = (
+    "The detection pattern must be a lower triangular matrix of shape (sequence_length, "
+    "sequence_length); sequence_length=%d; got detection pattern of shape %s"
+)
 
 
 class HeadDetectionError(ValueError, AssertionError):
@@ -113,10 +125,7 @@ def detect_head(
     if error_measure not in ("mul", "abs"):
         raise HeadDetectionError(f"error_measure must be 'mul' or 'abs', got {error_measure!r}.")
     if isinstance(detection_pattern, str) and detection_pattern not in _PATTERN_BUILDERS:
-        raise HeadDetectionError(
-            f"detection_pattern must be a Tensor or one of {list(HEAD_NAMES)}; "
-            f"got {detection_pattern!r}."
-        )
+        raise HeadDetectionError(INVALID_HEAD_NAME_ERR % repr(detection_pattern))
     rows = _token_rows(model, seq)
     if cache is not None and len(rows) != 1:
         raise HeadDetectionError(
@@ -216,8 +225,8 @@ def _score_sequence(
     seq_len = tokens.shape[-1]
     if not 1 < seq_len <= cfg.n_ctx:
         raise HeadDetectionError(
-            f"The sequence has {seq_len} tokens; it must have at least 2 and fit in the "
-            f"model's context window (n_ctx={cfg.n_ctx})."
+            f"{SEQ_LEN_ERR} It has {seq_len} tokens (BOS included); it needs 2 to "
+            f"n_ctx={cfg.n_ctx}."
         )
     if isinstance(detection_pattern, str):
         detection = _PATTERN_BUILDERS[detection_pattern](tokens.cpu())
@@ -225,10 +234,8 @@ def _score_sequence(
         detection = detection_pattern.detach().cpu().float()
         if not is_lower_triangular(detection) or detection.shape[0] != seq_len:
             raise HeadDetectionError(
-                "The detection pattern must be a lower triangular [seq_len, seq_len] matrix with "
-                f"seq_len={seq_len}; got shape {tuple(detection.shape)}"
-                + ("" if is_lower_triangular(detection) else " (not lower-triangular)")
-                + "."
+                DET_PAT_NOT_SQUARE_ERR % (seq_len, tuple(detection.shape))
+                + ("" if is_lower_triangular(detection) else " (not lower triangular)")
             )
     if error_measure == "mul" and not set(detection.unique().tolist()) <= {0.0, 1.0}:
         warnings.warn(

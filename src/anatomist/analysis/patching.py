@@ -49,6 +49,10 @@ from torch import Tensor
 from anatomist.utils import get_act_name
 
 AxisName = Literal["layer", "pos", "head_index", "head", "src_pos", "dest_pos"]
+AxisNames = AxisName  # the classic name
+Logits = Tensor  # [B, pos, d_vocab]
+CorruptedActivation = Tensor  # the classic names of a patch setter's tensors
+PatchedActivation = Tensor
 # (corrupted activation [B, ...], index row (layer first), clean activation [B, ...]) -> patched
 PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor]
 # logits [B, pos, d_vocab] -> scalar (a float or a 0-d tensor)
