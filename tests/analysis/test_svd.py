@@ -117,3 +117,11 @@ def test_mixture_of_experts_has_no_single_w_in() -> None:
     randomize_small_params(model)
     with pytest.raises(ValueError, match="mixture of experts"):
         SVDInterpreter(model).get_singular_vectors("w_out", 0)
+
+
+def test_classic_attributes(model: anatomist.HookedTransformer) -> None:
+    from anatomist.analysis.svd import OUTPUT_EMBEDDING
+
+    svd = SVDInterpreter(model)
+    assert svd.params[OUTPUT_EMBEDDING] is model.unembed.W_U
+    assert svd.params.keys() == dict(model.named_parameters()).keys()

@@ -27,6 +27,7 @@ from torch import Tensor
 
 VectorType = Literal["OV", "w_in", "w_out"]
 VECTOR_TYPES = ("OV", "w_in", "w_out")
+OUTPUT_EMBEDDING = "unembed.W_U"  # the classic name of the unembedding parameter
 
 
 class SVDArgumentError(ValueError, AssertionError):
@@ -45,6 +46,11 @@ class SVDInterpreter:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.cfg = model.cfg
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """The model's parameters by name (the classic attribute)."""
+        return dict(self.model.named_parameters())
 
     @torch.no_grad()
     def get_singular_vectors(
