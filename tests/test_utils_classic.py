@@ -272,8 +272,9 @@ def test_select_compatible_kwargs() -> None:
 def test_download_file_from_hf_loads_by_extension(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from anatomist.loading import hub_files
 
     (tmp_path / "cfg.json").write_text(json.dumps({"d_model": 8}))
     torch.save({"w": torch.ones(2)}, tmp_path / "weights.pth")
@@ -288,7 +289,7 @@ def test_download_file_from_hf_loads_by_extension(
             raise LocalEntryNotFoundError("not cached")
         return str(tmp_path / filename)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(hub_files, "hf_hub_download", fake_download)
     assert utils.download_file_from_hf("org/repo", "cfg.json", revision="main") == {"d_model": 8}
     assert calls[-1] == {"repo_id": "org/repo", "revision": "main"}  # known kwargs passed on
     assert torch.equal(utils.download_file_from_hf("org/repo", "weights.pth")["w"], torch.ones(2))
@@ -378,7 +379,7 @@ def test_enable_hf_retry_wraps_once() -> None:
     try:
         utils.enable_hf_retry()
         wrapped = transformers.AutoTokenizer.from_pretrained
-        assert wrapped._anatomist_retries_429
+        assert wrapped._tl_hf_retry_wrapped
         utils.enable_hf_retry()
         assert transformers.AutoTokenizer.from_pretrained.__func__ is wrapped.__func__
     finally:
@@ -542,3 +543,23 @@ def test_test_prompt_prints_the_classic_header_lines(capsys: pytest.CaptureFixtu
     utils.test_prompt("ab", ["c", "de"], stub, top_k=1)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "Tokenized answers: [[' '], [' ']]"  # one line, first tokens only
+
+
+def test_download_file_from_hf_retries_a_rate_limited_download(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from anatomist.loading import hub_files
+
+    (tmp_path / "cfg.json").write_text("{}")
+    answers: list[Any] = [_RateLimited("0"), str(tmp_path / "cfg.json")]
+
+    def fake_download(**kwargs: Any) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return str(answer)
+
+    monkeypatch.setattr(hub_files, "hf_hub_download", fake_download)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert utils.download_file_from_hf("org/repo", "cfg.json") == {}
+    assert answers == []

@@ -52,6 +52,7 @@ MODULES: dict[str, str] = {
     "patching": "anatomist.analysis.patching",
     "head_detector": "anatomist.analysis.head_detector",
     "loading_from_pretrained": "anatomist.loading.names",
+    "utilities.hf_utils": "anatomist.loading.hub_files",
 }
 
 # Classic modules named after the class they hold: the package attribute is the class (as in the

@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download
 from huggingface_hub.constants import HF_HUB_CACHE
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 CACHE_DIR = HF_HUB_CACHE
 
@@ -42,11 +44,9 @@ def download_file_from_hf(
     on the CPU, a ``.json`` file parsed, any other file's local path. Extra keyword arguments
     that ``hf_hub_download`` takes (``revision``, ``token``, ...) are passed on.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     try:
-        path = hf_hub_download(
+        path = call_hf_with_retry(
+            hf_hub_download,
             repo_id=repo_name,
             filename=file_name,
             subfolder=subfolder,
@@ -89,8 +89,9 @@ def get_rotary_pct_from_config(config: Any) -> float:
     return 1.0
 
 
-_RETRY_MAX_DELAY_SECONDS = 120.0
-_RETRIED = "_anatomist_retries_429"  # marks a from_pretrained already wrapped
+# The classic module's private names, which its tests and fixtures read.
+_HF_RETRY_MAX_DELAY_SECONDS = 120.0
+_TL_RETRY_WRAPPED_ATTR = "_tl_hf_retry_wrapped"  # marks a from_pretrained already wrapped
 
 
 def call_hf_with_retry(
@@ -116,8 +117,8 @@ def call_hf_with_retry(
             try:
                 wait = float(headers.get("Retry-After", ""))
             except (TypeError, ValueError):
-                wait = min(base_delay * 2**attempt, _RETRY_MAX_DELAY_SECONDS)
-                wait *= random.uniform(0.8, 1.2)
+                wait = min(base_delay * 2**attempt, _HF_RETRY_MAX_DELAY_SECONDS)
+                wait *= 0.8 + 0.4 * random.random()
             time.sleep(wait)
     raise ValueError(f"max_attempts must be >= 1, got {max_attempts}.")
 
@@ -130,12 +131,12 @@ def enable_hf_retry() -> None:
     for name in ("AutoConfig", "AutoModel", "AutoTokenizer", "AutoProcessor"):
         cls = getattr(transformers, name)
         original = cls.from_pretrained
-        if getattr(original, _RETRIED, False):
+        if getattr(original, _TL_RETRY_WRAPPED_ATTR, False):
             continue
         function = original.__func__
 
         def from_pretrained(klass: Any, *args: Any, _function: Any = function, **kw: Any) -> Any:
             return call_hf_with_retry(_function, klass, *args, **kw)
 
-        setattr(from_pretrained, _RETRIED, True)
+        setattr(from_pretrained, _TL_RETRY_WRAPPED_ATTR, True)
         cls.from_pretrained = classmethod(from_pretrained)

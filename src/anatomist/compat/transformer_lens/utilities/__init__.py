@@ -12,7 +12,6 @@ from anatomist.compat.transformer_lens.utilities import (
     devices,
     exploratory_utils,
     gpu_utils,
-    hf_utils,
     initialization_utils,
     library_utils,
     lm_utils,
@@ -23,6 +22,7 @@ from anatomist.compat.transformer_lens.utilities import (
     tokenize_utils,
     typed_module_list,
 )
+from anatomist.loading import hub_files as hf_utils
 from anatomist.utils import (
     CACHE_DIR,
     SUPPORTED_ACTIVATIONS,
