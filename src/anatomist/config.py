@@ -8,11 +8,15 @@ existing code that reads ``model.cfg.d_model`` and friends keeps working.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
@@ -37,12 +41,24 @@ ACTIVATION_FUNCTIONS = (
 )
 
 
-class ConfigError(ValueError):
+# Classic ``init_mode`` values: how `HookedTransformer.init_weights` draws the weight matrices.
+INIT_MODES = (
+    "gpt2",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "muP",
+)
+
+
+class ConfigError(ValueError, AssertionError):
     """A model configuration is invalid: a field has a value no model can have (a head count of
     0, a negative epsilon, an unknown activation), or a config.json cannot be read as one.
 
     `field` is the offending `TransformerConfig` field (or config.json key), `value` its value;
-    `source` is the config.json path when the config came from a file.
+    `source` is the config.json path when the config came from a file. It is also an
+    AssertionError, which the classic config raised for the same mistakes.
     """
 
     def __init__(
@@ -161,7 +177,14 @@ class TransformerConfig:
     dtype: torch.dtype = torch.float32
     device: str | None = None
     seed: int | None = None
-    init_range: float = -1.0  # std of the random init; -1 means 0.8 / sqrt(d_model)
+    init_range: float = -1.0  # std (gpt2) or gain (others) of the random init; -1: the default
+    init_mode: str = "gpt2"  # how init_weights draws matrices (see INIT_MODES)
+    init_weights: bool = True  # HookedTransformer(cfg) initialises its weights randomly
+    n_devices: int = 1  # classic; only 1 is supported
+    trust_remote_code: bool = False  # classic; anatomist never runs a checkpoint's code
+    load_in_4bit: bool = False  # classic; not supported (always False)
+    decoder_start_token_id: int | None = None  # encoder-decoders: the decoder's first token
+    ungroup_grouped_query_attention: bool = False  # hook_k/hook_v show a head per query head
 
     # Set by weight processing, so analysis code knows what the weights mean.
     from_checkpoint: bool = False
@@ -171,6 +194,16 @@ class TransformerConfig:
     processing: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # The classic "unset" spellings of fields that are None here.
+        for name in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+            if getattr(self, name) == -1:
+                setattr(self, name, None)
+        for name, default in (
+            ("relative_attention_num_buckets", 32),
+            ("relative_attention_max_distance", 128),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         # Checked before anything is derived from them, so a bad value is reported as itself,
         # not as a ZeroDivisionError or a reshape error much later.
         self._check_shape_fields()
@@ -201,8 +234,12 @@ class TransformerConfig:
             self.attn_scale = math.sqrt(self.d_head)
         if self.rotary_dim is None:
             self.rotary_dim = self.d_head
-        if self.init_range == -1.0:
-            self.init_range = 0.8 / math.sqrt(self.d_model)
+        if self.init_mode not in INIT_MODES:
+            raise _invalid("init_mode", self.init_mode, f"one of {INIT_MODES}")
+        if self.init_range == -1.0:  # GPT-2's 0.02 at d_model 1600; a gain of 1 otherwise
+            self.init_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
+        if self.seed is not None:
+            self.set_seed_everywhere(self.seed)
         for name, allowed in (
             ("post_norm_type", NORMALIZATION_TYPES),
             ("normalization_type", NORMALIZATION_TYPES),
@@ -280,6 +317,11 @@ class TransformerConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise _invalid(name, value, "a positive integer")
+        if not _is_int(self.n_devices) or self.n_devices < 1:
+            raise _invalid("n_devices", self.n_devices, "a positive integer")
+        for name in ("default_prepend_bos", "init_weights", "ungroup_grouped_query_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(name, getattr(self, name), "True or False")
         if self.default_padding_side not in ("left", "right"):
             raise _invalid("default_padding_side", self.default_padding_side, "'left' or 'right'")
         if isinstance(self.dtype, str):
@@ -364,18 +406,237 @@ class TransformerConfig:
         n_moe = sum(self.is_moe_layer(i) for i in range(self.n_layers))
         return self.n_layers * attn + n_moe * moe + (self.n_layers - n_moe) * dense
 
+    def is_layer_norm_activation(self) -> bool:
+        """Whether the activation normalizes its output (SoLU's "solu_ln")."""
+        return self.act_fn is not None and self.act_fn.endswith("_ln")
+
+    def set_seed_everywhere(self, seed: int) -> None:
+        """Seed torch, Python's `random` and numpy (called with ``cfg.seed`` on construction)."""
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (copies); `from_dict` builds the same config from it."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
-        """Build a config from a dict, ignoring keys this version does not know."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        """Build a config from a dict of fields or classic names, ignoring keys this version
+        does not know."""
+        known = {f.name for f in dataclasses.fields(cls)} | set(CLASSIC_NAMES) | {"n_params"}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def unwrap(cls, config: TransformerConfig | dict[str, Any]) -> TransformerConfig:
-        return config if isinstance(config, TransformerConfig) else cls.from_dict(config)
+    def unwrap(cls, config: Any) -> TransformerConfig:
+        """`config` itself when it is a config; else a config built from its dict (a dict, or an
+        object with ``to_dict()``)."""
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        to_dict = getattr(config, "to_dict", None)
+        if callable(to_dict):
+            return cls.from_dict(to_dict())
+        raise TypeError(
+            f"config must be a {cls.__name__} or a dict of its fields, got {type(config).__name__}."
+        )
+
+    # --- the classic field names that are spelled differently here ---------------------------
+    @property
+    def attention_dir(self) -> str:
+        """Classic: "causal" or "bidirectional" (here the bool `causal`)."""
+        return "causal" if self.causal else "bidirectional"
+
+    @attention_dir.setter
+    def attention_dir(self, value: str) -> None:
+        self.causal = _attention_dir_to_causal(value)
+
+    @property
+    def use_normalization_before_and_after(self) -> bool:
+        """Classic: norms after attention and the MLP too (here `post_norm_type`)."""
+        return self.post_norm_type is not None
+
+    @property
+    def use_local_attn(self) -> bool:
+        """Classic: some layers use sliding-window attention (here `sliding_window`)."""
+        return self.sliding_window is not None
+
+    @property
+    def window_size(self) -> int | None:
+        return self.sliding_window
+
+    @property
+    def attn_types(self) -> list[str] | None:
+        """Classic: "local" or "global" per layer (here `layer_types`)."""
+        if self.sliding_window is None:
+            return None
+        return [
+            "local" if self.window_for_layer(i) is not None else "global"
+            for i in range(self.n_layers)
+        ]
+
+    @property
+    def use_NTK_by_parts_rope(self) -> bool:  # noqa: N802 (the classic name)
+        return _rope_kind(self.rope_scaling) == "llama3"
+
+    @property
+    def use_yarn_rope(self) -> bool:
+        return _rope_kind(self.rope_scaling) == "yarn"
+
+    @property
+    def rotary_scaling_factor(self) -> float:
+        """Classic: linear rope scaling of the global layers (here a "linear" rope_scaling)."""
+        if _rope_kind(self.rope_scaling) != "linear":
+            return 1.0
+        assert self.rope_scaling is not None
+        return float(self.rope_scaling["factor"])
+
+
+def _attention_dir_to_causal(value: Any) -> bool:
+    if value not in ("causal", "bidirectional"):
+        raise _invalid("attention_dir", value, "'causal' or 'bidirectional'")
+    return bool(value == "causal")
+
+
+def _rope_kind(scaling: dict[str, Any] | None) -> str | None:
+    if not scaling:
+        return None
+    return str(scaling.get("rope_type", scaling.get("type", "default")))
+
+
+def _field_alias(name: str, doc: str) -> property:
+    """A classic name for one of our fields, read and written through."""
+    return property(
+        lambda self: getattr(self, name), lambda self, v: setattr(self, name, v), doc=doc
+    )
+
+
+def _rope_parameter(kind: str, key: str, default: float) -> property:
+    """A classic rope-scaling field, read from `rope_scaling` (its classic default when the
+    model does not use that kind of scaling)."""
+
+    def get(self: TransformerConfig) -> float:
+        if _rope_kind(self.rope_scaling) != kind:
+            return default
+        assert self.rope_scaling is not None
+        return self.rope_scaling.get(key, default)  # type: ignore[no-any-return]
+
+    return property(get, doc=f"Classic; rope_scaling[{key!r}] of a {kind!r} rope_scaling.")
+
+
+# Classic rope-scaling fields: (rope_scaling kind, its key, the classic default).
+_ROPE_FIELDS: dict[str, tuple[str, str, float]] = {
+    "NTK_by_parts_low_freq_factor": ("llama3", "low_freq_factor", 1.0),
+    "NTK_by_parts_high_freq_factor": ("llama3", "high_freq_factor", 4.0),
+    "NTK_by_parts_factor": ("llama3", "factor", 8.0),
+    "NTK_original_ctx_len": ("llama3", "original_max_position_embeddings", 8192),
+    "yarn_factor": ("yarn", "factor", 1.0),
+    "yarn_attention_factor": ("yarn", "attention_factor", 1.0),
+    "yarn_beta_fast": ("yarn", "beta_fast", 32.0),
+    "yarn_beta_slow": ("yarn", "beta_slow", 1.0),
+    "yarn_original_max_position_embeddings": ("yarn", "original_max_position_embeddings", 4096),
+}
+# Classic names of fields that are only renamed here.
+_RENAMED = {
+    "use_qk_norm": "qk_norm",
+    "initializer_range": "init_range",
+    "post_embedding_ln": "post_embedding_norm",
+}
+for _name, (_kind, _key, _default) in _ROPE_FIELDS.items():
+    setattr(TransformerConfig, _name, _rope_parameter(_kind, _key, _default))
+for _classic, _ours in _RENAMED.items():
+    setattr(TransformerConfig, _classic, _field_alias(_ours, f"Classic name of `{_ours}`."))
+
+# Every classic keyword the constructor translates (`_from_classic_names`).
+CLASSIC_NAMES = (
+    *_RENAMED,
+    *_ROPE_FIELDS,
+    "attention_dir",
+    "use_normalization_before_and_after",
+    "use_local_attn",
+    "window_size",
+    "attn_types",
+    "use_NTK_by_parts_rope",
+    "use_yarn_rope",
+    "rotary_scaling_factor",
+)
+
+
+def _from_classic_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's keywords with the classic spellings turned into our fields."""
+    classic = {k: kwargs.pop(k) for k in (*CLASSIC_NAMES, "n_params") if k in kwargs}
+    classic.pop("n_params", None)  # derived (a property here); the classic recomputed it too
+    if not classic:
+        return kwargs
+    for old, new in _RENAMED.items():
+        if old in classic:
+            if new in kwargs:
+                raise ConfigError(f"Pass {new} or its classic name {old}, not both.", new)
+            kwargs[new] = classic[old]
+    if "attention_dir" in classic:
+        kwargs["causal"] = _attention_dir_to_causal(classic["attention_dir"])
+    if classic.get("use_normalization_before_and_after"):
+        kwargs.setdefault("post_norm_type", kwargs.get("normalization_type", "LN"))
+    if classic.get("use_local_attn"):
+        window, types = classic.get("window_size"), classic.get("attn_types")
+        if window is None or types is None:
+            raise ConfigError(
+                "use_local_attn=True needs window_size and attn_types ('local' or 'global' per "
+                "layer).",
+                "window_size" if window is None else "attn_types",
+            )
+        if any(t not in ("local", "global") for t in types):
+            raise _invalid("attn_types", types, "a list of 'local' or 'global' per layer")
+        kwargs["sliding_window"] = window
+        kwargs["layer_types"] = [
+            "sliding_attention" if t == "local" else "full_attention" for t in types
+        ]
+    scaling = _classic_rope_scaling(classic)
+    if scaling is not None:
+        if kwargs.get("rope_scaling"):
+            raise ConfigError(
+                f"Pass rope_scaling or the classic rope fields ({', '.join(classic)}), not both.",
+                "rope_scaling",
+            )
+        kwargs["rope_scaling"] = scaling
+    return kwargs
+
+
+def _classic_rope_scaling(classic: dict[str, Any]) -> dict[str, Any] | None:
+    """The `rope_scaling` of the classic NTK-by-parts, YaRN or linear fields (None: none)."""
+    kinds = [
+        kind
+        for kind, on in (
+            ("llama3", classic.get("use_NTK_by_parts_rope")),
+            ("yarn", classic.get("use_yarn_rope")),
+            ("linear", classic.get("rotary_scaling_factor", 1.0) != 1.0),
+        )
+        if on
+    ]
+    if len(kinds) > 1:
+        raise ConfigError(f"Only one kind of rope scaling can be on, got {kinds}.", "rope_scaling")
+    if not kinds:
+        return None
+    if kinds[0] == "linear":
+        return {"rope_type": "linear", "factor": float(classic["rotary_scaling_factor"])}
+    scaling: dict[str, Any] = {"rope_type": kinds[0]}
+    for name, (kind, key, default) in _ROPE_FIELDS.items():
+        if kind == kinds[0]:
+            scaling[key] = classic.get(name, default)
+    return scaling
+
+
+def _init_with_classic_names(init: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(init)
+    def __init__(self: TransformerConfig, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **_from_classic_names(kwargs))
+
+    return __init__
+
+
+# The constructor also takes the classic spellings (attention_dir="bidirectional", ...).
+setattr(TransformerConfig, "__init__", _init_with_classic_names(TransformerConfig.__init__))  # noqa: B010
 
 
 # The classic name.

@@ -53,7 +53,7 @@ BAD_FIELDS: list[tuple[str, Any]] = [
     ("default_padding_side", "middle"),
     ("dtype", "float33"),
     ("dtype", torch.int64),
-    ("attn_scores_soft_cap", -1.0),
+    ("attn_scores_soft_cap", -2.0),  # (-1 is the classic "unset")
 ]
 
 

@@ -31,7 +31,7 @@ def test_init_cache_is_empty_and_counts_what_it_sees() -> None:
     cache = HookedTransformerKeyValueCache.init_cache(model.cfg, "cpu", batch_size=2)
     assert isinstance(cache, KVCache)
     assert cache.length == 0 and cache.batch_size == 2 and len(cache.entries) == 2
-    assert cache[0].past_keys is None
+    assert cache[0].past_keys.shape == (2, 0, 2, 8)  # classic: empty, [b, 0, kv, d_head]
     model(tokens(pos=6), past_kv_cache=cache)
     model(tokens(pos=1), past_kv_cache=cache)
     assert cache.length == 7 and cache.attention_mask.shape == (2, 7)

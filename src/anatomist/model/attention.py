@@ -123,7 +123,7 @@ class Attention(nn.Module):
 
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
         if past_kv is not None:  # cached keys first: [b, kv, cached + p, dh]
-            kh, vh = past_kv.append(kh, vh)
+            kh, vh = past_kv.extend(kh, vh)
         if self.window is not None and kh.shape[-2] > self.window:
             if not self.cfg.causal:
                 raise NotImplementedError("Sliding windows are only supported in causal models.")

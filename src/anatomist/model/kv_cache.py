@@ -32,40 +32,79 @@ from anatomist.config import TransformerConfig
 
 
 class KVCacheEntry:
-    """One layer's cached keys and values, ``[b, n_kv_heads, pos, d_head]`` each (the layout the
-    attention kernel reads); `past_keys`/`past_values` give the classic ``[b, pos, heads, e]``."""
+    """One layer's cached keys and values.
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-        self.frozen = False
+    Stored as ``[b, n_kv_heads, pos, d_head]`` (`keys`, `values`: the layout the attention kernel
+    reads, extended by `extend`); `past_keys`/`past_values` are the classic
+    ``[b, pos, n_kv_heads, d_head]`` views, extended by the classic `append`. Build an empty one
+    with `init_cache_entry`.
+    """
+
+    def __init__(self, past_keys: Tensor, past_values: Tensor, frozen: bool = False) -> None:
+        if past_keys.dim() != 4 or past_keys.shape != past_values.shape:
+            raise ValueError(
+                "past_keys and past_values must both be [batch, pos, n_kv_heads, d_head], got "
+                f"shapes {tuple(past_keys.shape)} and {tuple(past_values.shape)}."
+            )
+        self.keys = past_keys.transpose(1, 2)  # [b, kv, pos, dh]
+        self.values = past_values.transpose(1, 2)
+        self.frozen = frozen
+
+    @classmethod
+    def init_cache_entry(
+        cls,
+        cfg: TransformerConfig,
+        device: torch.device | str | None = None,
+        batch_size: int = 1,
+    ) -> KVCacheEntry:
+        """An empty entry for `batch_size` rows, in the model's dtype (``cfg.dtype``)."""
+        n_kv_heads = cfg.n_key_value_heads if cfg.n_key_value_heads is not None else cfg.n_heads
+        shape = (batch_size, 0, n_kv_heads, cfg.d_head)
+        empty = torch.empty(shape, device=device, dtype=cfg.dtype)
+        return cls(empty, empty.clone())
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[0]
 
     @property
     def length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[-2]
+        return self.keys.shape[-2]
 
     @property
-    def past_keys(self) -> Tensor | None:  # [b, pos, n_kv_heads, d_head]
-        return None if self.keys is None else self.keys.transpose(1, 2)
+    def past_keys(self) -> Tensor:  # [b, pos, n_kv_heads, d_head]
+        return self.keys.transpose(1, 2)
+
+    @past_keys.setter
+    def past_keys(self, value: Tensor) -> None:
+        self.keys = value.transpose(1, 2)
 
     @property
-    def past_values(self) -> Tensor | None:  # [b, pos, n_kv_heads, d_head]
-        return None if self.values is None else self.values.transpose(1, 2)
+    def past_values(self) -> Tensor:  # [b, pos, n_kv_heads, d_head]
+        return self.values.transpose(1, 2)
 
-    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """The cached keys and values followed by the new ones ``[b, kv, new, e]``; stored unless
-        frozen."""
+    @past_values.setter
+    def past_values(self, value: Tensor) -> None:
+        self.values = value.transpose(1, 2)
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The cached keys and values followed by the new ones ``[b, kv, new, e]`` (the kernel's
+        layout); stored unless frozen."""
         if keys.shape[0] != self.batch_size:
             raise ValueError(
                 f"The cache holds {self.batch_size} rows but the input has {keys.shape[0]}."
             )
-        if self.keys is not None and self.values is not None:
-            keys = torch.cat([self.keys, keys], dim=-2)
-            values = torch.cat([self.values, values], dim=-2)
+        keys = torch.cat([self.keys.to(keys.device, keys.dtype), keys], dim=-2)
+        values = torch.cat([self.values.to(values.device, values.dtype), values], dim=-2)
         if not self.frozen:
             self.keys, self.values = keys, values
         return keys, values
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        """Classic: `extend` in the classic layout, ``[b, new, n_kv_heads, d_head]`` in,
+        ``[b, pos + new, n_kv_heads, d_head]`` out."""
+        keys, values = self.extend(new_keys.transpose(1, 2), new_values.transpose(1, 2))
+        return keys.transpose(1, 2), values.transpose(1, 2)
 
 
 class KVCache:
@@ -74,10 +113,12 @@ class KVCache:
     Build one with `init_cache`; pass it to ``forward(..., past_kv_cache=cache)``.
     """
 
-    def __init__(self, entries: list[KVCacheEntry], attention_mask: Tensor) -> None:
+    def __init__(
+        self, entries: list[KVCacheEntry], previous_attention_mask: Tensor, frozen: bool = False
+    ) -> None:
         self.entries = entries
-        self.attention_mask = attention_mask  # long [b, cached]: 1 real token, 0 padding
-        self.frozen = False
+        self.attention_mask = previous_attention_mask  # [b, cached]: 1 real token, 0 padding
+        self.frozen = frozen
 
     @classmethod
     def init_cache(
@@ -90,7 +131,9 @@ class KVCache:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         device = device if device is not None else cfg.device
-        entries = [KVCacheEntry(batch_size) for _ in range(cfg.n_layers)]
+        entries = [
+            KVCacheEntry.init_cache_entry(cfg, device, batch_size) for _ in range(cfg.n_layers)
+        ]
         return cls(entries, torch.zeros(batch_size, 0, dtype=torch.long, device=device))
 
     @property
@@ -106,6 +149,10 @@ class KVCache:
     @property
     def previous_attention_mask(self) -> Tensor:
         return self.attention_mask
+
+    @previous_attention_mask.setter
+    def previous_attention_mask(self, value: Tensor) -> None:
+        self.attention_mask = value
 
     def __getitem__(self, layer: int) -> KVCacheEntry:
         return self.entries[layer]
@@ -126,14 +173,8 @@ class KVCache:
 
     def clone(self) -> KVCache:
         """An independent copy: extending one does not extend the other."""
-        entries = []
-        for old in self.entries:
-            entry = KVCacheEntry(old.batch_size)
-            entry.keys, entry.values, entry.frozen = old.keys, old.values, old.frozen
-            entries.append(entry)
-        copy = KVCache(entries, self.attention_mask)
-        copy.frozen = self.frozen
-        return copy
+        entries = [KVCacheEntry(e.past_keys, e.past_values, e.frozen) for e in self.entries]
+        return KVCache(entries, self.attention_mask, self.frozen)
 
     def append_attention_mask(self, attention_mask: Tensor) -> Tensor:
         """The mask of the cached tokens followed by `attention_mask` ``[b, new]``; stored unless

@@ -19,26 +19,72 @@ from torch import Tensor
 TextInput = str | list[str]
 
 
+class NoTokenizerError(ValueError, AssertionError):
+    """Text was given (or decoding asked for) but the model has no tokenizer. Also an
+    AssertionError, which the classic library raised."""
+
+
+class TokenizerLoadError(ValueError, OSError):
+    """``cfg.tokenizer_name`` names no tokenizer that can be loaded here (not a local folder, not
+    in the Hugging Face cache while offline, ...). Also an OSError, which transformers raised."""
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face tokenizer `name` (a local folder or a repo id: the local cache first,
+    the Hub when online), for ``HookedTransformer(cfg)`` with ``cfg.tokenizer_name`` set."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise TokenizerLoadError(
+            f"cfg.tokenizer_name={name!r}: cannot load this tokenizer ({type(error).__name__}: "
+            f"{error}). Give a local folder holding the tokenizer files, a repo id in the local "
+            "Hugging Face cache (or go online), or pass tokenizer=... to HookedTransformer."
+        ) from error
+
+
 class TokenizerMixin:
     tokenizer: Any
     cfg: Any
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
-        """Attach a Hugging Face tokenizer; records whether it adds BOS by itself."""
+        """Attach a Hugging Face tokenizer; records whether it adds BOS by itself.
+
+        As in the classic library, a tokenizer without a pad token gets its EOS token as pad
+        token (the tokenizer object is changed), and ``cfg.d_vocab = -1`` (with
+        ``d_vocab_out = -1``) takes the tokenizer's vocabulary size. `default_padding_side`
+        ("left" or "right") becomes ``cfg.default_padding_side``; None keeps it.
+        """
+        if default_padding_side not in ("left", "right", None):
+            from anatomist.config import ConfigError
+
+            raise ConfigError(
+                f"default_padding_side must be 'left', 'right' or None, got "
+                f"{default_padding_side!r}.",
+                "default_padding_side",
+                default_padding_side,
+            )
         self.tokenizer = tokenizer
         if tokenizer is None:
             return
         if default_padding_side is not None:
             self.cfg.default_padding_side = default_padding_side
+        if getattr(tokenizer, "pad_token", None) is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
         bos = tokenizer.bos_token_id
         ids = tokenizer("a", add_special_tokens=True)["input_ids"]
         self.cfg.tokenizer_prepends_bos = bos is not None and len(ids) > 0 and ids[0] == bos
         if self.cfg.tokenizer_name is None:
             self.cfg.tokenizer_name = getattr(tokenizer, "name_or_path", None)
+        if self.cfg.d_vocab == -1:
+            self.cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
+        if self.cfg.d_vocab_out == -1:
+            self.cfg.d_vocab_out = self.cfg.d_vocab
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            raise ValueError(
+            raise NoTokenizerError(
                 "This model has no tokenizer; pass token ids, or attach one with "
                 "model.set_tokenizer(tokenizer)."
             )

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.config import ConfigError, TransformerConfig
-from anatomist.hooks import HookedRootModule, HookPoint
+from anatomist.hooks import HookDisabledError, HookedRootModule, HookPoint
 from anatomist.model.attention import causal_mask
 from anatomist.model.block import TransformerBlock
 from anatomist.model.embed import Embed, Unembed
@@ -23,6 +23,7 @@ from anatomist.model.tokens import (
     check_attention_mask,
     check_token_ids,
     leading_pad_mask,
+    load_tokenizer,
     token_batch,
 )
 from anatomist.model.weights import StackedWeightsMixin
@@ -59,8 +60,17 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         init_weights: bool = True,
     ) -> None:
         super().__init__()
+        if isinstance(cfg, str):
+            raise TypeError(
+                f"HookedTransformer(cfg) takes a config (or a dict of its fields), got the string "
+                f"{cfg!r}; load a pretrained model with HookedTransformer.from_pretrained(name)."
+            )
         self.cfg = cfg = TransformerConfig.unwrap(cfg)
+        _check_supported(cfg)
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            tokenizer = load_tokenizer(cfg.tokenizer_name, cfg.trust_remote_code)
         self.tokenizer = None
+        self.dataset: Any = None  # texts for sample_datapoint
         self.set_tokenizer(tokenizer, default_padding_side)
         _set_vocab_size(cfg, tokenizer)
 
@@ -79,7 +89,7 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         )
         self.unembed = Unembed(cfg)
 
-        self._finish_construction(init_weights, move_to_device)
+        self._finish_construction(init_weights and cfg.init_weights, move_to_device)
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -284,33 +294,16 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         if attention_mask is None:  # no padding among the new tokens
             attention_mask = torch.ones(b, new, dtype=torch.long, device=device)
         cached = cache.length
-        total = cached + new
-        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS and total > self.cfg.n_ctx:
-            raise ValueError(
-                f"The cache holds {cached} positions and the input adds {new}: {total} exceeds "
-                f"this model's learned positions (n_ctx={self.cfg.n_ctx})."
-            )
-        full_mask = _normalize_mask(cache.append_attention_mask(attention_mask), device)
-
-        key_positions = positions_from_mask(full_mask, total).to(device)  # [b or 1, k]
-        positions = key_positions[:, cached:].expand(b, -1)  # [b, new]
-        residual = self.hook_embed(self.embed(self._hooked_tokens(tokens)))
-        if self.cfg.post_embedding_norm:
-            residual = self.ln_embed(residual)
-        pos_embed = None
-        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS:
-            pos_embed = self.hook_pos_embed(self.pos_embed(positions))
-            if self.cfg.positional_embedding_type == "standard":
-                residual, pos_embed = residual + pos_embed, None
-
-        mask = _block_mask(full_mask, total, device)
+        residual, positions, key_positions, full_mask, pos_embed = self._embed_after_cache(
+            tokens, attention_mask, cache
+        )
+        mask = _block_mask(full_mask, cached + new, device)
         if mask is not None:
             mask = mask[:, :, cached:]
         elif new > 1 and cached > 0:  # the queries are the last `new` of `total` positions
-            mask = causal_mask(new, total, device)
+            mask = causal_mask(new, cached + new, device)
         else:
             mask = None
-        key_positions = key_positions.expand(b, -1)
         for block, entry in zip(self.blocks, cache.entries, strict=True):
             residual = block(residual, positions, mask, pos_embed, entry, key_positions)
 
@@ -323,6 +316,148 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         if return_type == "loss":
             return loss
         return Output(logits, loss)
+
+    def _embed_after_cache(
+        self, tokens: Tensor, attention_mask: Tensor, cache: KVCache
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The new tokens' embeddings after the cached ones: the residual stream, their
+        positions ``[b, new]``, every key's position ``[b, cached + new]``, the mask of all of
+        them (None: no padding; appended to the cache unless it is frozen) and the shortformer
+        position embeddings (None unless the model is a shortformer)."""
+        device = tokens.device
+        b, new = tokens.shape
+        cached = cache.length
+        total = cached + new
+        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS and total > self.cfg.n_ctx:
+            raise ValueError(
+                f"The cache holds {cached} positions and the input adds {new}: {total} exceeds "
+                f"this model's learned positions (n_ctx={self.cfg.n_ctx})."
+            )
+        full_mask = _normalize_mask(cache.append_attention_mask(attention_mask), device)
+        key_positions = positions_from_mask(full_mask, total).to(device)  # [b or 1, k]
+        positions = key_positions[:, cached:].expand(b, -1)  # [b, new]
+        residual = self.hook_embed(self.embed(self._hooked_tokens(tokens)))
+        if self.cfg.post_embedding_norm:
+            residual = self.ln_embed(residual)
+        pos_embed = None
+        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS:
+            pos_embed = self.hook_pos_embed(self.pos_embed(positions))
+            if self.cfg.positional_embedding_type == "standard":
+                residual, pos_embed = residual + pos_embed, None
+        return residual, positions, key_positions.expand(b, -1), full_mask, pos_embed
+
+    # --- the classic pieces of forward ------------------------------------------------------
+    def input_to_embed(
+        self,
+        input: str | list[str] | Tensor,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        attention_mask: Tensor | None = None,
+        past_kv_cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``(residual, tokens, shortformer_pos_embed, attention_mask)``: what the first block
+        reads, as `forward` computes it (hooks on the embeddings fire).
+
+        ``forward(residual, start_at_layer=0, attention_mask=attention_mask,
+        shortformer_pos_embed=shortformer_pos_embed, tokens=tokens)`` then gives the model's
+        output. `attention_mask` is None when nothing is padded. With `past_kv_cache` the
+        positions continue after the cached tokens, the returned mask covers cached and new
+        tokens, and it is appended to the cache (unless the cache is frozen), as in the classic
+        library.
+        """
+        if past_kv_cache is None:
+            tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask)
+            residual, _, pos_embed = self._embed(tokens, mask)
+            return residual, tokens, pos_embed, mask
+        tokens, mask = self._tokens_and_mask(
+            input,
+            prepend_bos,
+            padding_side,
+            attention_mask,
+            derive_padding=past_kv_cache.length == 0,
+            mask_note="; with past_kv_cache it covers the new tokens only",
+        )
+        self.get_pos_offset(past_kv_cache, tokens.shape[0])  # checks the batch size
+        if mask is None:
+            mask = torch.ones_like(tokens)
+        cached = past_kv_cache.length
+        residual, _, _, full_mask, pos_embed = self._embed_after_cache(tokens, mask, past_kv_cache)
+        if full_mask is None:  # no padding: the classic returned the all-ones mask
+            full_mask = torch.ones(tokens.shape[0], cached + tokens.shape[1], dtype=torch.long)
+        return residual, tokens, pos_embed, full_mask.to(tokens.device)
+
+    def get_pos_offset(self, past_kv_cache: KVCache | None, batch_size: int) -> int:
+        """How many positions come before new tokens: the cache's length (0 without one)."""
+        if past_kv_cache is None:
+            return 0
+        if past_kv_cache.batch_size != batch_size:
+            raise ValueError(
+                f"The cache holds {past_kv_cache.batch_size} rows but the input has "
+                f"{batch_size}; build the cache with init_cache(cfg, device, "
+                f"batch_size={batch_size})."
+            )
+        return past_kv_cache.length
+
+    def get_residual(
+        self,
+        embed: Tensor,
+        pos_offset: int,
+        prepend_bos: bool | None = None,
+        attention_mask: Tensor | None = None,
+        tokens: Tensor | None = None,
+        return_shortformer_pos_embed: bool = True,
+        device: torch.device | str | None = None,
+    ) -> Any:
+        """The residual stream of token embeddings `embed` ``[b, p, d_model]`` (``hook_embed``'s
+        output) at positions from `pos_offset`: plus the learned position embeddings
+        (``hook_pos_embed`` fires), after the embedding norm where the model has one.
+
+        `attention_mask` ``[b, p]`` (or ``[b, pos_offset + p]``, the cached tokens' mask first)
+        makes each row's positions count its real tokens only. Returns ``(residual,
+        shortformer_pos_embed)`` (the latter None unless the model is a shortformer), or only the
+        residual with ``return_shortformer_pos_embed=False``. `prepend_bos`, `tokens` and `device`
+        are accepted for the classic signature; nothing here depends on them."""
+        b, p = embed.shape[:2]
+        positions = self._offset_positions(attention_mask, pos_offset, p).to(embed.device)
+        residual = self.ln_embed(embed) if self.cfg.post_embedding_norm else embed
+        pos_embed = None
+        if self.cfg.positional_embedding_type in _LEARNED_POSITIONS:
+            if pos_offset + p > self.cfg.n_ctx:
+                raise ValueError(
+                    f"Positions {pos_offset} .. {pos_offset + p - 1} go past this model's learned "
+                    f"positions (n_ctx={self.cfg.n_ctx})."
+                )
+            pos_embed = self.hook_pos_embed(self.pos_embed(positions.expand(b, -1)))
+            if self.cfg.positional_embedding_type == "standard":
+                residual, pos_embed = residual + pos_embed, None
+        return (residual, pos_embed) if return_shortformer_pos_embed else residual
+
+    @staticmethod
+    def _offset_positions(attention_mask: Tensor | None, offset: int, length: int) -> Tensor:
+        """Positions ``[b or 1, length]`` of tokens after `offset` earlier ones."""
+        if attention_mask is None:
+            return torch.arange(offset, offset + length)[None]
+        if attention_mask.dim() != 2 or attention_mask.shape[1] not in (length, offset + length):
+            raise ValueError(
+                f"attention_mask must be [batch, {length}] (the new tokens) or [batch, "
+                f"{offset + length}] (cached and new), got shape {tuple(attention_mask.shape)}."
+            )
+        if attention_mask.shape[1] == length:
+            return positions_from_mask(attention_mask, length) + offset
+        return positions_from_mask(attention_mask, offset + length)[:, offset:]
+
+    def check_hooks_to_add(
+        self,
+        hook_point: HookPoint,
+        hook_point_name: str,
+        hook: Any,
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Refuse a hook on an opt-in hook point that is off (it would never fire)."""
+        if not self._opt_in_enabled(hook_point):
+            raise HookDisabledError(self._disabled_message(hook_point))
 
     def _tokens_and_mask(
         self,
@@ -507,6 +642,13 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
     def set_use_hook_tokens(self, use_hook_tokens: bool) -> None:
         """Turn on ``hook_tokens`` (the input ids)."""
         self.cfg.use_hook_tokens = use_hook_tokens
+
+    def set_ungroup_grouped_query_attention(self, ungroup_grouped_query_attention: bool) -> None:
+        """Classic: give hook_k/hook_v one head per query head. Only models without grouped
+        keys and values (where it changes nothing) can turn it on here."""
+        if ungroup_grouped_query_attention and self.cfg.is_grouped_query:
+            raise NotImplementedError(_UNGROUP_MESSAGE)
+        self.cfg.ungroup_grouped_query_attention = ungroup_grouped_query_attention
 
     # --- weight views (stacked ones: StackedWeightsMixin) -----------------------------------
     @property
@@ -693,6 +835,26 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             final = make_norm(self.cfg, kind=_final_norm_type(self.cfg))
             self.ln_final = final.to(self.embed.W_E.device)
         self.setup()
+
+
+_UNGROUP_MESSAGE = (
+    "ungroup_grouped_query_attention is not supported: hook_k and hook_v hold the model's "
+    "n_key_value_heads heads. Index the group of query head h as h // (n_heads // "
+    "n_key_value_heads); model.W_K and model.W_V give the weights repeated per query head."
+)
+
+
+def _check_supported(cfg: TransformerConfig) -> None:
+    """Classic config options that this model does not implement, refused by name."""
+    if cfg.n_devices != 1:
+        raise NotImplementedError(
+            f"n_devices={cfg.n_devices}: splitting a model over several devices is not "
+            "supported; use n_devices=1."
+        )
+    if cfg.load_in_4bit:
+        raise NotImplementedError("load_in_4bit is not supported; load in a float dtype.")
+    if cfg.ungroup_grouped_query_attention and cfg.is_grouped_query:
+        raise NotImplementedError(_UNGROUP_MESSAGE)
 
 
 def _set_vocab_size(cfg: TransformerConfig, tokenizer: Any) -> None:

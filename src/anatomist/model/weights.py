@@ -22,6 +22,7 @@ classic ``torch.stack`` was; editing it in place then fails, as editing a parame
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -260,18 +261,25 @@ class StackedWeightsMixin:
             self.init_weights()
         if move_to_device and self.cfg.device is not None:
             self.to(self.cfg.device)
+        if self.cfg.device is None:  # classic code reads cfg.device: say where the model is
+            first = next(self.parameters(), None)  # type: ignore[attr-defined]
+            self.cfg.device = str(first.device) if first is not None else "cpu"
         self.setup()  # type: ignore[attr-defined]
 
     def init_weights(self) -> None:
-        """Random init for training from scratch: N(0, init_range) weight matrices and
-        embedding tables, norm weights 1, biases 0; a module with other parameters sets them in
-        its `init_own_parameters()`."""
+        """Random init for training from scratch, by ``cfg.init_mode``: weight matrices and
+        embedding tables from the mode's distribution (``"gpt2"``: N(0, init_range); the
+        Xavier, Kaiming and muP modes scale by the fans of each matrix, ``init_range`` being
+        the gain), norm weights 1, biases 0; a module with other parameters sets them in its
+        `init_own_parameters()`. Fans follow the classic convention for ``[d_in, d_out]``
+        matrices: fan-in is the next-to-last dim (d_model for W_Q ``[heads, d_model, d_head]``),
+        fan-out the rest."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
         for name, param in self.named_parameters():  # type: ignore[attr-defined]
             leaf = name.rsplit(".", 1)[-1]
             if leaf.lstrip("_").startswith("W") or leaf == "weight":
-                nn.init.normal_(param, std=self.cfg.init_range)
+                _init_matrix(param, name, self.cfg.init_mode, self.cfg.init_range)
             elif leaf == "w":
                 nn.init.ones_(param)
             else:
@@ -290,8 +298,48 @@ class StackedWeightsMixin:
             for head in range(self.cfg.n_heads)
         ]
 
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter, embeddings, norms and biases included (`n_params` counts only the
+        attention and MLP matrices). Tied embeddings are stored twice here, so count twice."""
+        return sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+
+    def fill_missing_keys(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state_dict` with every key it lacks taken from the model's current state (logging
+        a warning for each weight matrix; biases and norm weights are expected to be absent
+        from some checkpoints). Changes and returns `state_dict`."""
+        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
+            if key in state_dict:
+                continue
+            if ".W_" in f".{key.rsplit('.', 1)[-1]}":
+                logging.warning("Weight %s is missing; using the model's current value.", key)
+            state_dict[key] = value
+        return state_dict
+
+    def load_and_process_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        """Load `state_dict` (this model's own key names; missing keys keep the model's current
+        values, see `fill_missing_keys`), then apply the weight processing steps asked for."""
+        self.load_state_dict(self.fill_missing_keys(dict(state_dict)))  # type: ignore[attr-defined]
+        self.process_weights_(  # type: ignore[attr-defined]
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        )
+
     # --- device moves ------------------------------------------------------------------------
-    def to(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def to(self, *args: Any, print_details: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        """`nn.Module.to`, keeping ``cfg.device`` and ``cfg.dtype`` in step (`print_details`
+        is accepted for the classic signature; nothing is printed)."""
         result = super().to(*args, **kwargs)  # type: ignore[misc]
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None:
@@ -307,3 +355,36 @@ class StackedWeightsMixin:
 
     def cpu(self) -> Any:
         return self.to("cpu")
+
+    def mps(self) -> Any:
+        return self.to("mps")
+
+    def move_model_modules_to_device(self) -> None:
+        """Move every module to ``cfg.device`` (one device; n_devices > 1 is not supported)."""
+        self.to(self.cfg.device)
+
+
+def _init_matrix(param: Tensor, name: str, mode: str, init_range: float) -> None:
+    """Draw a weight matrix (or embedding table) for `init_weights` by the classic init modes."""
+    if mode == "gpt2":
+        nn.init.normal_(param, std=init_range)
+        return
+    fan_in = param.shape[-2] if param.dim() >= 2 else 1
+    fan_out = param.numel() // max(fan_in, 1)
+    uniform = mode.endswith("uniform")
+    if mode.startswith("xavier"):
+        std = init_range * (2.0 / (fan_in + fan_out)) ** 0.5
+    elif mode.startswith("kaiming"):  # fan-in mode, the gain of a ReLU (the classic choice)
+        std = init_range * nn.init.calculate_gain("relu") / fan_in**0.5
+    else:  # muP (Yang et al. 2022): embeddings 1, the unembedding 1/fan_in, others 1/sqrt(fan_in)
+        if "unembed" in name:
+            std = 1.0 / fan_in
+        elif "embed" in name:
+            std = 1.0
+        else:
+            std = 1.0 / fan_in**0.5
+    if uniform:  # a uniform distribution of the same standard deviation
+        bound = std * 3**0.5
+        nn.init.uniform_(param, -bound, bound)
+    else:
+        nn.init.normal_(param, std=std)
