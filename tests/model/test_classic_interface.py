@@ -390,3 +390,39 @@ def test_cache_constructor_and_mask_are_classic() -> None:
     cache.unfreeze()
     cache.append_attention_mask(torch.ones(1, 2, dtype=torch.long))
     assert cache.previous_attention_mask.shape == (1, 2)
+
+
+def test_processing_a_given_state_dict_leaves_the_model() -> None:
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = model.fold_layer_norm(model.state_dict())
+    assert folded is not None and "blocks.0.ln1.w" not in folded
+    # ln1's weight is folded into W_Q: compare with the product computed here.
+    expected = before["blocks.0.ln1.w"][None, :, None] * before["blocks.0.attn.W_Q"]
+    expected = expected - expected.mean(1, keepdim=True)  # center_weights
+    torch.testing.assert_close(folded["blocks.0.attn.W_Q"], expected)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    centered = model.center_unembed(model.state_dict())
+    assert centered is not None
+    torch.testing.assert_close(
+        centered["unembed.W_U"], before["unembed.W_U"] - before["unembed.W_U"].mean(-1, True)
+    )
+    assert model.center_unembed() is None  # in place without a state dict
+    torch.testing.assert_close(model.W_U, centered["unembed.W_U"])
+
+
+# --- sample data --------------------------------------------------------------------------------
+def test_sample_datapoint_draws_from_model_dataset() -> None:
+    model = make(d_vocab=101)
+    model.set_tokenizer(tiny_tokenizer())
+    with pytest.raises(ValueError, match="model.dataset"):
+        model.sample_datapoint()
+    model.dataset = [{"text": "the cat"}, {"text": "a dog"}]
+    np.random.seed(0)
+    index = np.random.randint(0, 2)
+    np.random.seed(0)
+    assert model.sample_datapoint() == ["the cat", "a dog"][index]
+    model.dataset = ["the cat sat"]
+    tokens = model.sample_datapoint(tokenize=True, prepend_bos=True)
+    assert isinstance(tokens, torch.Tensor) and tokens[0].tolist()[0] == 0  # <bos>
+    assert tokens.shape == (1, 4)

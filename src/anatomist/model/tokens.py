@@ -13,6 +13,7 @@ import contextlib
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,9 +45,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         ) from error
 
 
+class SampleDatasetError(ValueError):
+    """`sample_datapoint` has no texts to sample from: ``model.dataset`` is unset (anatomist
+    never downloads the classic sample datasets)."""
+
+
 class TokenizerMixin:
     tokenizer: Any
     cfg: Any
+    dataset: Any = None  # texts `sample_datapoint` draws from (a list, or rows with "text")
 
     def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
         """Attach a Hugging Face tokenizer; records whether it adds BOS by itself.
@@ -81,6 +88,35 @@ class TokenizerMixin:
             self.cfg.d_vocab = max(tokenizer.get_vocab().values()) + 1
         if self.cfg.d_vocab_out == -1:
             self.cfg.d_vocab_out = self.cfg.d_vocab
+
+    def load_sample_training_dataset(self, **kwargs: Any) -> Any:
+        """Classic: download a sample of the model's training data into ``model.dataset``.
+        anatomist never downloads, so this only returns ``model.dataset`` once you have set it
+        (a list of texts, or a ``datasets.Dataset`` with a "text" column)."""
+        if self.dataset is None:
+            raise SampleDatasetError(
+                "model.dataset is not set and anatomist does not download sample datasets; set "
+                "model.dataset = [text, ...] (or a datasets.Dataset with a 'text' column), e.g. "
+                "datasets.load_dataset(...)['train'] from a local copy."
+            )
+        return self.dataset
+
+    def sample_datapoint(
+        self,
+        tokenize: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> str | Tensor:
+        """A random text from ``model.dataset`` (numpy's global generator picks it, as in the
+        classic library), or its tokens ``[1, pos]`` (truncated to n_ctx) with `tokenize`."""
+        dataset = self.load_sample_training_dataset()
+        if len(dataset) == 0:
+            raise SampleDatasetError("model.dataset is empty; give it at least one text.")
+        row = dataset[int(np.random.randint(0, len(dataset)))]
+        text = row if isinstance(row, str) else row["text"]
+        if not tokenize:
+            return str(text)
+        return self.to_tokens(text, prepend_bos=prepend_bos, padding_side=padding_side)
 
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:

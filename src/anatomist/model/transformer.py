@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +37,17 @@ RETURN_TYPES = ("logits", "loss", "both", None)
 SingleLoss = Tensor  # a 0-d tensor: the mean loss
 LossPerToken = Tensor  # [batch, pos - 1] with loss_per_token=True
 Loss = Tensor  # either of the above
+
+
+# The classic names of the dtypes `from_pretrained(dtype=...)` accepts as strings.
+DTYPE_FROM_STRING = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 class Output(NamedTuple):
@@ -70,7 +83,6 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         if tokenizer is None and cfg.tokenizer_name is not None:
             tokenizer = load_tokenizer(cfg.tokenizer_name, cfg.trust_remote_code)
         self.tokenizer = None
-        self.dataset: Any = None  # texts for sample_datapoint
         self.set_tokenizer(tokenizer, default_padding_side)
         _set_vocab_size(cfg, tokenizer)
 
@@ -794,30 +806,70 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
             refactor_factored_attn_matrices=refactor_factored_attn_matrices,
         )
 
-    def fold_layer_norm(self, fold_biases: bool = True, center_weights: bool = True) -> None:
+    def fold_layer_norm(
+        self,
+        state_dict: dict[str, Tensor] | None = None,
+        fold_biases: bool = True,
+        center_weights: bool = True,
+    ) -> dict[str, Tensor] | None:
+        """Fold each norm's weights (and biases) into the layer that reads it, in place; given a
+        `state_dict` (the classic form), process that instead and return it (the model is left
+        as it is)."""
         from anatomist.loading import processing
 
-        processing.fold_layer_norm(self, fold_biases=fold_biases, center_weights=center_weights)
+        return self._process(
+            state_dict,
+            lambda m: processing.fold_layer_norm(
+                m, fold_biases=fold_biases, center_weights=center_weights
+            ),
+        )
 
-    def center_writing_weights(self) -> None:
+    def center_writing_weights(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor] | None:
+        """Center what each layer writes to the residual stream (in place, or on `state_dict`:
+        see `fold_layer_norm`)."""
         from anatomist.loading import processing
 
-        processing.center_writing_weights(self)
+        return self._process(state_dict, processing.center_writing_weights)
 
-    def center_unembed(self) -> None:
+    def center_unembed(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor] | None:
+        """Center the unembedding's logits (in place, or on `state_dict`: see `fold_layer_norm`)."""
         from anatomist.loading import processing
 
-        processing.center_unembed(self)
+        return self._process(state_dict, processing.center_unembed)
 
-    def fold_value_biases(self) -> None:
+    def fold_value_biases(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor] | None:
+        """Move b_V into b_O (in place, or on `state_dict`: see `fold_layer_norm`)."""
         from anatomist.loading import processing
 
-        processing.fold_value_biases(self)
+        return self._process(state_dict, processing.fold_value_biases)
 
-    def refactor_factored_attn_matrices(self) -> None:
+    def refactor_factored_attn_matrices(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor] | None:
+        """Refactor QK and OV by their SVDs (in place, or on `state_dict`: see
+        `fold_layer_norm`)."""
         from anatomist.loading import processing
 
-        processing.refactor_factored_attn_matrices(self)
+        return self._process(state_dict, processing.refactor_factored_attn_matrices)
+
+    def _process(
+        self, state_dict: dict[str, Tensor] | None, step: Callable[[HookedTransformer], None]
+    ) -> dict[str, Tensor] | None:
+        """Run a processing step on the model (None), or on a copy holding `state_dict` and
+        return the copy's state dict, as the classic methods did."""
+        if state_dict is None:
+            step(self)
+            return None
+        model = copy.deepcopy(self)
+        model.load_state_dict(state_dict)
+        step(model)
+        return model.state_dict()  # type: ignore[no-any-return]
 
     # --- misc --------------------------------------------------------------------------------
     @property
