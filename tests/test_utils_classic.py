@@ -121,6 +121,8 @@ def test_check_structure_reports_order_mismatches(capsys: pytest.CaptureFixture[
     assert "column mismatch: [0]" in capsys.readouterr().out
     with pytest.raises(ValueError, match="one shape"):
         utils.check_structure(a, torch.ones(3, 3))
+    with pytest.raises(AssertionError):  # as the classic
+        utils.check_structure(a[0], a[0])
 
 
 def test_to_numpy_upcasts_bfloat16_and_names_bad_types() -> None:
@@ -131,6 +133,15 @@ def test_to_numpy_upcasts_bfloat16_and_names_bad_types() -> None:
         utils.to_numpy({"a": 1})
     with pytest.raises(ValueError):  # the classic raised ValueError
         utils.to_numpy(object())
+
+
+def test_composition_scores_shape_error_is_also_an_assertion_error() -> None:
+    left = utils.FactoredMatrix(torch.randn(4, 2), torch.randn(2, 4))
+    right = utils.FactoredMatrix(torch.randn(5, 2), torch.randn(2, 5))
+    with pytest.raises(AssertionError, match="left.rdim == right.ldim"):
+        utils.composition_scores(left, right)
+    with pytest.raises(ValueError):
+        utils.composition_scores(left, right)
 
 
 def test_get_matrix_corner_is_the_product_corner() -> None:

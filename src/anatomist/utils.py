@@ -249,6 +249,11 @@ def lm_accuracy(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tens
     return correct if per_token else correct.float().mean()
 
 
+class ShapeMismatchError(ValueError, AssertionError):
+    """Two operands whose shapes do not fit together (`composition_scores`, `check_structure`).
+    Also an AssertionError, which the classic raised."""
+
+
 class ToNumpyTypeError(TypeError, ValueError):
     """`to_numpy` got something it cannot convert. Also a ValueError, which the classic raised."""
 
@@ -370,7 +375,7 @@ def composition_scores(
         for i in range(n_right):
             left = left.unsqueeze(n_left + i)
     if left.rdim != right.ldim:
-        raise ValueError(
+        raise ShapeMismatchError(
             "composition_scores needs left.rdim == right.ldim; shapes were left "
             f"{tuple(left.shape)}, right {tuple(right.shape)}"
         )
@@ -402,7 +407,7 @@ def check_structure(t1: Tensor, t2: Tensor, *, verbose: bool = False) -> None:
     (row indices, else column indices); `verbose` prints every mismatching pair.
     """
     if t1.dim() != 2 or t1.shape != t2.shape:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"check_structure compares two matrices of one shape, got {tuple(t1.shape)} and "
             f"{tuple(t2.shape)}."
         )
@@ -715,6 +720,7 @@ __all__ = [
     "ModelWithCfg",
     "NonlinearityType",
     "SUPPORTED_ACTIVATIONS",
+    "ShapeMismatchError",
     "Slice",
     "SliceInput",
     "SliceInputError",
