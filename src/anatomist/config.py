@@ -639,5 +639,6 @@ def _init_with_classic_names(init: Callable[..., None]) -> Callable[..., None]:
 setattr(TransformerConfig, "__init__", _init_with_classic_names(TransformerConfig.__init__))  # noqa: B010
 
 
-# The classic name.
+# The classic names (3.x's TransformerLensConfig was the base HookedTransformerConfig extended).
 HookedTransformerConfig = TransformerConfig
+TransformerLensConfig = TransformerConfig

@@ -426,3 +426,12 @@ def test_sample_datapoint_draws_from_model_dataset() -> None:
     tokens = model.sample_datapoint(tokenize=True, prepend_bos=True)
     assert isinstance(tokens, torch.Tensor) and tokens[0].tolist()[0] == 0  # <bos>
     assert tokens.shape == (1, 4)
+
+
+def test_transformer_lens_config_path_names_our_config() -> None:
+    import anatomist.compat  # noqa: F401  (makes the classic paths importable)
+    from transformer_lens.config.transformer_lens_config import (  # type: ignore[import-not-found]
+        TransformerLensConfig,
+    )
+
+    assert TransformerLensConfig is TransformerConfig

@@ -36,6 +36,7 @@ MODULES: dict[str, str] = {
     "FactoredMatrix": "anatomist.analysis.factored_matrix",
     "HookedTransformerConfig": "anatomist.config",
     "config.hooked_transformer_config": "anatomist.config",
+    "config.transformer_lens_config": "anatomist.config",
     "hook_points": "anatomist.hooks",
     "HookedRootModule": "anatomist.hooks",
     "HookedTransformer": "anatomist.model.transformer",
