@@ -429,9 +429,8 @@ def test_sample_datapoint_draws_from_model_dataset() -> None:
 
 
 def test_transformer_lens_config_path_names_our_config() -> None:
-    import anatomist.compat  # noqa: F401  (makes the classic paths importable)
-    from transformer_lens.config.transformer_lens_config import (  # type: ignore[import-not-found]
-        TransformerLensConfig,
-    )
+    import importlib
 
-    assert TransformerLensConfig is TransformerConfig
+    importlib.import_module("anatomist.compat")  # makes the classic paths importable
+    module = importlib.import_module("transformer_lens.config.transformer_lens_config")
+    assert module.TransformerLensConfig is TransformerConfig
