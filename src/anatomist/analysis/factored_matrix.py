@@ -138,7 +138,9 @@ class FactoredMatrix:
     def BA(self) -> Tensor:
         """The reverse product ``[..., mdim, mdim]``; defined only for square ``AB``."""
         if self.ldim != self.rdim:
-            raise FactoredMatrixShapeError(f"BA needs a square product (ldim == rdim); shape is {self.shape}")
+            raise FactoredMatrixShapeError(
+                f"BA needs a square product (ldim == rdim); shape is {self.shape}"
+            )
         return self.B @ self.A
 
     @property
