@@ -477,6 +477,16 @@ class TransformerConfig:
         ]
 
     @property
+    def uses_rms_norm(self) -> bool:
+        """3.x: the model's norms are RMSNorms."""
+        return self.normalization_type in ("RMS", "RMSPre")
+
+    @property
+    def layer_norm_folding(self) -> bool:
+        """3.x: the norms' weights have been folded into the layers that read them."""
+        return bool(self.processing.get("fold_ln", False))
+
+    @property
     def use_NTK_by_parts_rope(self) -> bool:  # noqa: N802 (the classic name)
         return _rope_kind(self.rope_scaling) == "llama3"
 

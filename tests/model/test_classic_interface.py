@@ -335,8 +335,9 @@ def test_load_and_process_state_dict_loads_then_processes() -> None:
     source, target = make(), make()
     tokens = ids()
     expected = source(tokens).log_softmax(-1)
+    assert not target.cfg.layer_norm_folding and not target.cfg.uses_rms_norm
     target.load_and_process_state_dict(source.state_dict())  # fold_ln etc. by default
-    assert target.cfg.normalization_type == "LNPre"
+    assert target.cfg.normalization_type == "LNPre" and target.cfg.layer_norm_folding
     torch.testing.assert_close(target(tokens).log_softmax(-1), expected, atol=1e-4, rtol=0)
     plain = make()
     plain.load_and_process_state_dict(
