@@ -38,7 +38,8 @@ def _write(folder: Path, classic: dict[str, Any]) -> anatomist.HookedTransformer
 
     values = dict(classic)
 
-    reference = anatomist.HookedTransformer(build_config(values))
+    # (tokenizer_name left out: HookedTransformer(cfg) would load it, as the classic did)
+    reference = anatomist.HookedTransformer(build_config({**values, "tokenizer_name": None}))
     randomize_small_params(reference)
     state = dict(reference.state_dict())
     state["blocks.0.attn.IGNORE"] = torch.tensor(-1e5)  # buffers the classic model saved

@@ -133,7 +133,11 @@ def load_pretrained(
     # Skeleton with uninitialised weights: torch.empty reserves memory without touching it, and
     # every weight is replaced as it is read. (Building under `torch.device("meta")` would do the
     # same but costs ~1.2 s importing torch._dynamo for the device context.)
+    # The tokenizer is the source's or the caller's (set below): the skeleton must not load
+    # cfg.tokenizer_name itself, as HookedTransformer(cfg) does.
+    tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None
     model = cls(cfg, move_to_device=False, init_weights=False)
+    cfg.tokenizer_name = tokenizer_name
     fill_weights(model, family, source.tensors, source.label, progress, checkpoint_layers)
     model.cfg.from_checkpoint = True
     if checkpoint is not None:
