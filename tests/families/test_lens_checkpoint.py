@@ -70,7 +70,10 @@ def test_solu_hooks(tmp_path: Path) -> None:
     mid = cache["blocks.0.mlp.hook_mid"]
     pre = cache["blocks.0.mlp.hook_pre"]
     assert torch.allclose(mid, pre * pre.softmax(-1))
-    assert torch.allclose(cache["blocks.0.mlp.hook_post"], model.blocks[0].mlp.ln(mid))
+    # the call below takes the fused norm, the cached run the explicit one (its hooks are cached)
+    torch.testing.assert_close(
+        cache["blocks.0.mlp.hook_post"], model.blocks[0].mlp.ln(mid), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_unsupported_classic_option_is_named(tmp_path: Path) -> None:
