@@ -42,8 +42,10 @@ ACTIVATION_FUNCTIONS = (
 
 
 # Classic ``init_mode`` values: how `HookedTransformer.init_weights` draws the weight matrices.
+# NORMAL_INIT ("gpt2", the classic name) draws every matrix from N(0, init_range).
+NORMAL_INIT = "gpt2"
 INIT_MODES = (
-    "gpt2",
+    NORMAL_INIT,
     "xavier_uniform",
     "xavier_normal",
     "kaiming_uniform",
@@ -237,7 +239,9 @@ class TransformerConfig:
         if self.init_mode not in INIT_MODES:
             raise _invalid("init_mode", self.init_mode, f"one of {INIT_MODES}")
         if self.init_range == -1.0:  # GPT-2's 0.02 at d_model 1600; a gain of 1 otherwise
-            self.init_range = 0.8 / math.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
+            self.init_range = (
+                0.8 / math.sqrt(self.d_model) if self.init_mode == NORMAL_INIT else 1.0
+            )
         if self.seed is not None:
             self.set_seed_everywhere(self.seed)
         for name, allowed in (

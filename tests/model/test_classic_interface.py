@@ -432,6 +432,7 @@ def test_sample_datapoint_draws_from_model_dataset() -> None:
 def test_transformer_lens_config_path_names_our_config() -> None:
     import importlib
 
-    importlib.import_module("anatomist.compat")  # makes the classic paths importable
+    compat = importlib.import_module("anatomist.compat")
+    compat.install()  # idempotent; another test may have uninstalled it after importing it
     module = importlib.import_module("transformer_lens.config.transformer_lens_config")
     assert module.TransformerLensConfig is TransformerConfig

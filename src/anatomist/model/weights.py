@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anatomist.config import NORMAL_INIT
 from anatomist.model.mlp import empty_weight
 
 
@@ -268,7 +269,7 @@ class StackedWeightsMixin:
 
     def init_weights(self) -> None:
         """Random init for training from scratch, by ``cfg.init_mode``: weight matrices and
-        embedding tables from the mode's distribution (``"gpt2"``: N(0, init_range); the
+        embedding tables from the mode's distribution (the classic gpt2 mode: N(0, init_range); the
         Xavier, Kaiming and muP modes scale by the fans of each matrix, ``init_range`` being
         the gain), norm weights 1, biases 0; a module with other parameters sets them in its
         `init_own_parameters()`. Fans follow the classic convention for ``[d_in, d_out]``
@@ -366,7 +367,7 @@ class StackedWeightsMixin:
 
 def _init_matrix(param: Tensor, name: str, mode: str, init_range: float) -> None:
     """Draw a weight matrix (or embedding table) for `init_weights` by the classic init modes."""
-    if mode == "gpt2":
+    if mode == NORMAL_INIT:
         nn.init.normal_(param, std=init_range)
         return
     fan_in = param.shape[-2] if param.dim() >= 2 else 1
