@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -45,3 +48,17 @@ def hf_smollm2() -> Any:
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     )
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def sae_lens() -> Iterator[ModuleType]:
+    """SAELens imported over anatomist.compat, for one test module; the compat finder is removed
+    afterwards, so other modules see no `transformer_lens`."""
+    if importlib.util.find_spec("sae_lens") is None:
+        pytest.skip("sae-lens is not installed (make test installs it; see the Makefile)")
+    compat = importlib.import_module("anatomist.compat")
+    compat.install()
+    try:
+        yield importlib.import_module("sae_lens")
+    finally:
+        compat.uninstall()

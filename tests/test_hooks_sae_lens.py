@@ -4,9 +4,6 @@ classic. Expected values come from plain anatomist hooks with the SAE written ou
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -16,18 +13,6 @@ import torch
 import anatomist
 
 TOKENS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def sae_lens() -> Iterator[ModuleType]:
-    if importlib.util.find_spec("sae_lens") is None:
-        pytest.skip("sae-lens is not installed (make test installs it; see the Makefile)")
-    compat = importlib.import_module("anatomist.compat")
-    compat.install()
-    try:
-        yield importlib.import_module("sae_lens")
-    finally:
-        compat.uninstall()
 
 
 @pytest.fixture

