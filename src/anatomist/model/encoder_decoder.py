@@ -25,8 +25,13 @@ head for each bucket of query-key distance (bidirectional buckets in the encoder
 decoder), computed once per forward pass (``attn.hook_rel_pos_bias``, ``[1, h, q, k]``) and added
 to the scores of every self-attention layer of that stack. Cross-attention has no position bias.
 
-Generation (`generate`) runs the encoder once and the decoder again over the whole output at
-each step (no key-value cache yet), so hooks see the full decoder sequence at every step.
+Generation (`generate`) runs the encoder once. By default the decoder then runs on the newest
+token only, with a key-value cache (`DecoderKVCache`): each self-attention layer's keys and
+values grow by one position per step, cross-attention's keys and values are projected from the
+encoder output at the first step and reused, and the position bias is the new query's row of
+the full table (query position = cached length, keys 0..cached), so every step computes the
+logits a full run would. ``use_past_kv_cache=False`` re-runs the decoder over the whole output
+at each step instead.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from anatomist.model.block import TransformerBlock
 from anatomist.model.embed import Embed, Unembed
 from anatomist.model.encoder import _key_mask
 from anatomist.model.generate import check_sampling_args, sample_logits, stop_token_ids
+from anatomist.model.kv_cache import KVCacheEntry
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 from anatomist.model.positions import relative_position_bucket
@@ -53,6 +59,25 @@ from anatomist.model.tokens import SpecialTokensMixin, TextInput, check_token_id
 from anatomist.model.weights import StackedWeightsMixin
 
 RETURN_TYPES = ("logits", None)
+
+
+class DecoderKVCache:
+    """What an incremental decoder run keeps between steps, per decoder layer: the
+    self-attention keys and values of every decoder position so far (a `KVCacheEntry`, extended
+    by each run), and the cross-attention keys and values of the encoder output (``[b, h,
+    p_enc, d_head]``, projected by the first run, None before it). Valid for one encoder output
+    only: a new input needs a new cache."""
+
+    def __init__(self, cfg: TransformerConfig, device: torch.device, batch_size: int) -> None:
+        assert cfg.n_decoder_layers is not None
+        layers = range(cfg.n_decoder_layers)
+        self.self_attn = [KVCacheEntry.init_cache_entry(cfg, device, batch_size) for _ in layers]
+        self.cross_attn: list[tuple[Tensor, Tensor] | None] = [None for _ in layers]
+
+    @property
+    def length(self) -> int:
+        """How many decoder positions the cache holds."""
+        return self.self_attn[0].length
 
 
 class RelativeAttention(Attention):
@@ -79,15 +104,19 @@ class RelativeAttention(Attention):
             self.hook_rel_pos_bias = HookPoint()  # [1, n_heads, q_pos, k_pos]
 
     def compute_relative_attention_bias(
-        self, query_length: int, key_length: int, device: torch.device | None = None
+        self,
+        query_length: int,
+        key_length: int,
+        device: torch.device | None = None,
+        query_offset: int = 0,
     ) -> Tensor:
-        """The position bias ``[1, n_heads, query_length, key_length]`` of this stack."""
+        """The position bias ``[1, n_heads, query_length, key_length]`` of this stack, for
+        queries at positions ``query_offset ..`` (the new tokens of a cached run) and keys at
+        ``0 .. key_length - 1``."""
         table = self.rel_pos_bias.weight
         device = table.device if device is None else device
-        relative = (
-            torch.arange(key_length, device=device)[None, :]
-            - torch.arange(query_length, device=device)[:, None]
-        )
+        query_positions = torch.arange(query_offset, query_offset + query_length, device=device)
+        relative = torch.arange(key_length, device=device)[None, :] - query_positions[:, None]
         buckets = relative_position_bucket(
             relative,
             bidirectional=self.bidirectional,
@@ -97,6 +126,14 @@ class RelativeAttention(Attention):
         bias = F.embedding(buckets, table).permute(2, 0, 1)[None]
         return self.hook_rel_pos_bias(bias)
 
+    def keys_values(self, key_input: Tensor, value_input: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[b, h, k, d_head]`` (the kernel's layout), through ``hook_k`` and
+        ``hook_v`` (``[b, k, h, d_head]``)."""
+        W_K, b_K, W_V, b_V = self.kv_weights
+        k = self.hook_k(_project(key_input, W_K, b_K))
+        v = self.hook_v(_project(value_input, W_V, b_V))
+        return k.transpose(1, 2), v.transpose(1, 2)
+
     def forward(  # type: ignore[override]
         self,
         query_input: Tensor,
@@ -104,14 +141,25 @@ class RelativeAttention(Attention):
         value_input: Tensor,
         position_bias: Tensor | None,
         mask: Tensor | None,
+        past_kv: KVCacheEntry | None = None,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Inputs ``[b, p, d_model]`` (or per head); `mask` boolean ``[b, 1, q, k]`` (True = may
-        attend) or None; `position_bias` ``[1, h, q, k]`` or None (cross-attention)."""
-        W_K, b_K, W_V, b_V = self.kv_weights
+        attend) or None; `position_bias` ``[1, h, q, k]`` or None (cross-attention).
+
+        Self-attention with `past_kv`: the new keys and values join the cached ones (the queries
+        are the last q of the k positions). Cross-attention with `cross_kv`: these keys and
+        values ``[b, h, p_enc, d_head]`` are used as they are (`key_input` and `value_input` are
+        not projected, so ``hook_k``/``hook_v`` do not fire).
+        """
         q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))
-        k = self.hook_k(_project(key_input, W_K, b_K))
-        v = self.hook_v(_project(value_input, W_V, b_V))
-        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        qh = q.transpose(1, 2)  # [b, h, q, dh]
+        if cross_kv is not None:
+            kh, vh = cross_kv
+        else:
+            kh, vh = self.keys_values(key_input, value_input)
+            if past_kv is not None:  # cached keys first: [b, h, cached + k, dh]
+                kh, vh = past_kv.extend(kh, vh)
         bias = None if position_bias is None else position_bias.to(qh.dtype)
         if self.needs_pattern:
             z = self._explicit_attention(qh, kh, vh, mask, bias)
@@ -175,17 +223,31 @@ class EncoderDecoderBlock(nn.Module):
         mask: Tensor | None,
         encoder_output: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        cache: DecoderKVCache | None = None,
     ) -> Tensor:
+        """`cache` (decoder blocks): run incrementally, `resid_pre` being the new positions."""
         cfg = self.cfg
+        layer = self.attn.layer_idx
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.attn(*self._attention_inputs(resid_pre), position_bias, mask)
+        past_kv = None if cache is None else cache.self_attn[layer]
+        attn_out = self.attn(*self._attention_inputs(resid_pre), position_bias, mask, past_kv)
         resid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         if self.is_decoder:
             if encoder_output is None:
                 raise ValueError("A decoder block needs the encoder output for cross-attention.")
             cross_in = self.hook_cross_attn_in(resid.clone()) if cfg.use_attn_in else resid
+            cross_kv = None if cache is None else cache.cross_attn[layer]
+            if cache is not None and cross_kv is None:  # the first cached run projects them
+                cross_kv = self.cross_attn.keys_values(encoder_output, encoder_output)
+                cache.cross_attn[layer] = cross_kv
             cross_out = self.cross_attn(
-                self.ln2(cross_in), encoder_output, encoder_output, None, encoder_mask
+                self.ln2(cross_in),
+                encoder_output,
+                encoder_output,
+                None,
+                encoder_mask,
+                None,
+                cross_kv,
             )
             resid = self.hook_resid_mid_cross(resid + self.hook_cross_attn_out(cross_out))
         mlp_in = self.hook_mlp_in(resid.clone()) if cfg.use_hook_mlp_in else resid
@@ -358,16 +420,24 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         return self.encoder_final_ln(resid)
 
     def _decode(
-        self, decoder_input: Tensor, encoder_output: Tensor, one_zero_attention_mask: Tensor | None
+        self,
+        decoder_input: Tensor,
+        encoder_output: Tensor,
+        one_zero_attention_mask: Tensor | None,
+        cache: DecoderKVCache | None = None,
     ) -> Tensor:
+        """Decoder logits ``[b, q, d_vocab]`` for `decoder_input`: the whole decoder sequence,
+        or with `cache` the positions after the cached ones (the cache then holds them too)."""
         device = encoder_output.device
         resid = self.hook_decoder_embed(self.embed(decoder_input))
-        length = decoder_input.shape[1]
-        bias = _position_bias(self.decoder, length, length, device)
-        self_mask = causal_mask(length, length, device)
+        new = decoder_input.shape[1]
+        cached = 0 if cache is None else cache.length
+        bias = _position_bias(self.decoder, new, cached + new, device, query_offset=cached)
+        # One new query may attend to every key; T5's decoder has no padding of its own.
+        self_mask = None if new == 1 else causal_mask(new, cached + new, device)
         cross_mask = _key_mask(one_zero_attention_mask, encoder_output.shape[:2], device)
         for block in self.decoder:
-            resid = block(resid, bias, self_mask, encoder_output, cross_mask)
+            resid = block(resid, bias, self_mask, encoder_output, cross_mask, cache)
         resid = self.decoder_final_ln(resid)
         if self.cfg.tie_word_embeddings:  # the original T5 rescales before its tied unembedding
             resid = resid * self.cfg.d_model**-0.5
@@ -402,6 +472,7 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         freq_penalty: float = 0.0,
         return_type: str | None = "input",
         verbose: bool = True,
+        use_past_kv_cache: bool = True,
     ) -> Tensor | str | list[str]:
         """Decode up to `max_new_tokens` tokens after `decoder_start_token_id`.
 
@@ -409,8 +480,17 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         ``generate`` does) for ``return_type="tokens"``, or the decoded text without special
         tokens for ``"str"``; ``"input"`` means str for text input and tokens otherwise.
         Sequences that finish early are padded with the pad token (the tokenizer's, else
-        `decoder_start_token_id`), as Hugging Face does. Hooks added with
-        ``model.hooks(...)`` fire at every step, over the whole decoder sequence so far.
+        `decoder_start_token_id`), as Hugging Face does.
+
+        `use_past_kv_cache` (default True) runs the decoder at each step on the newest token
+        only, reusing the keys and values of the earlier ones (`DecoderKVCache`); False re-runs
+        it over the whole decoder sequence at each step. Both compute the same logits. Hooks
+        added with ``model.hooks(...)`` fire at every step: with the cache, decoder hooks see
+        the new position only (``[b, 1, ...]``; attention patterns ``[b, h, 1, k]``), as in
+        HookedTransformer's cached generation, and the cross-attention ``hook_k``/``hook_v``
+        fire at the first step only, their keys and values (edits included) being reused;
+        with ``use_past_kv_cache=False`` every decoder hook sees the whole sequence so far.
+        Encoder hooks fire once either way.
         """
         if return_type not in ("input", "str", "tokens", "tensor"):
             raise ValueError(
@@ -435,8 +515,12 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
             (batch, 1), self.decoder_start_token_id, dtype=torch.long, device=encoded.device
         )
         finished = torch.zeros(batch, dtype=torch.bool, device=encoded.device)
+        cache = DecoderKVCache(self.cfg, encoded.device, batch) if use_past_kv_cache else None
         for _ in tqdm(range(max_new_tokens), disable=not verbose, leave=False):
-            logits = self._decode(out, encoded, mask)[:, -1]
+            if cache is None:
+                logits = self._decode(out, encoded, mask)[:, -1]
+            else:  # the cache holds every position of `out` but the last
+                logits = self._decode(out[:, cache.length :], encoded, mask, cache)[:, -1]
             if do_sample:
                 new = sample_logits(logits, top_k, top_p, temperature, freq_penalty, out)
             else:
@@ -518,8 +602,11 @@ class HookedEncoderDecoder(StackedWeightsMixin, SpecialTokensMixin, HookedRootMo
         return self.unembed.b_U
 
 
-def _position_bias(stack: nn.ModuleList, q_len: int, k_len: int, device: torch.device) -> Tensor:
-    """The relative position bias ``[1, h, q, k]`` the first block of `stack` computes."""
+def _position_bias(
+    stack: nn.ModuleList, q_len: int, k_len: int, device: torch.device, query_offset: int = 0
+) -> Tensor:
+    """The relative position bias ``[1, h, q, k]`` the first block of `stack` computes, for
+    queries at positions ``query_offset ..``."""
     first: EncoderDecoderBlock = stack[0]  # type: ignore[assignment]
     attn: RelativeAttention = first.attn  # type: ignore[assignment]
-    return attn.compute_relative_attention_bias(q_len, k_len, device)
+    return attn.compute_relative_attention_bias(q_len, k_len, device, query_offset)
