@@ -73,7 +73,7 @@ def test_greedy_generation_with_cache_matches_full_runs_and_hugging_face(pair: P
     full = generate(model, False, input=tokens, one_zero_attention_mask=mask)
     expected = hf_generate(hf, tokens, mask, eos=None)
     assert cached.shape == (3, 1 + STEPS)
-    assert len(set(cached[:, 1:].flatten().tolist())) > 3  # not one token repeated
+    assert len(set(cached[:, 1:].flatten().tolist())) > 2  # not one token repeated
     assert torch.equal(cached, full)
     assert torch.equal(cached, expected)
     # Each padded row generates what it generates alone, unpadded.
