@@ -25,12 +25,12 @@ import torch
 class Measurement:
     """One library's best time (or rate) on one workload."""
 
-    section: str  # forward, hooks, cache, load, import, generate
+    section: str  # forward, hooks, cache, flops, patching, load, import, generate
     workload: str  # e.g. "forward 1x128"
     model: str
     library: str
-    value: float  # seconds (or tokens/s for generation)
-    unit: str = "ms"  # how `value` is shown: ms, s, tokens/s
+    value: float  # seconds (or tokens/s for generation, GFLOP/s for flops)
+    unit: str = "ms"  # how `value` is shown: ms, s, tokens/s, GFLOP/s
     repeats: int = 0
     extra: dict[str, float] = field(default_factory=dict)  # cache_mb, peak_mb, ...
 
@@ -43,10 +43,25 @@ class Target:
     measured: float
     limit: float
     detail: str
+    higher_is_better: bool = False  # the limit is a floor (a rate), not a ceiling
 
     @property
     def holds(self) -> bool:
+        # A NaN (nothing to compare, e.g. a peer with no measurable overhead) never holds.
+        if self.higher_is_better:
+            return self.measured >= self.limit
         return self.measured <= self.limit
+
+    @property
+    def bound(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {_number(self.limit)}"
+
+
+def _number(x: float) -> str:
+    """Two decimals, or two significant digits for small non-zero values (1e-5 bounds)."""
+    if x != 0 and abs(x) < 0.01:
+        return f"{x:.1e}"
+    return f"{x:.2f}"
 
 
 def interleaved(
@@ -122,7 +137,8 @@ def markdown(
         + ", ".join(f"{k} {v}" for k, v in env.items() if k != "date"),
         "",
         "Best of interleaved repeats, one process. Ratios are anatomist / the other library,",
-        "so below 1.0 means anatomist is faster or smaller (for tokens/s, above 1.0 is faster).",
+        "so below 1.0 means anatomist is faster or smaller (for tokens/s and GFLOP/s, above 1.0",
+        "is faster). The patching sweeps run once each (no repeats).",
         "See docs/performance.md for how to read and rerun this.",
         "",
         "## Targets",
@@ -132,7 +148,7 @@ def markdown(
     ]
     for t in targets:
         mark = "yes" if t.holds else "**no**"
-        lines.append(f"| {t.name} ({t.detail}) | {t.measured:.2f} | {t.limit:.2f} | {mark} |")
+        lines.append(f"| {t.name} ({t.detail}) | {_number(t.measured)} | {t.bound} | {mark} |")
     lines += [
         "",
         "## Measurements",
@@ -146,7 +162,9 @@ def markdown(
         ratio = ""
         if base is not None and m.library != "anatomist" and m.value > 0:
             ratio = f"{base.value / m.value:.2f}"
-        extra = ", ".join(f"{k} {v:.0f}" if v >= 10 else f"{k} {v:.2f}" for k, v in m.extra.items())
+        extra = ", ".join(
+            f"{k} {v:.0f}" if v >= 10 else f"{k} {_number(v)}" for k, v in m.extra.items()
+        )
         lines.append(
             f"| {m.section} | {m.workload} | {m.model} | {m.library} | {_show(m)} | {m.unit} "
             f"| {ratio} | {extra} |"

@@ -38,6 +38,7 @@ class Subject:
     hooked: Job | None = None
     cache_all: Callable[[Tensor], int] | None = None
     cache_layer: Callable[[Tensor], int] | None = None
+    config: Any = None  # anatomist's: the model's config (for counting FLOPs)
 
 
 @dataclass
@@ -150,6 +151,7 @@ def anatomist_subject(model: ModelFolder, device: str, dtype: torch.dtype) -> Su
         hooked=lambda ids: ours.run_with_hooks(ids, fwd_hooks=[(n, noop) for n in resid]),
         cache_all=cache_all,
         cache_layer=cache_layer,
+        config=ours.cfg,
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from benchmarks.flops import forward_flops
 from benchmarks.harness import Measurement, interleaved
 from benchmarks.subjects import (
     ModelFolder,
@@ -49,11 +51,14 @@ def run_model_sections(
     device: str,
     dtype: torch.dtype,
     log: Callable[[str], None],
+    gemm_gflops: float | None = None,
 ) -> list[Measurement]:
     """Forward, hooked forward and caching on `model` for each (batch, seq, repeats) shape.
 
     The cache sections run on the first (smallest) shape only: caching everything at 8x512
-    would hold gigabytes per library."""
+    would hold gigabytes per library. With `gemm_gflops` (this machine's GEMM rate, GFLOP/s)
+    each anatomist forward also gets a ``flops`` row: its FLOPs counted from the config
+    (benchmarks/flops.py) over its time, and the fraction of the GEMM rate that is."""
     subjects, _ = subjects_for(model, device, dtype)
     log(f"  {model.name}: " + ", ".join(s.library for s in subjects))
     sync = _sync(device)
@@ -81,10 +86,30 @@ def run_model_sections(
             section = "forward" if job == "forward" else "hooks"
             name = f"forward {shape}" if job == "forward" else f"no-op hook per layer {shape}"
             rows.append(Measurement(section, name, model.name, library, seconds, repeats=repeats))
+            if job == "forward" and library == "anatomist" and gemm_gflops:
+                rows.append(_flops_row(model, subjects[0], batch, seq, seconds, gemm_gflops))
         if index == 0:
             rows += _cache_rows(model, subjects, ids, repeats, sync, log)
         gc.collect()
     return rows
+
+
+def _flops_row(
+    model: ModelFolder, ours: Subject, batch: int, seq: int, seconds: float, gemm_gflops: float
+) -> Measurement:
+    gflop = forward_flops(ours.config, batch, seq) / 1e9
+    rate = gflop / seconds
+    extra = {"gflop": gflop, "of_gemm": rate / gemm_gflops}
+    return Measurement(
+        "flops",
+        f"FLOP rate, forward {batch}x{seq}",
+        model.name,
+        "anatomist",
+        rate,
+        "GFLOP/s",
+        0,
+        extra,
+    )
 
 
 def _job(
@@ -166,7 +191,7 @@ def run_generation(
         medians = interleaved({"anatomist": run_ours, "HF sdpa": run_hf}, repeats)
     same = float(torch.equal(outputs["anatomist"].cpu(), outputs["HF sdpa"].cpu()))
     workload = f"greedy generate {new_tokens} tokens"
-    return [
+    rows = [
         Measurement(
             "generate",
             workload,
@@ -178,4 +203,79 @@ def run_generation(
             {"same_tokens": same},
         )
         for library, seconds in medians.items()
+    ]
+    rows += sampled_generation(model.name, ours, hf, new_tokens, repeats)
+    return rows
+
+
+SAMPLED_PROMPTS = (
+    "Once upon a time",
+    "The history of the printing press begins in",
+    "Photosynthesis is the process by which green plants and some other organisms",
+    "In the middle of the nineteenth century, the railway transformed how people in small "
+    "towns travelled, traded and thought about distance, because",
+)
+
+
+def sampled_generation(
+    model_name: str,
+    ours: Any,
+    hf: Any,
+    new_tokens: int,
+    repeats: int,
+    prompts: tuple[str, ...] = SAMPLED_PROMPTS,
+) -> list[Measurement]:
+    """A batch of prompts of different lengths (4), left-padded, the same ids and mask for both
+    libraries, sampled with temperature 0.8, top-k 50, top-p 0.9, KV cache, no stop before
+    `new_tokens` (transformers: ``min_new_tokens``); tokens/s counts every row's new tokens."""
+    tokens, mask = ours.tokenize_with_mask(list(prompts), padding_side="left")
+    if mask is None:
+        raise ValueError("the sampled-generation prompts must differ in length (padding)")
+    tok = ours.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = ours.cfg.device or "cpu"
+    tokens, mask = tokens.to(device), mask.to(device)
+    settings: dict[str, Any] = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.9)
+    lengths: dict[str, int] = {}
+
+    def run_hf() -> None:
+        torch.manual_seed(0)
+        out = hf.generate(
+            tokens,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad,
+            **settings,
+        )
+        lengths["HF sdpa"] = out.shape[1] - tokens.shape[1]
+
+    def run_ours() -> None:
+        torch.manual_seed(0)
+        out = ours.generate(
+            tokens,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            stop_at_eos=False,
+            verbose=False,
+            **settings,
+        )
+        lengths["anatomist"] = out.shape[1] - tokens.shape[1]
+
+    with torch.inference_mode():
+        best = interleaved({"anatomist": run_ours, "HF sdpa": run_hf}, repeats)
+    batch = tokens.shape[0]
+    workload = f"sampled generate {batch}x{new_tokens} tokens"
+    return [
+        Measurement(
+            "generate",
+            workload,
+            model_name,
+            library,
+            batch * new_tokens / seconds,
+            "tokens/s",
+            repeats,
+            {"new_tokens": float(lengths[library])},
+        )
+        for library, seconds in best.items()
     ]

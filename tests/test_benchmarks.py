@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from benchmarks.__main__ import check_targets, main
-from benchmarks.harness import Measurement, interleaved, markdown, tensor_bytes, write_results
+from benchmarks.__main__ import GPU_PRESET, check_targets, main, parse_args
+from benchmarks.flops import forward_flops, gemm_rate
+from benchmarks.harness import (
+    Measurement,
+    Target,
+    interleaved,
+    markdown,
+    tensor_bytes,
+    write_results,
+)
+from benchmarks.patching import SWEEPS, Task, classic_loop, patching_rows, sweep_cells
+from benchmarks.workloads import sampled_generation
+from tests.helpers import load, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 
 def _rows() -> list[Measurement]:
@@ -85,3 +98,171 @@ def test_unknown_section_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--sections", "forward,speed"])
     assert "unknown section(s) ['speed']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- the rows added for issue 15
+
+
+def test_new_targets_directions_and_guards() -> None:
+    m = "tiny"
+    rows = [
+        Measurement("forward", "forward 1x8", m, "anatomist", 0.30),
+        Measurement("forward", "forward 1x8", m, "TL bridge", 0.40),
+        Measurement("cache", "run_with_cache all 1x8", m, "anatomist", 0.33, extra={"cache_mb": 1}),
+        Measurement("cache", "run_with_cache all 1x8", m, "TL bridge", 0.50, extra={"cache_mb": 2}),
+        Measurement("flops", "FLOP rate, forward 1x8", m, "anatomist", 50, "GFLOP/s", extra={"of_gemm": 0.5}),
+        Measurement("flops", "FLOP rate, forward 2x64", m, "anatomist", 90, "GFLOP/s", extra={"of_gemm": 0.9}),
+        Measurement("patching", "resid_pre sweep 2x5", m, "anatomist", 1.0, "s", extra={"max_abs_diff": 2e-6}),
+        Measurement("patching", "resid_pre sweep 2x5", m, "anatomist loop", 4.0, "s", extra={"max_abs_diff": 0}),
+        Measurement("patching", "resid_pre sweep every 2th layer 1x5", m, "anatomist", 1.0, "s", extra={"max_abs_diff": 3e-5}),
+        Measurement("patching", "resid_pre sweep every 2th layer 1x5", m, "anatomist loop", 2.0, "s", extra={"max_abs_diff": 0}),
+        Measurement("generate", "sampled generate 4x8 tokens", m, "anatomist", 30.0, "tokens/s"),
+        Measurement("generate", "sampled generate 4x8 tokens", m, "HF sdpa", 40.0, "tokens/s"),
+    ]  # fmt: skip
+    targets = check_targets(rows)
+    by = {(t.name, t.detail): t for t in targets}
+    added = by[
+        (
+            "run_with_cache all, time added to the forward, vs TL bridge",
+            f"{m}, run_with_cache all 1x8",
+        )
+    ]
+    assert added.measured == pytest.approx(0.03 / 0.10) and added.holds
+    # The FLOP-rate target is on the biggest forward only, and higher is better.
+    flops = [t for t in targets if t.name.startswith("forward FLOP/s")]
+    assert len(flops) == 1 and flops[0].detail.endswith("2x64") and flops[0].holds
+    assert not Target("x", 0.7, 0.8, "-", higher_is_better=True).holds
+    # Speed on the full sweep only; agreement on every sweep, in float32 only.
+    speed = [t for t in targets if t.name == "patching, default call vs the classic loop"]
+    assert [t.measured for t in speed] == [pytest.approx(0.25)]
+    diffs = [t for t in targets if t.name.endswith("max |difference|")]
+    assert [t.holds for t in diffs] == [True, False]
+    assert not [t for t in check_targets(rows, "bfloat16") if t.name.endswith("|difference|")]
+    sampled = by[("sampled generation tokens/s vs HF sdpa", f"{m}, sampled generate 4x8 tokens")]
+    assert sampled.measured == pytest.approx(0.75) and not sampled.holds
+    # A peer whose caching adds nothing leaves the ratio undefined: shown, never held.
+    rows[3].value = 0.40
+    nan = [t for t in check_targets(rows) if t.name.startswith("run_with_cache all, time added")]
+    assert nan and nan[0].measured != nan[0].measured and not nan[0].holds
+    text = markdown(rows, targets, {"device": "cpu", "date": "today"}, "x")
+    assert "| >= 0.80 | yes |" in text and "| 2.0e-06 | <= 1.0e-05 | yes |" in text
+
+
+def test_gpu_preset_and_its_overrides() -> None:
+    args = parse_args(["--gpu", "--device", "cpu", "--quick"])
+    assert (args.device, args.dtype, args.sections) == (
+        "cpu",
+        GPU_PRESET["dtype"],
+        GPU_PRESET["sections"],
+    )
+    assert parse_args([]).device == "cpu" and parse_args([]).dtype == "float32"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+
+
+def test_cuda_device_without_cuda_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        parse_args(["--gpu"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_forward_flops_by_hand() -> None:
+    # 1 layer, d_model 8, 2 heads of 4, 1 key/value head, gated MLP of 16, vocab 10; 1 x 3 tokens.
+    cfg = SimpleNamespace(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, n_key_value_heads=1, d_mlp=16,
+        gated_mlp=True, attn_only=False, d_vocab=10, d_vocab_out=-1,
+    )  # fmt: skip
+    q_o, k_v = 2 * 3 * 8 * 8, 2 * 3 * 8 * 4
+    scores_mix = 2 * (2 * 3 * 3 * 4)  # full square, both heads
+    mlp = 3 * 3 * 8 * 16
+    unembed = 3 * 8 * 10
+    assert forward_flops(cfg, 1, 3) == 2 * (q_o + k_v + scores_mix + mlp + unembed)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_forward_flops_match_torch_flop_counter(tmp_path: Path, family: str) -> None:
+    """torch's FlopCounterMode counts every matmul of a forward whose attention runs explicitly
+    (a hook on hook_pattern): the config count must be the same number."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if family == "llama":
+        tiny_llama(tmp_path, num_key_value_heads=2)  # grouped-query attention, gated MLP
+    else:
+        tiny_gpt2(tmp_path)
+    model = load(tmp_path)
+    hooks = [(f"blocks.{i}.attn.hook_pattern", lambda x, hook: None) for i in range(2)]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.run_with_hooks(torch.randint(0, 100, (2, 9)), fwd_hooks=hooks)
+    assert counter.get_total_flops() == forward_flops(model.cfg, 2, 9)
+
+
+def test_gemm_rate_is_a_rate() -> None:
+    rate = gemm_rate("cpu", torch.float32, size=64, repeats=2)
+    assert rate["size"] == 64 and rate["best"] >= rate["median"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Task]:
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    tiny_llama(folder, num_hidden_layers=4, num_key_value_heads=2)
+    model = load(folder)
+    clean = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    corrupted = clean.clone()
+    corrupted[0, 3] = 40
+    return model, Task(clean, corrupted, right=13, wrong=40)
+
+
+def test_classic_loop_patches_one_cell(tiny_pair: tuple[object, Task]) -> None:
+    model, task = tiny_pair
+    sweep = SWEEPS[0]  # resid_pre
+    _, cache = model.run_with_cache(task.clean)
+    n_pos = task.corrupted.shape[1]
+    cells = sweep_cells(sweep, [0], n_pos, model.cfg.n_heads)
+    values, seconds = classic_loop(
+        model.run_with_hooks, task.corrupted, cache, task.metric, sweep, cells
+    )
+    assert len(values) == len(seconds) == n_pos
+    # Patching the one differing position's whole residual stream at layer 0 is the clean run.
+    with torch.no_grad():
+        assert values[3] == pytest.approx(float(task.metric(model(task.clean))), abs=1e-5)
+        assert values[0] == pytest.approx(float(task.metric(model(task.corrupted))), abs=1e-5)
+
+
+def test_patching_rows_default_call_agrees_with_the_loop(tiny_pair: tuple[object, Task]) -> None:
+    model, task = tiny_pair
+    # A second anatomist model stands in for the bridge: same hook names, same numbers.
+    rows = patching_rows("tiny", model, task, bridge=model, bridge_step=2)
+    by = {(r.workload, r.library): r for r in rows}
+    assert set(by) == {
+        ("resid_pre sweep 4x6", "anatomist"),
+        ("resid_pre sweep 4x6", "anatomist loop"),
+        ("resid_pre sweep every 2th layer 2x6", "anatomist"),
+        ("resid_pre sweep every 2th layer 2x6", "anatomist loop"),
+        ("resid_pre sweep every 2th layer 2x6", "TL bridge loop"),
+        ("head out sweep 4x4", "anatomist"),
+        ("head out sweep 4x4", "anatomist loop"),
+        ("head out sweep every 2th layer 2x4", "anatomist"),
+        ("head out sweep every 2th layer 2x4", "anatomist loop"),
+        ("head out sweep every 2th layer 2x4", "TL bridge loop"),
+    }
+    for row in rows:
+        assert row.extra["max_abs_diff"] <= 1e-5, row
+        layers, width = (int(x) for x in row.workload.rsplit(" ", 1)[-1].split("x"))
+        assert row.extra["cells"] == layers * width
+
+
+def test_sampled_generation_rows(tmp_path: Path) -> None:
+    import transformers
+
+    tiny_llama(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    ours = load(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    prompts = ("the cat", "the cat sat", "a dog sat on the mat")
+    rows = sampled_generation("tiny", ours, hf, new_tokens=3, repeats=1, prompts=prompts)
+    assert [r.library for r in rows] == ["anatomist", "HF sdpa"]
+    for row in rows:  # no early stop: every row ran its 3 new tokens
+        assert row.workload == "sampled generate 3x3 tokens" and row.extra["new_tokens"] == 3
+        assert row.unit == "tokens/s" and row.value > 0
