@@ -696,9 +696,14 @@ def logits_to_df(logits: Tensor, tokenizer: Any = None, top_k: int | None = None
 
 
 def get_pos_offset(past_kv_cache: Any, batch_size: int) -> int:
-    """How many positions `past_kv_cache` already holds: its first layer's key count (0 without
-    a cache); `batch_size` is accepted for the classic signature and unused."""
-    return 0 if past_kv_cache is None else int(past_kv_cache.entries[0].past_keys.shape[1])
+    """How many positions `past_kv_cache` already holds: the length of its mask (a
+    sliding-window layer keeps fewer keys), else its first layer's key count (0 without a
+    cache); `batch_size` is accepted for the classic signature and unused."""
+    if past_kv_cache is None:
+        return 0
+    if hasattr(past_kv_cache, "length"):
+        return int(past_kv_cache.length)
+    return int(past_kv_cache.entries[0].past_keys.shape[1])
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

@@ -109,6 +109,8 @@ class Attention(nn.Module):
         causal attention (or full attention when ``cfg.causal`` is False). With `past_kv` the
         new keys and values (after rotary) join the cached ones, the queries being the last q of
         the k positions; `key_positions` ``[b, k]`` are then the positions of all keys (ALiBi).
+        A sliding-window entry holds only the last keys (see `anatomist.model.kv_cache`); the
+        mask and `key_positions` may cover all positions and are then cut to those keys.
         """
         W_K, b_K, W_V, b_V = self.kv_weights
         q = self.hook_q(_project(query_input, self.W_Q, self.b_Q))  # [b, p, h, dh]
@@ -124,6 +126,13 @@ class Attention(nn.Module):
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, dh]
         if past_kv is not None:  # cached keys first: [b, kv, cached + p, dh]
             kh, vh = past_kv.extend(kh, vh)
+            # A sliding-window entry holds only the last keys: the mask's and the positions'
+            # last columns are theirs.
+            k_len = kh.shape[-2]
+            if mask is not None and mask.shape[-1] != k_len:
+                mask = mask[..., -k_len:]
+            if key_positions is not None and key_positions.shape[-1] != k_len:
+                key_positions = key_positions[..., -k_len:]
         if self.window is not None and kh.shape[-2] > self.window:
             if not self.cfg.causal:
                 raise NotImplementedError("Sliding windows are only supported in causal models.")
