@@ -71,17 +71,35 @@ def sample_logits(
             -1, tokens.to(logits.device), torch.ones_like(tokens, dtype=counts.dtype)
         )
         logits = logits - freq_penalty * counts
+    if top_k is not None and top_k < logits.shape[-1]:
+        # Only the k best can be drawn: top-p and the draw run over those k (sorted by topk),
+        # not over the whole vocabulary. The same distribution as masking the rest to -inf
+        # (but not the same draw for a given seed as that, nor keeping ties with the k-th).
+        best, ids = logits.topk(top_k, dim=-1)  # [b, k], descending
+        if top_p is not None:
+            best = best.masked_fill(_outside_top_p(best, top_p), float("-inf"))
+        choice = torch.multinomial(best.softmax(-1), 1)  # [b, 1]
+        return ids.gather(-1, choice).squeeze(-1)
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         ordered, order = logits.sort(dim=-1, descending=True)
-        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of better tokens
-        drop_sorted = before >= top_p
-        drop_sorted[..., 0] = False  # the best token stays even when top_p rounds to 0
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(
+            -1, order, _outside_top_p(ordered, top_p)
+        )
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.distributions.Categorical(logits=logits).sample()
+
+
+def _outside_top_p(ordered: Tensor, top_p: float) -> Tensor:
+    """Of logits sorted best first ``[b, n]``, those after the smallest prefix whose probability
+    reaches `top_p` (the best token always stays, even when top_p rounds to 0)."""
+    probs = ordered.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of better tokens
+    drop = before >= top_p
+    drop[..., 0] = False
+    return drop
 
 
 def check_sampling_args(
