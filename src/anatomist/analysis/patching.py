@@ -30,17 +30,33 @@ Under grouped-query attention the k and v presets sweep the key/value heads (``n
 of them); the ``_every`` helpers repeat each key/value head's result over the query heads that
 read it, so the five rows stack.
 
-Batching (not in the classic library): with ``batch_size=k`` the corrupted batch of B prompts is
-replicated k times and replica i gets the i-th patch, so k cells cost one forward pass of k*B
-prompts. ``patching_metric`` is then called once per replica, on that replica's logits
-``[B, pos, d_vocab]`` -- exactly what it receives in the classic one-cell-per-forward mode, so a
-classic metric works unchanged. ``batch_size=1`` (the default) is the classic loop.
+How a sweep runs (faster than the classic loop, same numbers):
+
+* **Cells are batched.** The corrupted batch of B prompts is replicated k times and replica i gets
+  the i-th cell's patch, so k cells cost one forward pass of k*B prompts. k comes from a memory
+  budget (`memory_budget`, 1 GiB by default, at most 64 cells) unless ``batch_size`` is given;
+  ``batch_size=1`` is the classic one-forward-per-cell loop.
+* **Layers below the patch are not recomputed.** A patch in block l leaves blocks 0..l-1 exactly
+  as in the corrupted run, so the patched forward starts at block l from the corrupted run's
+  residual stream (computed once per sweep, ``start_at_layer``).
+* **The metric keeps the classic contract**: called once per cell, in row order, on that cell's
+  logits ``[B, pos, d_vocab]``, as the classic loop calls it. A metric that keeps state (counts
+  calls, collects values) sees the same sequence of calls.
+
+Results equal the classic loop's within float error (tested at 1e-5). Both speed-ups change what
+hooks already attached to the model would see (a k*B batch; no call for blocks below the patch),
+so when any hook is attached (``model.add_hook``, ``model.hooks(...)``, a torch hook on a
+submodule or a global one) a sweep runs the classic loop instead, and warns once. ``reuse=False``
+asks for the classic loop explicitly. Denoising (run the corrupted prompt, patch clean values)
+and noising (run the clean prompt, patch corrupted values: swap the arguments) work alike.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -57,6 +73,11 @@ PatchedActivation = Tensor
 PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor]
 # logits [B, pos, d_vocab] -> scalar (a float or a 0-d tensor)
 PatchingMetric = Callable[[Tensor], Any]
+
+# A sweep's automatic batch: cells per forward from this many bytes of activations, at most
+# MAX_AUTO_BATCH (on a CPU the forward's speed per cell stops improving well before that).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+MAX_AUTO_BATCH = 64
 
 # The classic "_every" helpers' row order.
 HEAD_ACT_TYPES = ("z", "q", "k", "v", "pattern")
@@ -153,7 +174,9 @@ def generic_activation_patch(
     index_df: Any = None,
     return_index_df: bool = False,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    reuse: bool = True,
     progress: bool = True,
 ) -> Tensor | tuple[Tensor, Any]:
     """Patch `activation_name` from `clean_cache` into the corrupted run, once per index row.
@@ -175,20 +198,45 @@ def generic_activation_patch(
             axes, layer first), a list of tuples, or an int tensor ``[n_rows, n_axes]``. The
             result is then flat, one value per row.
         return_index_df: also return the rows as a DataFrame (needs pandas).
-        batch_size: cells patched per forward pass. With ``k > 1`` the corrupted batch is
-            replicated k times, replica i gets the i-th cell, and the metric is called on each
-            replica's ``[batch, pos, d_vocab]`` logits. Same numbers as ``1`` (the classic loop)
-            up to float error, for any metric that depends only on the logits it is given.
+        batch_size: cells patched per forward pass (None: as many as `memory_budget` allows,
+            at most 64). With ``k > 1`` the corrupted batch is replicated k times, replica i
+            gets the i-th cell, and the metric is called on each replica's
+            ``[batch, pos, d_vocab]`` logits, in row order. ``1`` is the classic loop.
+        memory_budget: bytes of activations one batched forward may use when `batch_size` is
+            None (default 1 GiB).
+        reuse: start each patched forward at the patched block from the corrupted run's
+            residual stream and batch cells (the default); False runs the classic loop, one
+            full forward per cell. With hooks attached to the model the classic loop runs
+            anyway (with a warning): the fast path would change what they see.
         progress: show a tqdm progress bar.
 
     Returns:
         The metric per patch, shaped ``[size of each swept axis]`` (or ``[n_rows]`` for an
         explicit `index_df`), and the index DataFrame when `return_index_df`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     tokens = _as_tokens(model, corrupted_tokens)
+    runner = PatchRunner(
+        model, tokens, batch_size=batch_size, memory_budget=memory_budget, reuse=reuse,
+        what="generic_activation_patch",
+    )  # fmt: skip
+    return _sweep(
+        runner, clean_cache, patching_metric, patch_setter, activation_name, index_axis_names,
+        index_df, return_index_df, progress,
+    )  # fmt: skip
 
+
+def _sweep(
+    runner: PatchRunner,
+    clean_cache: Any,
+    patching_metric: PatchingMetric,
+    patch_setter: PatchSetter,
+    activation_name: str,
+    index_axis_names: Sequence[AxisName] | None,
+    index_df: Any,
+    return_index_df: bool,
+    progress: bool,
+) -> Tensor | tuple[Tensor, Any]:
+    model, tokens = runner.model, runner.tokens
     if index_df is None:
         if index_axis_names is None:
             raise ValueError("Pass index_axis_names (axes to sweep) or index_df (explicit rows).")
@@ -208,42 +256,39 @@ def generic_activation_patch(
 
     _check_clean_cache(tokens, clean_cache, activation_name, {row[0] for row in rows})
     values = _run_patches(
-        model, tokens, clean_cache, patching_metric, patch_setter, activation_name, rows,
-        batch_size, progress,
-    )  # fmt: skip
+        runner, clean_cache, patching_metric, patch_setter, activation_name, rows, progress
+    )
     result = torch.tensor(values, dtype=torch.float32, device=_device(model)).reshape(out_shape)
     return (result, index_df) if return_index_df else result
 
 
 def _run_patches(
-    model: Any,
-    tokens: Tensor,
+    runner: PatchRunner,
     clean_cache: Any,
     metric: PatchingMetric,
     setter: PatchSetter,
     activation_name: str,
     rows: list[tuple[int, ...]],
-    batch_size: int,
     progress: bool,
 ) -> list[float]:
     from tqdm.auto import tqdm
 
-    n_batch = tokens.shape[0]
-    replicated = tokens.repeat(min(batch_size, max(len(rows), 1)), 1)  # [k*B, pos]
+    n_batch = runner.tokens.shape[0]
+    batch_size = runner.batch_size
+    names = [get_act_name(activation_name, layer=row[0]) for row in rows]
+    runner.prepare({layer_of_hook(name) for name in names})
     values: list[float] = []
     with tqdm(total=len(rows), disable=not progress, desc=f"patching {activation_name}") as bar:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             by_hook: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
-            for replica, row in enumerate(chunk):
-                name = get_act_name(activation_name, layer=row[0])
+            for replica, (row, name) in enumerate(zip(chunk, names[start:], strict=False)):
                 by_hook.setdefault(name, []).append((replica, row))
             hooks = [
                 (name, _patch_hook(setter, cells, clean_cache[name], n_batch))
                 for name, cells in by_hook.items()
             ]
-            with torch.no_grad():
-                logits = model.run_with_hooks(replicated[: len(chunk) * n_batch], fwd_hooks=hooks)
+            logits = runner.run(len(chunk), hooks, start_layer=_first_layer(by_hook))
             if len(chunk) == 1:
                 values.append(_scalar(metric(logits)))
             else:
@@ -253,6 +298,173 @@ def _run_patches(
                 )
             bar.update(len(chunk))
     return values
+
+
+def _first_layer(names: Iterable[str]) -> int | None:
+    """The first block any of these hooks is in (None: a hook outside the blocks)."""
+    layers = [layer_of_hook(name) for name in names]
+    return None if None in layers else min(layer for layer in layers if layer is not None)
+
+
+_BLOCK_HOOK = re.compile(r"blocks\.(\d+)\.")
+
+
+def layer_of_hook(name: str) -> int | None:
+    """The block a hook point is in (``blocks.{i}.``), None for one outside the blocks."""
+    match = _BLOCK_HOOK.match(name)
+    return int(match.group(1)) if match else None
+
+
+class PatchRunner:
+    """The patched forward passes of one sweep over one corrupted batch.
+
+    `run` runs k cells at once (the corrupted batch replicated k times) and, when every edit of
+    the pass lies in block l or later, starts at block l from the corrupted run's residual
+    stream (`prepare` computes it once, for the blocks the sweep needs). Hooks already attached
+    to the model, or ``reuse=False``, make it the classic loop: one full forward per cell.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokens: Tensor,
+        *,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+        reuse: bool = True,
+        what: str = "this sweep",
+    ) -> None:
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(
+                f"batch_size must be an int of at least 1 (or None), got {batch_size}."
+            )
+        if memory_budget is not None and memory_budget < 1:
+            raise ValueError(
+                f"memory_budget must be a positive number of bytes, got {memory_budget}."
+            )
+        self.model, self.tokens = model, tokens
+        self.budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+        attached = _attached_hooks(model) if reuse else []
+        if attached:
+            shown = ", ".join(attached[:3]) + (", ..." if len(attached) > 3 else "")
+            warnings.warn(
+                f"{what}: hooks are attached to the model ({shown}); batching cells and "
+                "starting at the patched block would change what they see, so this sweep runs "
+                "the classic loop (one full forward per cell, slower). Remove them "
+                "(model.reset_hooks(including_permanent=True)) for the fast path, or pass "
+                "reuse=False to choose the classic loop without this warning.",
+                stacklevel=3,
+            )
+        self.fast = reuse and not attached
+        if batch_size is None:
+            batch_size = self._auto_batch() if self.fast else 1
+        self.batch_size = int(batch_size)
+        self.starts_at_layer = self.fast and _can_start_at_layer(model)
+        self._mask: Tensor | None = None
+        self._residual: dict[int, Tensor] = {}
+
+    def _auto_batch(self) -> int:
+        """Cells per forward within the memory budget: logits, MLP hidden activations, the
+        residual streams and one layer's attention scores of every replica."""
+        cfg = self.model.cfg
+        batch, pos = self.tokens.shape
+        param = next(self.model.parameters(), None)
+        itemsize = param.element_size() if param is not None else 4
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        per_token = (
+            int(getattr(cfg, "d_vocab_out", None) or cfg.d_vocab)
+            + 3 * d_mlp
+            + 8 * cfg.d_model
+            + 2 * cfg.n_heads * pos
+        )
+        per_cell = max(1, batch * pos * per_token * itemsize)
+        return max(1, min(MAX_AUTO_BATCH, self.budget // per_cell))
+
+    def prepare(self, layers: Iterable[int | None]) -> None:
+        """Compute the corrupted residual stream at the start of every block up to the last of
+        these (one forward, stopped there), unless holding them would exceed the memory
+        budget (then the blocks are recomputed)."""
+        last = max((layer for layer in layers if layer), default=0)
+        # Every block up to the last one asked for: the same forward, and a later call (another
+        # chunk of a sweep) then finds them all.
+        wanted = sorted(set(range(1, last + 1)) - set(self._residual))
+        if not self.starts_at_layer or not wanted:
+            return
+        model, tokens = self.model, self.tokens
+        param = next(model.parameters(), None)
+        per_layer = (
+            tokens.numel() * model.cfg.d_model * (param.element_size() if param is not None else 4)
+        )
+        if per_layer * (len(wanted) + len(self._residual)) > self.budget:
+            self.starts_at_layer = False  # too big to keep: recompute the blocks instead
+            return
+        self._mask = model._tokens_and_mask(tokens, None, None, None)[1]
+        # Blocks before the last: their hook_resid_pre; the last: the stream the run stops with.
+        names = {f"blocks.{layer}.hook_resid_pre": layer for layer in wanted[:-1]}
+        with torch.no_grad():
+            residual, cache = model.run_with_cache(
+                tokens,
+                names_filter=lambda name: name in names,
+                stop_at_layer=wanted[-1],
+                return_cache_object=False,
+            )
+        self._residual[wanted[-1]] = residual
+        for name, layer in names.items():
+            self._residual[layer] = cache[name]
+
+    def run(
+        self,
+        n_rep: int,
+        fwd_hooks: list[tuple[str, Callable[..., Any]]],
+        start_layer: int | None = None,
+        stop_layer: int | None = None,
+        return_type: str | None = "logits",
+    ) -> Any:
+        """One forward of the corrupted batch replicated `n_rep` times with `fwd_hooks`, from
+        block `start_layer` when its residual stream is known (else from the tokens) and, with
+        `stop_layer`, only up to that block (the output is then not needed)."""
+        kwargs: dict[str, Any] = {}
+        if stop_layer is not None and self.starts_at_layer:
+            kwargs["stop_at_layer"] = stop_layer
+        if start_layer is not None and start_layer in self._residual and self.starts_at_layer:
+            residual = self._residual[start_layer]
+            model_input = residual.repeat(n_rep, *([1] * (residual.dim() - 1)))
+            kwargs["start_at_layer"] = start_layer
+            if self._mask is not None:
+                kwargs["attention_mask"] = self._mask.repeat(n_rep, 1)
+        else:
+            model_input = self.tokens.repeat(n_rep, 1) if n_rep > 1 else self.tokens
+        with torch.no_grad():
+            return self.model.run_with_hooks(
+                model_input, fwd_hooks=fwd_hooks, return_type=return_type, **kwargs
+            )
+
+
+def _attached_hooks(model: Any) -> list[str]:
+    """Where hooks are attached: hook points (ours or torch's on them), other submodules, or
+    torch's global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    found = [
+        f"global torch {kind} hooks"
+        for kind in ("forward", "forward_pre", "backward", "backward_pre")
+        if getattr(torch_module, f"_global_{kind}_hooks", None)
+    ]
+    for name, module in model.named_modules():
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or getattr(module, "_backward_pre_hooks", None)
+        ):
+            found.append(name or type(model).__name__)
+    return found
+
+
+def _can_start_at_layer(model: Any) -> bool:
+    from anatomist.model.transformer import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
 
 
 def _patch_hook(
@@ -393,30 +605,45 @@ def _preset(
         index_df: Any = None,
         return_index_df: bool = False,
         *,
-        batch_size: int = 1,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+        reuse: bool = True,
         progress: bool = True,
     ) -> Any:
-        return generic_activation_patch(
-            model,
-            corrupted_tokens,
-            clean_cache,
-            patching_metric,
-            setter,
-            activation_name,
-            index_axis_names=None if index_df is not None else axes,
-            index_df=index_df,
-            return_index_df=return_index_df,
-            batch_size=batch_size,
-            progress=progress,
+        tokens = _as_tokens(model, corrupted_tokens)
+        runner = PatchRunner(
+            model, tokens, batch_size=batch_size, memory_budget=memory_budget, reuse=reuse,
+            what=name,
+        )  # fmt: skip
+        return _run_preset(
+            preset, runner, clean_cache, patching_metric, index_df, return_index_df, progress
         )
 
     preset.__name__ = preset.__qualname__ = name
     preset.__doc__ = (
         f"Activation patching of {what}: the metric per patch, shaped {shape}.\n\n"
         f"Patches ``{activation_name}`` over the axes {axes}; see `generic_activation_patch` for "
-        "the arguments (``batch_size`` patches several cells per forward pass)."
+        "the arguments (cells are batched and start at the patched block unless "
+        "``reuse=False``; ``batch_size=1`` is the classic loop)."
     )
+    preset.spec = (activation_name, setter, axes)  # type: ignore[attr-defined]
     return preset
+
+
+def _run_preset(
+    preset: Callable[..., Any],
+    runner: PatchRunner,
+    clean_cache: Any,
+    metric: PatchingMetric,
+    index_df: Any = None,
+    return_index_df: bool = False,
+    progress: bool = True,
+) -> Any:
+    activation_name, setter, axes = preset.spec  # type: ignore[attr-defined]
+    return _sweep(
+        runner, clean_cache, metric, setter, activation_name,
+        None if index_df is not None else axes, index_df, return_index_df, progress,
+    )  # fmt: skip
 
 
 # fmt: off
@@ -489,21 +716,29 @@ def get_act_patch_attn_head_all_pos_every(
     clean_cache: Mapping[str, Tensor] | Any,
     metric: PatchingMetric,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    reuse: bool = True,
     progress: bool = True,
 ) -> Tensor:
     """Every head, all positions at once, for each of z, q, k, v, pattern (in that order):
     ``[5, n_layers, n_heads]``. Under GQA the k and v rows repeat each key/value head's result
     over its query heads."""
-    kw: dict[str, Any] = dict(batch_size=batch_size, progress=progress)
-    args = (model, corrupted_tokens, clean_cache, metric)
+    runner = PatchRunner(
+        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
+        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_attn_head_all_pos_every",
+    )  # fmt: skip
+
+    def sweep(preset: Callable[..., Any]) -> Tensor:
+        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
+
     return torch.stack(
         [
-            get_act_patch_attn_head_out_all_pos(*args, **kw),
-            get_act_patch_attn_head_q_all_pos(*args, **kw),
-            _expand_kv(model, get_act_patch_attn_head_k_all_pos(*args, **kw), 1),
-            _expand_kv(model, get_act_patch_attn_head_v_all_pos(*args, **kw), 1),
-            get_act_patch_attn_head_pattern_all_pos(*args, **kw),
+            sweep(get_act_patch_attn_head_out_all_pos),
+            sweep(get_act_patch_attn_head_q_all_pos),
+            _expand_kv(model, sweep(get_act_patch_attn_head_k_all_pos), 1),
+            _expand_kv(model, sweep(get_act_patch_attn_head_v_all_pos), 1),
+            sweep(get_act_patch_attn_head_pattern_all_pos),
         ]
     )
 
@@ -514,21 +749,29 @@ def get_act_patch_attn_head_by_pos_every(
     clean_cache: Mapping[str, Tensor] | Any,
     metric: PatchingMetric,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    reuse: bool = True,
     progress: bool = True,
 ) -> Tensor:
     """Every head at every position, for each of z, q, k, v, pattern (by destination position):
     ``[5, n_layers, pos, n_heads]``. Under GQA the k and v rows repeat each key/value head's
     result over its query heads."""
-    kw: dict[str, Any] = dict(batch_size=batch_size, progress=progress)
-    args = (model, corrupted_tokens, clean_cache, metric)
-    pattern = get_act_patch_attn_head_pattern_by_pos(*args, **kw)  # [layer, head, dest_pos]
+    runner = PatchRunner(
+        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
+        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_attn_head_by_pos_every",
+    )  # fmt: skip
+
+    def sweep(preset: Callable[..., Any]) -> Tensor:
+        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
+
+    pattern = sweep(get_act_patch_attn_head_pattern_by_pos)  # [layer, head, dest_pos]
     return torch.stack(
         [
-            get_act_patch_attn_head_out_by_pos(*args, **kw),
-            get_act_patch_attn_head_q_by_pos(*args, **kw),
-            _expand_kv(model, get_act_patch_attn_head_k_by_pos(*args, **kw), 2),
-            _expand_kv(model, get_act_patch_attn_head_v_by_pos(*args, **kw), 2),
+            sweep(get_act_patch_attn_head_out_by_pos),
+            sweep(get_act_patch_attn_head_q_by_pos),
+            _expand_kv(model, sweep(get_act_patch_attn_head_k_by_pos), 2),
+            _expand_kv(model, sweep(get_act_patch_attn_head_v_by_pos), 2),
             pattern.transpose(1, 2),  # [layer, pos, head]
         ]
     )
@@ -540,18 +783,26 @@ def get_act_patch_block_every(
     clean_cache: Mapping[str, Tensor] | Any,
     metric: PatchingMetric,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    reuse: bool = True,
     progress: bool = True,
 ) -> Tensor:
     """The residual stream at each block's start, each attention output and each MLP output, by
     position: ``[3, n_layers, pos]``."""
-    kw: dict[str, Any] = dict(batch_size=batch_size, progress=progress)
-    args = (model, corrupted_tokens, clean_cache, metric)
+    runner = PatchRunner(
+        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
+        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_block_every",
+    )  # fmt: skip
+
+    def sweep(preset: Callable[..., Any]) -> Tensor:
+        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
+
     return torch.stack(
         [
-            get_act_patch_resid_pre(*args, **kw),
-            get_act_patch_attn_out(*args, **kw),
-            get_act_patch_mlp_out(*args, **kw),
+            sweep(get_act_patch_resid_pre),
+            sweep(get_act_patch_attn_out),
+            sweep(get_act_patch_mlp_out),
         ]
     )
 

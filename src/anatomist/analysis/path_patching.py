@@ -33,10 +33,12 @@ from torch import Tensor
 
 from anatomist.analysis.patching import (
     PatchingMetric,
+    PatchRunner,
     _as_tokens,
     _check_clean_cache,
     _device,
     _scalar,
+    layer_of_hook,
 )
 from anatomist.utils import get_act_name
 
@@ -58,6 +60,7 @@ def path_patch(
     *,
     corrupted_cache: Mapping[str, Tensor] | Any = None,
     freeze_mlps: bool = False,
+    reuse: bool = True,
 ) -> float:
     """The metric after patching the path from `senders` (together) to `receivers`.
 
@@ -72,6 +75,10 @@ def path_patch(
         corrupted_cache: the corrupted run's ``hook_z`` (and ``hook_mlp_out`` with
             `freeze_mlps`) for every layer; computed when not given.
         freeze_mlps: also freeze every MLP output, so only head -> head paths count.
+        reuse: skip what equals the corrupted run: pass 1 starts at the first sender's block
+            and stops after the last receiver's, pass 2 starts at the first receiver's block,
+            both from the corrupted run's residual stream. False (or hooks attached to the
+            model, with a warning) runs both passes in full, as the classic recipe does.
 
     Returns:
         The metric of the pass-2 logits.
@@ -80,10 +87,10 @@ def path_patch(
         senders = [senders]  # type: ignore[list-item]
     group = [(int(layer), int(head)) for layer, head in senders]  # type: ignore[misc]
     tokens = _as_tokens(model, corrupted_tokens)
+    runner = PatchRunner(model, tokens, batch_size=1, reuse=reuse, what="path_patch")
     return _path_patch_groups(
-        model, tokens, clean_cache, patching_metric, [group], receivers, corrupted_cache,
-        freeze_mlps,
-    )[0]  # fmt: skip
+        runner, clean_cache, patching_metric, [group], receivers, corrupted_cache, freeze_mlps
+    )[0]
 
 
 def path_patch_heads(
@@ -95,14 +102,17 @@ def path_patch_heads(
     *,
     corrupted_cache: Mapping[str, Tensor] | Any = None,
     freeze_mlps: bool = False,
-    batch_size: int = 1,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    reuse: bool = True,
     progress: bool = True,
 ) -> Tensor:
     """`path_patch` with each head of the model as the only sender, in turn.
 
-    With ``batch_size=k`` the corrupted batch is replicated k times and k senders are measured
-    per pair of forward passes; the metric is called on each replica's logits
-    ``[batch, pos, d_vocab]``, as with one sender at a time.
+    The corrupted batch is replicated k times and k senders are measured per pair of forward
+    passes (k from `memory_budget` unless `batch_size` is given; ``batch_size=1`` is the classic
+    loop); the metric is called on each replica's logits ``[batch, pos, d_vocab]``, in head
+    order, as with one sender at a time. `reuse` as in `path_patch`.
 
     Returns:
         ``[n_layers, n_heads]``: the metric with head (layer, head) as the sender. A head that
@@ -111,19 +121,22 @@ def path_patch_heads(
     """
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     tokens = _as_tokens(model, corrupted_tokens)
+    runner = PatchRunner(
+        model, tokens, batch_size=batch_size, memory_budget=memory_budget, reuse=reuse,
+        what="path_patch_heads",
+    )  # fmt: skip
     cfg = model.cfg
     if corrupted_cache is None:
         corrupted_cache = _corrupted_cache(model, tokens, freeze_mlps)
     heads = [[(layer, head)] for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    runner.prepare(range(cfg.n_layers))
     values: list[float] = []
     with tqdm(total=len(heads), disable=not progress, desc="path patching") as bar:
-        for start in range(0, len(heads), batch_size):
-            chunk = heads[start : start + batch_size]
+        for start in range(0, len(heads), runner.batch_size):
+            chunk = heads[start : start + runner.batch_size]
             values += _path_patch_groups(
-                model, tokens, clean_cache, patching_metric, chunk, receivers, corrupted_cache,
+                runner, clean_cache, patching_metric, chunk, receivers, corrupted_cache,
                 freeze_mlps,
             )  # fmt: skip
             bar.update(len(chunk))
@@ -166,8 +179,7 @@ def _resolve_receivers(
 
 
 def _path_patch_groups(
-    model: Any,
-    tokens: Tensor,
+    runner: PatchRunner,
     clean_cache: Any,
     metric: PatchingMetric,
     groups: list[list[Head]],
@@ -176,6 +188,7 @@ def _path_patch_groups(
     freeze_mlps: bool,
 ) -> list[float]:
     """Path patch each sender group in its own replica of the corrupted batch: two forwards."""
+    model, tokens = runner.model, runner.tokens
     cfg = model.cfg
     for layer, head in (sender for group in groups for sender in group):
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
@@ -185,7 +198,6 @@ def _path_patch_groups(
             )
     _check_clean_cache(tokens, clean_cache, "z", {layer for g in groups for layer, _ in g})
     n_batch, n_rep = tokens.shape[0], len(groups)
-    replicated = tokens.repeat(n_rep, 1)  # [n_rep*B, pos]
     if corrupted_cache is None:
         corrupted_cache = _corrupted_cache(model, tokens, freeze_mlps)
     targets = _resolve_receivers(model, receivers, freeze_mlps)
@@ -224,11 +236,25 @@ def _path_patch_groups(
         recorded[hook.name] = activation.detach().clone()
 
     names = list(dict.fromkeys(name for name, _ in targets))
+    # Below the first sender's block pass 1 is the corrupted run, and nothing after the last
+    # receiver's block is read; pass 2 is the corrupted run below the first receiver's block.
+    first_sender = min(layer for group in groups for layer, _ in group)
+    receiver_layers = [layer_of_hook(n) for n in names]
+    in_blocks = None not in receiver_layers
+    known = [layer for layer in receiver_layers if layer is not None]
+    first_receiver = min(known) if in_blocks else None
+    last_receiver = max(known) if in_blocks else None
+    if last_receiver is not None and first_sender > last_receiver:
+        first_sender = last_receiver  # no sender reaches a receiver; pass 1 stays corrupted
+    runner.prepare([first_sender, first_receiver])
     # Recording hooks run after the freezing ones (added later), so a recorded value is final.
-    with torch.no_grad():
-        model.run_with_hooks(
-            replicated, fwd_hooks=pass1_hooks + [(n, record) for n in names], return_type=None
-        )
+    runner.run(
+        n_rep,
+        pass1_hooks + [(n, record) for n in names],
+        start_layer=first_sender,
+        stop_layer=None if last_receiver is None else last_receiver + 1,
+        return_type=None,
+    )
 
     def replace(name: str, heads: list[int | None]) -> Callable[..., Tensor]:
         def hook(activation: Tensor, hook: Any) -> Tensor:
@@ -244,8 +270,7 @@ def _path_patch_groups(
         return hook
 
     pass2_hooks = [(n, replace(n, [h for m, h in targets if m == n])) for n in names]
-    with torch.no_grad():
-        logits = model.run_with_hooks(replicated, fwd_hooks=pass2_hooks)
+    logits = runner.run(n_rep, pass2_hooks, start_layer=first_receiver)
     return [_scalar(metric(logits[r * n_batch : (r + 1) * n_batch])) for r in range(n_rep)]
 
 
