@@ -1,7 +1,11 @@
 """The patching section: activation-patching sweeps on SmolLM2's IOI prompt pair.
 
-Clean: "When John and Mary went to the store, John gave a drink to"; corrupted: the same with
-the second John swapped for Mary (same token length). The metric is the logit difference
+Clean: "When John and Mary went to the store, John gave a cold drink to"; corrupted: the same
+with the second John swapped for Mary (same token length: 16 tokens with BOS, the length the
+issue measured). At 16 tokens or more a forward of one prompt and a batched one run the same
+matrix-multiply kernel; below 16 rows this CPU's BLAS picks another kernel for the weights'
+[out, in] layout, and the classic loop (one prompt per forward) then differs from any batched
+run by float32 rounding (~2e-5 on this metric: docs/patching.md). The metric is the logit difference
 ``logits[:, -1, " Mary"] - logits[:, -1, " John"]`` (mean over the batch), a function of the
 logits only, so the library may batch cells.
 
@@ -37,8 +41,8 @@ from torch import Tensor
 from benchmarks.harness import Measurement
 from benchmarks.subjects import ModelFolder
 
-CLEAN = "When John and Mary went to the store, John gave a drink to"
-CORRUPTED = "When John and Mary went to the store, Mary gave a drink to"
+CLEAN = "When John and Mary went to the store, John gave a cold drink to"
+CORRUPTED = "When John and Mary went to the store, Mary gave a cold drink to"
 
 
 @dataclass
