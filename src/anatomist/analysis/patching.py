@@ -710,6 +710,29 @@ def _expand_kv(model: Any, result: Tensor, head_dim: int) -> Tensor:
     return result.repeat_interleave(group, dim=head_dim) if group > 1 else result
 
 
+def _shared_sweep(
+    model: Any,
+    corrupted_tokens: Any,
+    clean_cache: Any,
+    metric: PatchingMetric,
+    batch_size: int | None,
+    memory_budget: int | None,
+    reuse: bool,
+    progress: bool,
+    what: str,
+) -> Callable[[Callable[..., Any]], Tensor]:
+    """Run presets over one corrupted batch with one runner: one corrupted run, one warning."""
+    runner = PatchRunner(
+        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
+        memory_budget=memory_budget, reuse=reuse, what=what,
+    )  # fmt: skip
+
+    def sweep(preset: Callable[..., Any]) -> Tensor:
+        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
+
+    return sweep
+
+
 def get_act_patch_attn_head_all_pos_every(
     model: Any,
     corrupted_tokens: Tensor,
@@ -724,14 +747,10 @@ def get_act_patch_attn_head_all_pos_every(
     """Every head, all positions at once, for each of z, q, k, v, pattern (in that order):
     ``[5, n_layers, n_heads]``. Under GQA the k and v rows repeat each key/value head's result
     over its query heads."""
-    runner = PatchRunner(
-        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
-        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_attn_head_all_pos_every",
+    sweep = _shared_sweep(
+        model, corrupted_tokens, clean_cache, metric, batch_size, memory_budget, reuse, progress,
+        "get_act_patch_attn_head_all_pos_every",
     )  # fmt: skip
-
-    def sweep(preset: Callable[..., Any]) -> Tensor:
-        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
-
     return torch.stack(
         [
             sweep(get_act_patch_attn_head_out_all_pos),
@@ -757,14 +776,10 @@ def get_act_patch_attn_head_by_pos_every(
     """Every head at every position, for each of z, q, k, v, pattern (by destination position):
     ``[5, n_layers, pos, n_heads]``. Under GQA the k and v rows repeat each key/value head's
     result over its query heads."""
-    runner = PatchRunner(
-        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
-        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_attn_head_by_pos_every",
+    sweep = _shared_sweep(
+        model, corrupted_tokens, clean_cache, metric, batch_size, memory_budget, reuse, progress,
+        "get_act_patch_attn_head_by_pos_every",
     )  # fmt: skip
-
-    def sweep(preset: Callable[..., Any]) -> Tensor:
-        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
-
     pattern = sweep(get_act_patch_attn_head_pattern_by_pos)  # [layer, head, dest_pos]
     return torch.stack(
         [
@@ -790,14 +805,10 @@ def get_act_patch_block_every(
 ) -> Tensor:
     """The residual stream at each block's start, each attention output and each MLP output, by
     position: ``[3, n_layers, pos]``."""
-    runner = PatchRunner(
-        model, _as_tokens(model, corrupted_tokens), batch_size=batch_size,
-        memory_budget=memory_budget, reuse=reuse, what="get_act_patch_block_every",
+    sweep = _shared_sweep(
+        model, corrupted_tokens, clean_cache, metric, batch_size, memory_budget, reuse, progress,
+        "get_act_patch_block_every",
     )  # fmt: skip
-
-    def sweep(preset: Callable[..., Any]) -> Tensor:
-        return _run_preset(preset, runner, clean_cache, metric, progress=progress)  # type: ignore[no-any-return]
-
     return torch.stack(
         [
             sweep(get_act_patch_resid_pre),
