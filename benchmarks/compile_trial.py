@@ -51,6 +51,7 @@ from torch import Tensor
 import anatomist
 from anatomist.model import mlp as mlp_module
 from anatomist.model import transformer as transformer_module
+from benchmarks.harness import interleaved_times
 
 BAR_SPEEDUP = 1.2
 BAR_DIFF = 1e-5
@@ -111,22 +112,6 @@ class Explained:
     graphs: int
     breaks: int
     reasons: Counter[str] = field(default_factory=Counter)
-
-
-def interleaved_times(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 0
-) -> dict[str, list[float]]:
-    """Every time (seconds) of each callable, called round-robin `repeats` times."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def unique_graphs() -> int:

@@ -64,10 +64,11 @@ def _number(x: float) -> str:
     return f"{x:.2f}"
 
 
-def interleaved(
-    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Best seconds of each callable, called round-robin `repeats` times after `warmup`."""
+def interleaved_times(
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 0
+) -> dict[str, list[float]]:
+    """Every time (seconds) of each callable, called round-robin `repeats` times after
+    `warmup` rounds, so a slow spell of the machine hits all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -77,6 +78,14 @@ def interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Best seconds of each callable, called round-robin `repeats` times after `warmup`."""
+    times = interleaved_times(fns, repeats, warmup)
     return {name: min(t) for name, t in times.items()}
 
 
