@@ -40,6 +40,15 @@ def build(case: Case, folder: Path) -> Any:
     return hf
 
 
+def generation_pair(case: Case, folder: Path) -> tuple[Any, anatomist.HookedTransformer]:
+    """The HF model of `case` (saved to `folder`) set to generate every step (a random tiny model
+    would stop at a random EOS), and anatomist's unprocessed load of the same folder."""
+    hf = build(case, folder)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf, load(folder)
+
+
 @functools.lru_cache(maxsize=2)
 def _unprocessed(folder: Path) -> anatomist.HookedTransformer:
     """One unprocessed load per case, shared by the read-only checks (hooks are always removed)."""

@@ -13,7 +13,7 @@ import anatomist
 from anatomist.model.generate import sample_logits
 from tests.conftest import smollm2_gguf
 from tests.families.cases import gpt2, llama, mistral, mixtral
-from tests.families.parity import Case, build
+from tests.families.parity import build, generation_pair
 from tests.helpers import load
 
 CASES = {
@@ -27,12 +27,7 @@ NEW = 16
 
 @pytest.fixture(scope="module", params=list(CASES))
 def pair(request: Any, tmp_path_factory: Any) -> tuple[Any, anatomist.HookedTransformer]:
-    case: Case = CASES[request.param]
-    folder = tmp_path_factory.mktemp(request.param)
-    hf = build(case, folder)
-    hf.generation_config.eos_token_id = None  # random tiny models: run every step
-    hf.generation_config.pad_token_id = 0
-    return hf, load(folder)
+    return generation_pair(CASES[request.param], tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")

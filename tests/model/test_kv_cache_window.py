@@ -13,8 +13,8 @@ import torch
 import anatomist
 from anatomist.model.kv_cache import KVCache, KVCacheEntry
 from tests.families.cases import gemma2, gpt_oss, mistral
-from tests.families.parity import Case, build
-from tests.helpers import hf_logits, load
+from tests.families.parity import generation_pair
+from tests.helpers import hf_logits
 
 CASES = {
     "mistral-window4-gqa": mistral.CASES["window-gqa"],  # every layer windowed
@@ -27,12 +27,7 @@ STEPS = 9
 
 @pytest.fixture(scope="module", params=list(CASES))
 def pair(request: Any, tmp_path_factory: Any) -> tuple[Any, anatomist.HookedTransformer]:
-    case: Case = CASES[request.param]
-    folder = tmp_path_factory.mktemp(request.param)
-    hf = build(case, folder)
-    hf.generation_config.eos_token_id = None  # random tiny models: run every step
-    hf.generation_config.pad_token_id = 0
-    return hf, load(folder)
+    return generation_pair(CASES[request.param], tmp_path_factory.mktemp(request.param))
 
 
 def _tokens(vocab: int, batch: int = 2, pos: int = PROMPT + STEPS, seed: int = 7) -> torch.Tensor:
