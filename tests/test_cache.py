@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ def any_model(request: pytest.FixtureRequest) -> anatomist.HookedTransformer:
 
 def no_hooks_left(model: anatomist.HookedTransformer) -> bool:
     return all(
-        not hp._forward_hooks and not hp.fwd_hooks and not hp.bwd_hooks
+        not hp._forward_hooks and not hp.fwd_hooks and not hp.bwd_hooks and not hp._savers
         for hp in model.hook_dict.values()
     )
 
@@ -246,6 +248,108 @@ def test_incl_bwd_with_logits_output_raises(model: anatomist.HookedTransformer) 
         model.run_with_cache(tokens(), incl_bwd=True)
     with pytest.raises(ValueError, match="return_type='loss'"):
         model.run_with_cache(tokens(), incl_bwd=True, return_type="loss", loss_per_token=True)
+    assert no_hooks_left(model)
+
+
+# --- how the activations are taken ---------------------------------------------------------------
+# run_with_cache stores through HookPoint savers, not torch hooks; these pin what the classic
+# caching hooks did: the same tensors, after every hook attached before, nothing left behind.
+
+
+def test_cache_equals_what_classic_caching_hooks_record(
+    any_model: anatomist.HookedTransformer,
+) -> None:
+    store, fwd, _ = any_model.get_caching_hooks()
+    logits_hooked = any_model.run_with_hooks(tokens(), fwd_hooks=fwd)
+    logits, cache = any_model.run_with_cache(tokens())
+    assert set(cache.keys()) == set(store) and len(store) > 10
+    assert torch.equal(logits, logits_hooked)
+    for name, value in store.items():
+        assert torch.equal(cache[name], value), name
+    assert no_hooks_left(any_model)
+
+
+def test_cache_records_the_value_after_outer_hooks(model: anatomist.HookedTransformer) -> None:
+    """An edit by a hook of an enclosing context, or one added with add_hook, is what the cache
+    holds, and what flows on (the classic cache hooks ran last)."""
+    name, other = "blocks.0.hook_resid_mid", "blocks.1.hook_mlp_out"
+    model.add_hook(other, lambda x, hook: x * 0)
+    with model.hooks(fwd_hooks=[(name, lambda x, hook: x + 1.0)]):
+        _, cache = model.run_with_cache(tokens())
+        _, plain = model.run_with_cache(tokens(), names_filter=[name])  # the edit, once
+    model.reset_hooks()
+    _, clean = model.run_with_cache(tokens())
+    torch.testing.assert_close(cache[name], clean[name] + 1.0)
+    torch.testing.assert_close(plain[name], cache[name])
+    assert torch.count_nonzero(cache[other]) == 0 and torch.count_nonzero(clean[other]) > 0
+    assert not torch.equal(cache["blocks.1.hook_resid_pre"], clean["blocks.1.hook_resid_pre"])
+    assert no_hooks_left(model)
+
+
+def test_cached_points_count_as_hooked_during_the_run(model: anatomist.HookedTransformer) -> None:
+    """Inside the run a cached point reports has_hooks (models compute the attention pattern
+    explicitly only then); before and after it does not."""
+    seen: dict[str, bool] = {}
+
+    def look(x: Tensor, hook: anatomist.HookPoint) -> None:
+        seen["pattern"] = bool(model.hook_dict["blocks.0.attn.hook_pattern"].has_hooks)
+        seen["other"] = bool(model.hook_dict["blocks.1.attn.hook_pattern"].has_hooks)
+
+    assert not model.hook_dict["blocks.0.attn.hook_pattern"].has_hooks
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", look)]):
+        _, cache = model.run_with_cache(tokens(), names_filter="blocks.0.attn.hook_pattern")
+    assert seen == {"pattern": True, "other": False}
+    assert torch.allclose(cache["blocks.0.attn.hook_pattern"].sum(-1), torch.ones(2, 4, 7))
+    assert not model.hook_dict["blocks.0.attn.hook_pattern"].has_hooks
+
+
+def test_cache_savers_leave_when_the_forward_raises(model: anatomist.HookedTransformer) -> None:
+    def boom(x: Tensor, hook: anatomist.HookPoint) -> None:
+        raise RuntimeError("boom")
+
+    with (
+        model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", boom)]),
+        pytest.raises(RuntimeError, match="boom"),
+    ):
+        model.run_with_cache(tokens())
+    assert no_hooks_left(model)
+
+
+def test_check_hooks_to_add_sees_every_cached_point() -> None:
+    """A subclass that refuses hooks (check_hooks_to_add) is asked about each cached point
+    before the forward runs, as it was when caching went through hooks()."""
+
+    class Refusing(anatomist.HookedTransformer):
+        asked: list[str] = []
+
+        def check_hooks_to_add(
+            self, hook_point: Any, hook_point_name: str, *args: Any, **kw: Any
+        ) -> None:
+            self.asked.append(hook_point_name)
+            if hook_point_name == "blocks.1.hook_mlp_out":
+                raise ValueError("no hooks on blocks.1.hook_mlp_out")
+
+    model = Refusing(gpt2_like().cfg)
+    calls: list[int] = []
+    model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="no hooks on blocks.1.hook_mlp_out"):
+        model.run_with_cache(tokens())
+    assert calls == [] and "blocks.0.hook_resid_pre" in Refusing.asked
+    assert all(not hp._savers for hp in model.hook_dict.values())
+
+
+def test_reset_hooks_end_false_keeps_caching_hooks(model: anatomist.HookedTransformer) -> None:
+    """As in the classic library: the caching hooks stay and record later forward passes."""
+    names = ["blocks.0.hook_resid_post"]
+    _, store = model.run_with_cache(
+        tokens(seed=1), names_filter=names, reset_hooks_end=False, return_cache_object=False
+    )
+    first = store[names[0]]
+    model(tokens(seed=2))
+    assert not torch.equal(store[names[0]], first)
+    _, again = model.run_with_cache(tokens(seed=2), names_filter=names)
+    torch.testing.assert_close(store[names[0]], again[names[0]])
+    model.reset_hooks()
     assert no_hooks_left(model)
 
 

@@ -160,6 +160,11 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[LensHandle] = []
         self.bwd_hooks: list[LensHandle] = []
+        # run_with_cache's savers, (thread, fn(tensor, hook)): they store this point's final
+        # activation (after every hook) without torch's hook machinery, which costs ~10 us per
+        # hook point to add, call and remove. Replaced, never mutated, so a forward pass in
+        # another thread can read it while one thread attaches or removes its own.
+        self._savers: tuple[tuple[int, HookFunction], ...] = ()
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         # Most hook points have no hook at a given forward: skip nn.Module's call machinery
@@ -176,7 +181,12 @@ class HookPoint(nn.Module):
             or args
             or kwargs
         ):
-            return super().__call__(x, *args, **kwargs)
+            x = super().__call__(x, *args, **kwargs)
+        if self._savers:
+            thread = threading.get_ident()
+            for owner, save in self._savers:
+                if owner == thread:
+                    save(x, self)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -192,6 +202,10 @@ class HookPoint(nn.Module):
     def hooked_here(self) -> bool:
         """Whether any hook (ours or a raw torch forward hook) would see this activation in a
         forward pass of the calling thread: ``bool(has_hooks)``, without building the callable."""
+        if self._savers:
+            thread = threading.get_ident()
+            if any(owner == thread for owner, _ in self._savers):
+                return True
         if not self._forward_hooks:
             return False
         if len(self._forward_hooks) > len(self.fwd_hooks) + len(self.bwd_hooks):
@@ -694,11 +708,20 @@ class HookedRootModule(HookIntrospectionMixin, AtomicLoadMixin, nn.Module):
         slicer = None if pos_slice is None else Slice(pos_slice)
 
         def make_saver(key: str) -> HookFunction:
+            if slicer is None and not remove_batch_dim and device is None:
+
+                def save_view(tensor: Tensor, hook: HookPoint) -> None:
+                    # A view: nothing later writes into an activation in place, so no copy.
+                    store[key] = tensor.detach()
+
+                return save_view
+
             def save(tensor: Tensor, hook: HookPoint) -> None:
                 value = tensor.detach()
-                position_dim = _position_dim(key, value)
-                if slicer is not None and position_dim is not None:
-                    value = slicer.apply(value, dim=position_dim)
+                if slicer is not None:
+                    position_dim = _position_dim(key, value)
+                    if position_dim is not None:
+                        value = slicer.apply(value, dim=position_dim)
                 if remove_batch_dim:
                     value = value[0]
                 if device is not None:
@@ -775,7 +798,10 @@ class HookedRootModule(HookIntrospectionMixin, AtomicLoadMixin, nn.Module):
         store, fwd, bwd = self.get_caching_hooks(
             names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice
         )
-        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+        # Forward savers that leave with this call are not torch hooks (see HookPoint._savers);
+        # they still pass check_hooks_to_add, and run after every hook attached before them.
+        savers, fwd = (fwd, []) if reset_hooks_end else ([], fwd)
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts), self._saving(savers):
             output = self(*model_args, **model_kwargs)
             if incl_bwd:
                 target = getattr(output, "loss", output)
@@ -788,6 +814,26 @@ class HookedRootModule(HookIntrospectionMixin, AtomicLoadMixin, nn.Module):
         if return_cache_object:
             return output, self._make_cache(store, has_batch_dim=not remove_batch_dim)
         return output, store
+
+    @contextmanager
+    def _saving(self, savers: list[tuple[str, HookFunction]]) -> Iterator[None]:
+        """Attach `savers` (hook name, fn) for the calling thread for the duration of the block."""
+        for name, fn in savers:
+            self.check_hooks_to_add(self.hook_dict[name], name, fn, dir="fwd")
+        thread = threading.get_ident()
+        attached: list[tuple[HookPoint, tuple[int, HookFunction]]] = []
+        try:
+            with _HOOKS_LOCK:
+                for name, fn in savers:
+                    point, entry = self.hook_dict[name], (thread, fn)
+                    object.__setattr__(point, "_savers", (*point._savers, entry))
+                    attached.append((point, entry))
+            yield
+        finally:
+            with _HOOKS_LOCK:
+                for point, entry in attached:
+                    kept = tuple(e for e in point._savers if e is not entry)
+                    object.__setattr__(point, "_savers", kept)
 
     def _make_cache(self, store: dict[str, Tensor], has_batch_dim: bool) -> Any:
         from anatomist.cache import ActivationCache
