@@ -165,3 +165,39 @@ def test_run_with_cache_of_one_pattern_switches_only_that_layer(
     calls.update(sdpa=0, explicit=[])
     model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
     assert calls == {"sdpa": 3, "explicit": []}
+
+
+@pytest.mark.parametrize("side", ["none", "holes"])
+@pytest.mark.parametrize("kind", ["mha", "gqa", "mqa"])
+def test_explicit_scores_are_q_dot_k_and_lowest_where_masked(kind: str, side: str) -> None:
+    """hook_attn_scores holds q.k / attn_scale where a query may attend (query head h reading key
+    head h // group) and exactly the float32 minimum where it may not, as the classic masking
+    did; the pattern is their softmax."""
+    model = MODELS[kind]()
+    mask = masks(side)
+    _, cache = model.run_with_cache(
+        random_tokens(VOCAB, 2, SEQ),
+        names_filter=lambda n: (
+            n.endswith(("hook_q", "hook_k", "rot_q", "rot_k", "scores"))
+            or n.endswith("hook_pattern")
+        ),
+        **({} if mask is None else {"attention_mask": mask}),
+    )
+    cfg = model.cfg
+    allowed = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()[None, None]
+    if mask is not None:
+        allowed = allowed & mask.bool()[:, None, None, :]
+        # A query with no key to read (the first token, padded) is the model's to define.
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+    for layer in range(cfg.n_layers):
+        rotary = f"blocks.{layer}.attn.hook_rot_q" in cache
+        q = cache[f"blocks.{layer}.attn.hook_{'rot_q' if rotary else 'q'}"]  # [b, p, h, dh]
+        k = cache[f"blocks.{layer}.attn.hook_{'rot_k' if rotary else 'k'}"]  # [b, p, kv, dh]
+        k = k.repeat_interleave(cfg.n_heads // k.shape[2], dim=2)
+        expected = torch.einsum("bqhd,bkhd->bhqk", q, k) / cfg.attn_scale
+        scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        allowed_here = allowed.expand_as(scores)
+        torch.testing.assert_close(scores[allowed_here], expected[allowed_here])
+        assert (scores[~allowed_here] == torch.finfo(torch.float32).min).all()
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
+        torch.testing.assert_close(pattern, torch.softmax(scores, dim=-1))

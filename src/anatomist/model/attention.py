@@ -188,24 +188,21 @@ class Attention(nn.Module):
     def _explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None = None
     ) -> Tensor:
-        group = self.cfg.n_heads // self.cfg.n_kv_heads
-        if group > 1:
-            k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
         # At least float32 (scores, pattern, pattern @ v), rounded once at the end like the fused
         # kernel: hooking the pattern of a half-precision model does not add rounding error.
         dtype, wide = q.dtype, torch.promote_types(q.dtype, torch.float32)
         q, k, v = q.to(wide), k.to(wide), v.to(wide)
-        scores = q @ k.transpose(-1, -2) / self.scale  # [b, h, q, k]
+        # `scores` is a fresh tensor: scaled, biased and masked in place (the same numbers as
+        # out-of-place ops, without three more [b, h, q, k] tensors).
+        scores = _grouped_scores(q, k).div_(self.scale)  # [b, h, q, k]
         if bias is not None:  # ALiBi
-            scores = scores + bias
+            scores = scores.add_(bias)
         cap = self.cfg.attn_scores_soft_cap
         if cap is not None:  # Gemma 2: bound the scores smoothly to (-cap, cap) before masking
             scores = cap * torch.tanh(scores / cap)
-        if mask is None and self.cfg.causal:
-            mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        blocked = _blocked_scores(mask, self.cfg.causal, q.shape[-2], k.shape[-2], scores)
+        if blocked is not None:  # the same numbers as masked_fill, at a third of its cost
+            scores = scores.add_(blocked)
         scores = self.hook_attn_scores(scores)
         if self.cfg.attn_sinks:  # the sink joins the softmax; the pattern keeps the real keys
             sink = self.sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
@@ -213,7 +210,7 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(probs[..., :-1])
         else:
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))
-        return (pattern.to(wide) @ v).to(dtype)  # [b, h, q, dh]
+        return _grouped_mix(pattern.to(wide), v).to(dtype)  # [b, h, q, dh]
 
     def _fused_attention_with_sinks(
         self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None
@@ -346,6 +343,46 @@ def _within_window(
     band = (q_pos - k_pos < window)[None, None]
     base = causal_mask(q_len, k_len, device) if mask is None else mask
     return base & band
+
+
+def _grouped_scores(q: Tensor, k: Tensor) -> Tensor:
+    """``q @ k^T`` ``[b, h, q, k]`` for queries ``[b, h, q, dh]`` and keys ``[b, kv, k, dh]``,
+    query head i reading key head ``i // (h // kv)``: each key head's query heads are stacked
+    into one matrix, so the keys are not repeated per query head."""
+    b, h, q_len, dh = q.shape
+    kv, k_len = k.shape[1], k.shape[-2]
+    if kv == h:
+        return q @ k.transpose(-1, -2)
+    stacked = q.reshape(b, kv, (h // kv) * q_len, dh)
+    return (stacked @ k.transpose(-1, -2)).view(b, h, q_len, k_len)
+
+
+def _grouped_mix(pattern: Tensor, v: Tensor) -> Tensor:
+    """``pattern @ v`` ``[b, h, q, dh]`` for values ``[b, kv, k, dh]`` (as `_grouped_scores`)."""
+    b, h, q_len, k_len = pattern.shape
+    kv = v.shape[1]
+    if kv == h:
+        return pattern @ v
+    stacked = pattern.reshape(b, kv, (h // kv) * q_len, k_len)
+    return (stacked @ v).view(b, h, q_len, v.shape[-1])
+
+
+def _blocked_scores(
+    mask: Tensor | None, causal: bool, q_len: int, k_len: int, scores: Tensor
+) -> Tensor | None:
+    """What masking adds to the scores: 0 where a query may attend, the dtype's lowest value
+    where not (None: nothing masked). Adding it gives exactly ``masked_fill(~mask, lowest)``
+    for finite scores (``x + 0 == x``; ``x + lowest`` rounds to lowest for any score below
+    ~1e31); it is built at ``[q, k]`` (or the mask's shape), not at the scores' ``[b, h, q, k]``.
+    """
+    lowest = torch.finfo(scores.dtype).min
+    if mask is None:
+        if not causal:
+            return None
+        full = torch.full((q_len, k_len), lowest, dtype=scores.dtype, device=scores.device)
+        return full.triu_(diagonal=k_len - q_len + 1)
+    zeros = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    return zeros.masked_fill_(~mask, lowest)
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor:
