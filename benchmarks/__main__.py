@@ -192,8 +192,6 @@ def check_targets(rows: list[Measurement], dtype: str = "float32") -> list[Targe
                     )
                 )
         if m.section == "cache" and m.workload.startswith("run_with_cache all"):
-            shape = m.workload.rsplit(" ", 1)[-1]
-            our_forward = by.get((f"forward {shape}", m.model, "anatomist"))
             for peer in ("TL bridge", "TL bridge compat"):
                 if theirs := by.get((*key, peer)):
                     targets.append(
@@ -212,10 +210,8 @@ def check_targets(rows: list[Measurement], dtype: str = "float32") -> list[Targe
                             detail,
                         )
                     )
-                    their_forward = by.get((f"forward {shape}", m.model, peer))
-                    if our_forward and their_forward:
-                        ours_added = m.value - our_forward.value
-                        theirs_added = theirs.value - their_forward.value
+                    if "added_ms" in m.extra and "added_ms" in theirs.extra:
+                        ours_added, theirs_added = m.extra["added_ms"], theirs.extra["added_ms"]
                         ratio = ours_added / theirs_added if theirs_added > 0 else float("nan")
                         targets.append(
                             Target(

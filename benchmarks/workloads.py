@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.flops import forward_flops
-from benchmarks.harness import Measurement, interleaved
+from benchmarks.harness import Measurement, interleaved, interleaved_times
 from benchmarks.subjects import (
     ModelFolder,
     Subject,
@@ -131,6 +132,11 @@ def _cache_rows(
     sync: Callable[[], None],
     log: Callable[[str], None],
 ) -> list[Measurement]:
+    """run_with_cache of everything and of one activation per layer. Caching everything is
+    timed round-robin with each library's own forward, and its ``added_ms`` is the median over
+    rounds of (cache time - forward time) in the same round: what caching adds, measured where
+    a slow spell of the machine hits both alike (the best times of two separate runs can be
+    tens of ms apart on a shared machine, as much as the overhead itself)."""
     rows = []
     shape = f"{ids.shape[0]}x{ids.shape[1]}"
     for kind in ("cache_all", "cache_layer"):
@@ -143,12 +149,18 @@ def _cache_rows(
             with torch.inference_mode():
                 sizes[s.library] = fn(ids)  # also a warm-up
             jobs[s.library] = _job(fn, ids, sync)
-        log(f"    {kind} {shape}: {len(jobs)} libraries")
+            if kind == "cache_all":
+                jobs[f"{s.library}|forward"] = _job(s.forward, ids, sync)
+        log(f"    {kind} {shape}: {len(jobs)} jobs")
         with torch.inference_mode():
-            medians = interleaved(jobs, repeats, warmup=0)
+            times = interleaved_times(jobs, repeats)
         label = "run_with_cache all" if kind == "cache_all" else "run_with_cache resid_post"
-        for library, seconds in medians.items():
+        for library in sizes:
+            seconds = min(times[library])
             extra = {"cache_mb": sizes[library] / 2**20}
+            if kind == "cache_all":
+                paired = zip(times[library], times[f"{library}|forward"], strict=True)
+                extra["added_ms"] = 1e3 * statistics.median(c - f for c, f in paired)
             rows.append(
                 Measurement(
                     "cache", f"{label} {shape}", model.name, library, seconds, "ms", repeats, extra
