@@ -124,6 +124,9 @@ def _job(
     return run
 
 
+PAIRED_ROUNDS = 3  # cache_all rounds per repeat (see _cache_rows)
+
+
 def _cache_rows(
     model: ModelFolder,
     subjects: list[Subject],
@@ -136,7 +139,9 @@ def _cache_rows(
     timed round-robin with each library's own forward, and its ``added_ms`` is the median over
     rounds of (cache time - forward time) in the same round: what caching adds, measured where
     a slow spell of the machine hits both alike (the best times of two separate runs can be
-    tens of ms apart on a shared machine, as much as the overhead itself)."""
+    tens of ms apart on a shared machine, as much as the overhead itself). It gets
+    `PAIRED_ROUNDS` times the repeats: a median of 7 differences still moved by +-10 ms (0.34
+    to 0.54 of the bridge's overhead in two runs of the same code)."""
     rows = []
     shape = f"{ids.shape[0]}x{ids.shape[1]}"
     for kind in ("cache_all", "cache_layer"):
@@ -151,9 +156,10 @@ def _cache_rows(
             jobs[s.library] = _job(fn, ids, sync)
             if kind == "cache_all":
                 jobs[f"{s.library}|forward"] = _job(s.forward, ids, sync)
-        log(f"    {kind} {shape}: {len(jobs)} jobs")
+        rounds = repeats * PAIRED_ROUNDS if kind == "cache_all" else repeats
+        log(f"    {kind} {shape}: {len(jobs)} jobs x {rounds} repeats")
         with torch.inference_mode():
-            times = interleaved_times(jobs, repeats)
+            times = interleaved_times(jobs, rounds)
         label = "run_with_cache all" if kind == "cache_all" else "run_with_cache resid_post"
         for library in sizes:
             seconds = min(times[library])
@@ -163,7 +169,7 @@ def _cache_rows(
                 extra["added_ms"] = 1e3 * statistics.median(c - f for c, f in paired)
             rows.append(
                 Measurement(
-                    "cache", f"{label} {shape}", model.name, library, seconds, "ms", repeats, extra
+                    "cache", f"{label} {shape}", model.name, library, seconds, "ms", rounds, extra
                 )
             )
         gc.collect()

@@ -153,6 +153,13 @@ class HookPoint(nn.Module):
     flag (e.g. ``"use_attn_result"``) without which this hook point never fires.
     """
 
+    # run_with_cache's savers, (thread, fn(tensor, hook)): they store this point's final
+    # activation (after every hook) without torch's hook machinery, which costs ~10 us per hook
+    # point to add, call and remove. Replaced, never mutated, so a forward pass in another
+    # thread can read it while one thread attaches or removes its own. A class default, so a
+    # subclass that skips this __init__ still works.
+    _savers: tuple[tuple[int, HookFunction], ...] = ()
+
     def __init__(self, opt_in: str | None = None) -> None:
         super().__init__()
         self.name: str | None = None
@@ -160,11 +167,6 @@ class HookPoint(nn.Module):
         self.ctx: dict[Any, Any] = {}
         self.fwd_hooks: list[LensHandle] = []
         self.bwd_hooks: list[LensHandle] = []
-        # run_with_cache's savers, (thread, fn(tensor, hook)): they store this point's final
-        # activation (after every hook) without torch's hook machinery, which costs ~10 us per
-        # hook point to add, call and remove. Replaced, never mutated, so a forward pass in
-        # another thread can read it while one thread attaches or removes its own.
-        self._savers: tuple[tuple[int, HookFunction], ...] = ()
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         # Most hook points have no hook at a given forward: skip nn.Module's call machinery
