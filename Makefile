@@ -33,7 +33,7 @@ $(VENV)/.demo: $(BIN)/python pyproject.toml
 # transformer-lens; sae-lens itself goes in with --no-deps because it requires
 # transformer-lens<4, which anatomist.compat stands in for.
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,sae]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,sae,harvest]"
 	$(BIN)/python -m pip install --quiet --no-deps "sae-lens==6.54.*"
 	touch $@ $(VENV)/.demo
 

@@ -33,7 +33,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect.add_argument("model")
     inspect.add_argument("--no-progress", action="store_true")
 
+    grab = commands.add_parser(
+        "harvest",
+        help="write the activations of hooks over a corpus to a folder (resumable; torchrun)",
+        description="Run a model over a corpus and write the activations of the given hooks "
+        "to OUT as a datasets dataset in shards (docs/scale.md). Run the same command again to "
+        "finish a killed run; under torchrun each rank writes its share of the shards.",
+    )
+    grab.add_argument("model", help="name, alias, folder or .gguf file")
+    grab.add_argument("corpus", help="a saved dataset, a folder or file of .txt/.jsonl/.parquet")
+    grab.add_argument("out", help="the output folder")
+    grab.add_argument(
+        "--hook",
+        action="append",
+        required=True,
+        dest="hooks",
+        help="a hook name (repeat for several)",
+    )
+    grab.add_argument("--context-length", type=int, default=128)
+    grab.add_argument("--batch-size", type=int, default=8)
+    grab.add_argument("--no-bos", action="store_true", help="rows without a BOS token")
+    grab.add_argument("--positions", default="all", help="all, last, or START:STOP")
+    grab.add_argument("--dtype", default=None, help="float32, float16 or float64")
+    grab.add_argument("--rows-per-shard", type=int, default=1024)
+    grab.add_argument("--max-rows", type=int, default=None)
+    grab.add_argument("--max-tokens", type=int, default=None)
+    grab.add_argument("--text-column", default="text")
+    grab.add_argument("--quiet", action="store_true", help="no progress bars")
+
     args = parser.parse_args(argv)
+    if args.command == "harvest":
+        return run_harvest(args)
     with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
         if args.command == "demo":
             report = None if args.no_report else args.report
@@ -42,6 +72,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             run_inspect(args.model, not args.no_progress)
+    return 0
+
+
+def run_harvest(args: argparse.Namespace) -> int:
+    from anatomist.harvest import harvest
+
+    positions: str | slice = args.positions
+    if ":" in args.positions:
+        start, stop = (int(part) if part else None for part in args.positions.split(":", 1))
+        positions = slice(start, stop)
+    out = harvest(
+        args.model,
+        args.corpus,
+        args.hooks,
+        args.out,
+        context_length=args.context_length,
+        batch_size=args.batch_size,
+        prepend_bos=not args.no_bos,
+        positions=positions,
+        dtype=args.dtype,
+        rows_per_shard=args.rows_per_shard,
+        max_rows=args.max_rows,
+        max_tokens=args.max_tokens,
+        text_column=args.text_column,
+        progress=not args.quiet,
+    )
+    print(f"Activations in {out} (datasets.load_from_disk or anatomist.harvest.ActivationDataset).")
     return 0
 
 
