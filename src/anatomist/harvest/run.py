@@ -163,7 +163,10 @@ def _model(model: Any, progress: bool) -> Any:
     if isinstance(model, str | Path):
         from anatomist import HookedTransformer
 
-        return HookedTransformer.from_pretrained(str(model), progress=progress)
+        kwargs: dict[str, Any] = {}
+        if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kwargs["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # a GPU per rank
+        return HookedTransformer.from_pretrained(str(model), progress=progress, **kwargs)
     if not hasattr(model, "run_with_cache") or not hasattr(model, "resolve_hook_names"):
         raise TypeError(
             f"model must be a HookedTransformer or a model name, not {type(model).__name__}."
