@@ -195,12 +195,14 @@ def _activations(
     stored: torch.dtype,
     bar: Any,
 ) -> dict[str, np.ndarray]:
-    """``{hook: [rows, positions, features]}`` for one shard, computed batch by batch."""
+    """``{hook: [rows, positions, features]}`` for one shard, computed batch by batch into
+    arrays allocated once per shard (the shard buffer; no list of batches to join)."""
     from anatomist.hooks import _position_dim
 
     device = model.cfg.device
     stop = _stop_layer(model, hook_names)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in hook_names}
+    numpy_dtype = torch.empty(0, dtype=stored).numpy().dtype
+    arrays: dict[str, np.ndarray] = {}
     for start in range(0, len(shard_rows), batch_size):
         batch = torch.stack(shard_rows[start : start + batch_size]).to(device)
         kwargs: dict[str, Any] = {"stop_at_layer": stop} if stop is not None else {}
@@ -216,10 +218,14 @@ def _activations(
                     "routed tokens): it cannot be harvested per row."
                 )
             value = value.movedim(position_dim, 1)[:, keep].flatten(2)
-            parts[name].append(value.to(device="cpu", dtype=stored).numpy())
+            if name not in arrays:
+                shape = (len(shard_rows), *value.shape[1:])
+                arrays[name] = np.empty(shape, dtype=numpy_dtype)
+            target = torch.from_numpy(arrays[name][start : start + batch.shape[0]])
+            target.copy_(value)  # casts to the stored dtype on the way
         if bar is not None:
             bar.update(batch.numel())  # tokens
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return arrays
 
 
 # --- rows ----------------------------------------------------------------------------------------
