@@ -24,6 +24,7 @@ Writes ``<out>/<machine>.md`` (the table) and ``<out>/<machine>.json`` (every nu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -33,12 +34,20 @@ import torch
 
 from benchmarks.flops import gemm_rate
 from benchmarks.harness import Measurement, Target, environment, write_results
+from benchmarks.harvest import run_harvest_section
 from benchmarks.patching import run_patching
 from benchmarks.processes import run_import, run_loading
 from benchmarks.subjects import make_workdir, prepare_models
 from benchmarks.workloads import run_generation, run_model_sections
 
-SECTIONS = ("forward", "patching", "load", "import", "generate")  # forward: hooks, cache, flops
+SECTIONS = (
+    "forward",
+    "patching",
+    "load",
+    "import",
+    "generate",
+    "harvest",
+)  # forward: hooks, cache, flops
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU_PRESET = dict(
     device="cuda",
@@ -72,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="repeats of the small workload")
     parser.add_argument("--big-repeats", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens per generation")
+    parser.add_argument(
+        "--harvest-tokens",
+        type=int,
+        default=32768,
+        help="corpus size of the harvest section (its peak RSS is also taken at half of it)",
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for <machine>.md/.json")
     parser.add_argument(
@@ -83,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.quick:
         args.small, args.big, args.repeats, args.new_tokens = "1x16", "", 2, 4
+        args.harvest_tokens = 2048
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -141,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             if "generate" in sections and model.gguf is not None:
                 log(f"generation: {model.name}")
                 rows += run_generation(model, args.new_tokens, 3, args.device, dtype)
+            if "harvest" in sections and model.gguf is not None and args.device == "cpu":
+                log(f"harvest: {model.name}")
+                nnsight = importlib.util.find_spec("nnsight") is not None
+                rows += run_harvest_section(
+                    model, args.harvest_tokens, torch.get_num_threads(), log, nnsight
+                )
             if "load" in sections and model.gguf is not None and args.device == "cpu":
                 log(f"loading: {model.name}")
                 rows += run_loading(
@@ -250,6 +272,25 @@ def check_targets(rows: list[Measurement], dtype: str = "float32") -> list[Targe
                         detail,
                     )
                 )
+        if m.section == "harvest":
+            if hand := by.get((*key, "HF hand loop")):
+                targets.append(
+                    Target(
+                        "harvest tokens/s vs the hand-written transformers loop",
+                        m.value / hand.value,
+                        1.0,
+                        detail,
+                        higher_is_better=True,
+                    )
+                )
+            targets.append(
+                Target(
+                    "harvest peak RSS, the corpus doubled / the corpus",
+                    m.extra["peak_mb"] / m.extra["peak_mb_half"],
+                    1.1,
+                    detail,
+                )
+            )
         if m.section == "load":
             base = by.get(("load -", m.model, "baseline"))
             if base:

@@ -274,3 +274,21 @@ def test_sampled_generation_rows(tmp_path: Path) -> None:
     for row in rows:  # no early stop: every row ran its 3 new tokens
         assert row.workload == "sampled generate 3x3 tokens" and row.extra["new_tokens"] == 3
         assert row.unit == "tokens/s" and row.value > 0
+
+
+def test_harvest_targets() -> None:
+    """Throughput is higher-is-better against the hand loop; the peak must stay flat as the
+    corpus doubles."""
+    m, w = "tiny", "harvest 100 tokens, 3 hooks"
+    rows = [
+        Measurement("harvest", w, m, "anatomist", 120.0, "tokens/s", extra={"peak_mb": 1050, "peak_mb_half": 1000}),
+        Measurement("harvest", w, m, "HF hand loop", 100.0, "tokens/s", extra={"peak_mb": 900, "peak_mb_half": 600}),
+        Measurement("harvest", w, m, "anatomist 2 ranks x 1 thread", 90.0, "tokens/s", extra={"peak_mb": 1}),
+    ]  # fmt: skip
+    targets = check_targets(rows)
+    speed = by_name(targets, "harvest tokens/s")
+    flat = by_name(targets, "harvest peak RSS")
+    assert speed.measured == pytest.approx(1.2) and speed.holds
+    assert flat.measured == pytest.approx(1.05) and flat.holds
+    rows[0].extra["peak_mb"] = 2000
+    assert not by_name(check_targets(rows), "harvest peak RSS").holds

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 FORMAT = "anatomist-harvest/1"
+SHARD_BYTES = 64 * 2**20  # activations per shard when rows_per_shard is not given
 SETTINGS_FILE = "harvest.json"  # written first: what this folder is a harvest of
 MANIFEST_FILE = "manifest.json"  # written last: the harvest is complete
 _STORED_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64"}
@@ -41,7 +42,7 @@ def harvest(
     prepend_bos: bool = True,
     positions: str | slice | None = None,
     dtype: torch.dtype | str | None = None,
-    rows_per_shard: int = 1024,
+    rows_per_shard: int | None = None,
     max_rows: int | None = None,
     max_tokens: int | None = None,
     text_column: str = "text",
@@ -61,7 +62,9 @@ def harvest(
         batch_size: rows per forward pass.
         positions: which positions to keep: None or ``"all"``, ``"last"``, or a slice.
         dtype: the stored dtype (float32, float16 or float64); default: the model's.
-        rows_per_shard: rows per shard (the unit of resuming and of the memory buffer).
+        rows_per_shard: rows per shard, the unit of writing and resuming. Default: as many as
+            make `SHARD_BYTES` (64 MiB) of activations; the writer holds about 3 shards' worth
+            at its peak (the buffer, Arrow's copy, the write), whatever the corpus size.
         max_rows / max_tokens: stop after that many rows / whole rows holding at most that many
             tokens; otherwise at the end of the corpus.
         progress: show a progress bar (rows, tokens/s, ETA when the total is known).
@@ -79,7 +82,7 @@ def harvest(
     model = _model(model, progress)
     if context_length < 2:
         raise ValueError(f"context_length must be at least 2, got {context_length}.")
-    if batch_size < 1 or rows_per_shard < 1:
+    if batch_size < 1 or (rows_per_shard is not None and rows_per_shard < 1):
         raise ValueError(
             f"batch_size and rows_per_shard must be positive, got {batch_size} and "
             f"{rows_per_shard}."
@@ -93,6 +96,8 @@ def harvest(
     if model.tokenizer is None:
         raise ValueError("harvest needs the model's tokenizer: load the model with one.")
 
+    if rows_per_shard is None:
+        rows_per_shard = _rows_for(model, hook_names, context_length, keep, stored)
     rank, world = distributed.rank_and_world()
     out = Path(out)
     settings = _settings(
@@ -134,7 +139,7 @@ def harvest(
             columns = _activations(model, shard_rows, hook_names, batch_size, keep, stored, bar)
             shapes = {name: list(columns[name].shape[1:]) for name in hook_names}
             first = index * rows_per_shard
-            _write_shard(out, index, columns, shard_rows, first, keep)
+            _write_shard(out, index, columns, shard_rows, first, keep)  # empties `columns`
     finally:
         if bar is not None:
             bar.close()
@@ -174,15 +179,27 @@ def _model(model: Any, progress: bool) -> Any:
     return model
 
 
+def _rows_for(
+    model: Any, hook_names: list[str], context_length: int, keep: slice, stored: torch.dtype
+) -> int:
+    """Rows per shard for `SHARD_BYTES`, from the stored size of one row (one forward of a
+    row of token 0; the shapes, not the values, matter)."""
+    probe = [torch.zeros(context_length, dtype=torch.long)]
+    row_bytes = sum(
+        a.nbytes for a in _activations(model, probe, hook_names, 1, keep, stored, None).values()
+    )
+    return max(1, SHARD_BYTES // max(row_bytes, 1))
+
+
 def _stop_layer(model: Any, hook_names: list[str]) -> int | None:
-    """The block after the last hooked one: later blocks need not run (None: run them all)."""
+    """The block after the last hooked one: later blocks, the final norm and the unembedding
+    need not run (None: a hook lies outside the blocks, run everything)."""
     from anatomist.analysis.patching import layer_of_hook
 
     layers = [layer_of_hook(name) for name in hook_names]
     if any(layer is None for layer in layers) or not hasattr(model, "blocks"):
         return None
-    last = max(layer for layer in layers if layer is not None) + 1
-    return None if last >= len(model.blocks) else last
+    return max(layer for layer in layers if layer is not None) + 1
 
 
 @torch.inference_mode()
@@ -206,9 +223,10 @@ def _activations(
     for start in range(0, len(shard_rows), batch_size):
         batch = torch.stack(shard_rows[start : start + batch_size]).to(device)
         kwargs: dict[str, Any] = {"stop_at_layer": stop} if stop is not None else {}
-        _, cache = model.run_with_cache(
+        # Only the cache is kept: an unneeded output (the logits) must not outlive this call.
+        cache = model.run_with_cache(
             batch, names_filter=hook_names, return_cache_object=False, **kwargs
-        )
+        )[1]
         for name in hook_names:
             value = cache[name]
             position_dim = _position_dim(name, value)
@@ -369,6 +387,8 @@ def _write_shard(
     data["row"] = np.arange(first_row, first_row + len(shard_rows), dtype=np.int64)
     features = _features(columns, data["token_ids"].shape[1])
     table = datasets.Dataset.from_dict(data, features=features)
+    data.clear()
+    columns.clear()  # the shard buffer goes as soon as Arrow holds the rows
     final = out / f"shard_{index:05d}"
     temporary = out / f".shard_{index:05d}.tmp{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
