@@ -53,6 +53,14 @@ def tiny_llama(folder: Path, **overrides: Any) -> transformers.PreTrainedModel:
     return model
 
 
+def tiny_llama_folder(folder: Path) -> Path:
+    """A tiny grouped-query Llama and the word-level tokenizer saved in `folder`, a model
+    folder any loader (and a subprocess) can read."""
+    tiny_llama(folder, num_key_value_heads=2)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def random_tokens(vocab: int, batch: int = 2, pos: int = 12, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, pos), generator=gen)

@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 
 from anatomist.cli import main
-from tests.helpers import tiny_llama, tiny_tokenizer
+from tests.helpers import tiny_llama_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli")
-    tiny_llama(path, num_key_value_heads=2)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return tiny_llama_folder(tmp_path_factory.mktemp("cli"))
 
 
 def test_demo_prints_the_three_results(

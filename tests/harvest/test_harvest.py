@@ -24,7 +24,7 @@ from anatomist.cli import main
 from anatomist.harvest import ActivationDataset, harvest
 from anatomist.harvest import run as harvest_run
 from anatomist.utils import tokenize_and_concatenate
-from tests.helpers import WORDS, tiny_llama, tiny_tokenizer
+from tests.helpers import WORDS, tiny_llama_folder
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.attn.hook_pattern"]
@@ -37,10 +37,7 @@ def texts(n: int = 120, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("harvest-model")
-    tiny_llama(path, num_key_value_heads=2)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return tiny_llama_folder(tmp_path_factory.mktemp("harvest-model"))
 
 
 @pytest.fixture(scope="module")
