@@ -336,3 +336,43 @@ def test_cli_harvest(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     acts = ActivationDataset(out)
     assert len(acts) == 6 and acts.hook_names == HOOKS[:2]
     assert acts[0][HOOKS[0]].shape == (2, 32)
+
+
+DYING_RANK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads(1)
+from anatomist.harvest import harvest
+from anatomist.harvest import run
+from tests.harvest.test_harvest import texts, HOOKS
+write = run._write_shard
+def dies_on_rank_1(out, index, *args):
+    if os.environ["RANK"] == "1" and index == 5:
+        raise RuntimeError("rank 1 dies")
+    write(out, index, *args)
+run._write_shard = dies_on_rank_1
+harvest({model!r}, texts(), HOOKS, {out!r}, context_length=8, rows_per_shard=4, progress=False)
+"""
+
+
+def test_a_dying_rank_fails_the_run_and_the_same_command_completes_it(
+    folder: Path, model: Any, tmp_path: Path
+) -> None:
+    kwargs: dict[str, Any] = dict(context_length=8, rows_per_shard=4, progress=False)
+    single = stored(harvest(model, texts(), HOOKS, tmp_path / "one", **kwargs))
+    script = tmp_path / "run.py"
+    out = tmp_path / "two"
+    script.write_text(DYING_RANK_SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert failed.returncode != 0 and "rank 1 dies" in failed.stderr + failed.stdout
+    assert not (out / "manifest.json").exists() and not (out / "shard_00005").exists()
+    script.write_text(TORCHRUN_SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out)))
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = stored(out)
+    for name in single:
+        np.testing.assert_allclose(resumed[name], single[name], atol=1e-6, rtol=0, err_msg=name)
