@@ -104,6 +104,21 @@ class HookRow:
     max_diff: float  # over the cached activations and the logits
     repeats: int
 
+    @classmethod
+    def of(
+        cls,
+        model: str,
+        how: str,
+        shape: str,
+        graphs: list[int],
+        times: dict[str, list[float]],
+        max_diff: float,
+        repeats: int,
+    ) -> HookRow:
+        """A row from `interleaved_times`' seconds of the "eager" and "compiled" calls."""
+        eager, compiled = (statistics.median(times[k]) * 1e3 for k in ("eager", "compiled"))
+        return cls(model, how, shape, graphs, eager, compiled, max_diff, repeats)
+
 
 @dataclass
 class Explained:
@@ -256,16 +271,7 @@ def trial_hooks(
         model.run_with_cache(x, names_filter=names)
         graphs.append(unique_graphs() - before)
         rows.append(
-            HookRow(
-                model_name,
-                "run_with_cache each call",
-                label,
-                graphs,
-                statistics.median(times["eager"]) * 1e3,
-                statistics.median(times["compiled"]) * 1e3,
-                worst,
-                calls,
-            )
+            HookRow.of(model_name, "run_with_cache each call", label, graphs, times, worst, calls)
         )
         print(rows[-1], flush=True)
 
@@ -295,15 +301,8 @@ def trial_hooks(
             model.reset_hooks()
             model.is_caching = False
         rows.append(
-            HookRow(
-                model_name,
-                "fixed caching hooks, added once",
-                label,
-                graphs,
-                statistics.median(times["eager"]) * 1e3,
-                statistics.median(times["compiled"]) * 1e3,
-                worst,
-                calls,
+            HookRow.of(
+                model_name, "fixed caching hooks, added once", label, graphs, times, worst, calls
             )
         )
         print(rows[-1], flush=True)

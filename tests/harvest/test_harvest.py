@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model(folder: Path) -> anatomist.HookedTransformer:
     return anatomist.HookedTransformer.from_pretrained(str(folder), progress=False)
+
+
+# The resume and rank tests' runs, in-process and in harvest_script's subprocesses.
+SETTINGS: dict[str, Any] = dict(context_length=8, rows_per_shard=4, progress=False)
 
 
 def stored(path: Path) -> dict[str, np.ndarray]:
@@ -194,8 +199,7 @@ def test_reading_an_unfinished_folder_says_how_to_finish_it(tmp_path: Path) -> N
 def test_a_crash_between_shards_resumes_to_the_same_result(
     model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kwargs: dict[str, Any] = dict(context_length=8, rows_per_shard=4, progress=False)
-    whole = stored(harvest(model, texts(), HOOKS, tmp_path / "whole", **kwargs))
+    whole = stored(harvest(model, texts(), HOOKS, tmp_path / "whole", **SETTINGS))
     real = harvest_run._write_shard
     written: list[int] = []
 
@@ -208,7 +212,7 @@ def test_a_crash_between_shards_resumes_to_the_same_result(
 
     monkeypatch.setattr(harvest_run, "_write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        harvest(model, texts(), HOOKS, tmp_path / "resumed", **kwargs)
+        harvest(model, texts(), HOOKS, tmp_path / "resumed", **SETTINGS)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     with pytest.raises(FileNotFoundError):
         ActivationDataset(tmp_path / "resumed")
@@ -219,7 +223,7 @@ def test_a_crash_between_shards_resumes_to_the_same_result(
         "_write_shard",
         lambda out, index, *a: (calls.append(index), real(out, index, *a)),
     )
-    resumed = stored(harvest(model, texts(), HOOKS, tmp_path / "resumed", **kwargs))
+    resumed = stored(harvest(model, texts(), HOOKS, tmp_path / "resumed", **SETTINGS))
     assert calls[0] == 2 and 0 not in calls and 1 not in calls  # finished shards kept
     assert not list((tmp_path / "resumed").glob(".shard_*"))
     assert resumed.keys() == whole.keys()
@@ -227,29 +231,49 @@ def test_a_crash_between_shards_resumes_to_the_same_result(
         np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
 
 
-SCRIPT = """
-import sys, time
-sys.path.insert(0, {repo!r})
-from anatomist.harvest import harvest
-from anatomist.harvest import run
-from tests.harvest.test_harvest import texts, HOOKS
+def harvest_script(folder: Path, out: Path, patch: str = "") -> str:
+    """Python source that harvests `texts()` with the folder's model into `out` (the same
+    settings as the in-process runs), after `patch` (which may replace run._write_shard)."""
+    return "\n".join([
+        "import os, sys, time",
+        f"sys.path.insert(0, {str(REPO)!r})",
+        "import torch",
+        "torch.set_num_threads(1)",
+        "from anatomist.harvest import harvest, run",
+        "from tests.harvest.test_harvest import texts, HOOKS",
+        textwrap.dedent(patch),
+        "from tests.harvest.test_harvest import SETTINGS",
+        f"harvest({str(folder)!r}, texts(), HOOKS, {str(out)!r}, **SETTINGS)",
+    ])  # fmt: skip
+
+
+SLOW_WRITES = """
 slow = run._write_shard
 def write_slowly(*args):
     slow(*args)
-    time.sleep({pause})
+    time.sleep(0.3)
 run._write_shard = write_slowly
-harvest({model!r}, texts(), HOOKS, {out!r}, context_length=8, rows_per_shard=4, progress=False)
 """
+
+
+def torchrun(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`script` run by 2 ranks of 1 thread under torchrun (gloo)."""
+    path = tmp_path / "run.py"
+    path.write_text(script)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
 
 
 def test_sigkill_at_any_moment_then_the_same_command_completes_it(
     folder: Path, model: Any, tmp_path: Path
 ) -> None:
-    kwargs: dict[str, Any] = dict(context_length=8, rows_per_shard=4, progress=False)
-    whole = stored(harvest(model, texts(), HOOKS, tmp_path / "whole", **kwargs))
+    whole = stored(harvest(model, texts(), HOOKS, tmp_path / "whole", **SETTINGS))
     out = tmp_path / "killed"
-    script = SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out), pause=0.3)
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-c", harvest_script(folder, out, SLOW_WRITES)], cwd=REPO
+    )
     deadline = time.monotonic() + 120
     while not (out / "shard_00002").exists():
         assert process.poll() is None, "the harvest ended before it could be killed"
@@ -260,40 +284,20 @@ def test_sigkill_at_any_moment_then_the_same_command_completes_it(
     assert not (out / "manifest.json").exists()
     done = sorted(p.name for p in out.glob("shard_*"))
     assert "shard_00002" in done and len(done) < len(whole["row"]) // 4
-    resumed = stored(harvest(str(folder), texts(), HOOKS, out, **kwargs))
+    resumed = stored(harvest(str(folder), texts(), HOOKS, out, **SETTINGS))
     for name in whole:
         np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
 
 
 # --- several processes ---------------------------------------------------------------------------
 
-TORCHRUN_SCRIPT = """
-import sys
-sys.path.insert(0, {repo!r})
-import torch
-torch.set_num_threads(1)
-from anatomist.harvest import harvest
-from tests.harvest.test_harvest import texts, HOOKS
-harvest({model!r}, texts(), HOOKS, {out!r}, context_length=8, rows_per_shard=4, progress=False)
-"""
-
 
 def test_two_processes_under_torchrun_equal_one(folder: Path, model: Any, tmp_path: Path) -> None:
     single = stored(
-        harvest(model, texts(), HOOKS, tmp_path / "one", context_length=8, rows_per_shard=4,
-                progress=False)
+        harvest(model, texts(), HOOKS, tmp_path / "one", **SETTINGS)
     )  # fmt: skip
-    script = tmp_path / "run.py"
     out = tmp_path / "two"
-    script.write_text(TORCHRUN_SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out)))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=180,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    result = torchrun(harvest_script(folder, out), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     double = stored(out)
     assert double.keys() == single.keys()
@@ -338,40 +342,25 @@ def test_cli_harvest(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert acts[0][HOOKS[0]].shape == (2, 32)
 
 
-DYING_RANK_SCRIPT = """
-import os, sys
-sys.path.insert(0, {repo!r})
-import torch
-torch.set_num_threads(1)
-from anatomist.harvest import harvest
-from anatomist.harvest import run
-from tests.harvest.test_harvest import texts, HOOKS
+RANK_1_DIES = """
 write = run._write_shard
 def dies_on_rank_1(out, index, *args):
     if os.environ["RANK"] == "1" and index == 5:
         raise RuntimeError("rank 1 dies")
     write(out, index, *args)
 run._write_shard = dies_on_rank_1
-harvest({model!r}, texts(), HOOKS, {out!r}, context_length=8, rows_per_shard=4, progress=False)
 """
 
 
 def test_a_dying_rank_fails_the_run_and_the_same_command_completes_it(
     folder: Path, model: Any, tmp_path: Path
 ) -> None:
-    kwargs: dict[str, Any] = dict(context_length=8, rows_per_shard=4, progress=False)
-    single = stored(harvest(model, texts(), HOOKS, tmp_path / "one", **kwargs))
-    script = tmp_path / "run.py"
+    single = stored(harvest(model, texts(), HOOKS, tmp_path / "one", **SETTINGS))
     out = tmp_path / "two"
-    script.write_text(DYING_RANK_SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(script)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    failed = torchrun(harvest_script(folder, out, RANK_1_DIES), tmp_path)
     assert failed.returncode != 0 and "rank 1 dies" in failed.stderr + failed.stdout
     assert not (out / "manifest.json").exists() and not (out / "shard_00005").exists()
-    script.write_text(TORCHRUN_SCRIPT.format(repo=str(REPO), model=str(folder), out=str(out)))
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    again = torchrun(harvest_script(folder, out), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = stored(out)
     for name in single:
