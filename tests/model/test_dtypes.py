@@ -285,11 +285,13 @@ def test_half_run_with_cache(family: str, dtype: torch.dtype, root: Path) -> Non
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_processed_half_precision(family: str, root: Path) -> None:
-    """Weight processing (fold_ln, centering, ...) runs in float32, then the model is cast: the
-    bfloat16 weights are the float32-processed ones rounded, and the log-probs stay within 1.5x
-    HF's bfloat16 error (log-probs: centering the unembedding shifts logits by a constant)."""
+    """Weight processing (fold_ln, centering, ...) runs on the weights as loaded in bfloat16,
+    one block at a time in float32: the weights are those of the checkpoint rounded to
+    bfloat16, processed in float32 and rounded again, and the log-probs stay within 1.5x HF's
+    bfloat16 error (log-probs: centering the unembedding shifts logits by a constant)."""
     hf, folder = checkpoint(family, root)
-    processed = load(folder, processing=True)
+    processed = load(folder).to(torch.bfloat16).to(torch.float32)
+    processed.process_weights_()
     half = load(folder, processing=True, dtype=torch.bfloat16)
     assert half.cfg.dtype == torch.bfloat16
     full_weights = processed.state_dict()

@@ -98,16 +98,9 @@ def load_pretrained(
             model_name, checkpoint_index, checkpoint_value, local_files_only
         )
         revision = checkpoint.revision
+    # Loaded in this dtype: weight processing turns one group (a block) of a half-precision
+    # model at a time into float32 and back (loading/processing.py), so folding loses no bits.
     target_dtype = parse_dtype(dtype)
-    processing = (
-        fold_ln
-        or center_writing_weights
-        or center_unembed
-        or fold_value_biases
-        or refactor_factored_attn_matrices
-    )
-    # Process in float32 and cast afterwards, so folding does not lose half-precision bits.
-    load_dtype = torch.float32 if processing and target_dtype.itemsize < 4 else target_dtype
 
     if checkpoint is not None and checkpoint.weights is not None:
         source = _file_checkpoint_source(checkpoint, tokenizer is None)
@@ -117,7 +110,7 @@ def load_pretrained(
     refuse_unknown_quantization(source.hf_config, family, source.label)
     cfg = config_from(family.build_config, source)
     cfg.model_name = source.name
-    cfg.dtype = load_dtype
+    cfg.dtype = target_dtype
     if n_ctx is not None:
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ConfigError(f"n_ctx must be a positive integer, got {n_ctx!r}.", "n_ctx", n_ctx)
@@ -155,8 +148,6 @@ def load_pretrained(
         fold_value_biases=fold_value_biases,
         refactor_factored_attn_matrices=refactor_factored_attn_matrices,
     )
-    if load_dtype != target_dtype:
-        model.to(target_dtype)
     if move_to_device and device is not None:
         model.to(device)
     return model.eval()
