@@ -7,7 +7,9 @@ Writes a Llama checkpoint with random bfloat16 weights (TinyLlama-1.1B's shapes:
 22 layers, MLP 5632, vocab 32000, 32 heads, 4 key/value heads, untied embeddings) as several
 safetensors shards with an index and a config.json, one shard in memory at a time; no tokenizer.
 Then each loader runs in a fresh process: anatomist's `from_pretrained(folder,
-dtype="bfloat16")` (default processing) and transformers' `AutoModelForCausalLM`. A process's
+dtype="bfloat16")` (default processing), the same split with half the blocks and the unembedding
+on the meta device (the CPU's peak against the plan's CPU share), and transformers'
+`AutoModelForCausalLM`. A process's
 peak (``VmHWM``) is measured above its resident set after the imports (``VmRSS``), and given in
 bytes and as a multiple of the bfloat16 weight bytes, right after loading and again after
 reading one value of every 4 KiB page of the weights: a loader that keeps the safetensors files
@@ -44,7 +46,9 @@ loaded = status("VmHWM")
 with torch.no_grad():  # read one value per 4 KiB page: memory-mapped weights become resident
     for p in m.parameters():
         p.reshape(-1)[:: 4096 // p.element_size()].float().sum()
-print(json.dumps({{"baseline": baseline, "peak": loaded, "touched": status("VmHWM")}}))
+on_cpu = sum(p.numel() * p.element_size() for p in m.parameters() if p.device.type == "cpu")
+print(json.dumps({{"baseline": baseline, "peak": loaded, "touched": status("VmHWM"),
+                  "cpu_bytes": on_cpu}}))
 """
 
 LOADERS = {
@@ -52,6 +56,12 @@ LOADERS = {
     "progress=False)",
     "transformers": "m = transformers.AutoModelForCausalLM.from_pretrained({folder!r}, "
     "dtype=torch.bfloat16)",
+    # A split load: blocks 11-21 and the unembedding on the meta device, which holds nothing, so
+    # the CPU's peak shows whether each weight goes straight to its device (peak ~ the plan's
+    # CPU share) or through the CPU first (peak ~ the whole model).
+    "anatomist-split": "m = anatomist.HookedTransformer.from_pretrained({folder!r}, "
+    "dtype='bfloat16', progress=False, device_map={{'': 'cpu', "
+    "**{{f'blocks.{{i}}': 'meta' for i in range(11, 22)}}, 'ln_final': 'meta', 'unembed': 'meta'}})",
 }
 
 
@@ -140,7 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="where to write the checkpoint")
     parser.add_argument("--keep", action="store_true", help="keep the folder afterwards")
-    parser.add_argument("--loaders", default="anatomist,transformers", help="comma-separated")
+    parser.add_argument(
+        "--loaders", default="anatomist,anatomist-split,transformers", help="comma-separated"
+    )
     args = parser.parse_args()
     if args.folder.exists() and any(args.folder.iterdir()):
         raise SystemExit(f"{args.folder} is not empty; give a new folder.")
@@ -152,10 +164,11 @@ def main() -> None:
             above = r["peak"] - r["baseline"]
             touched = r["touched"] - r["baseline"]
             print(
-                f"{loader:>12}: peak {r['peak'] / 2**30:.2f} GiB, baseline "
+                f"{loader:>15}: peak {r['peak'] / 2**30:.2f} GiB, baseline "
                 f"{r['baseline'] / 2**30:.2f} GiB, above baseline {above} bytes "
                 f"= {above / weights:.2f}x the bf16 weights; after reading every weight page "
-                f"{touched} bytes = {touched / weights:.2f}x"
+                f"{touched} bytes = {touched / weights:.2f}x; weights on the CPU "
+                f"{r['cpu_bytes']} bytes, peak {above / r['cpu_bytes']:.2f}x them"
             )
     finally:
         if not args.keep:

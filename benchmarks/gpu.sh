@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one run (a few minutes on one CUDA GPU): bf16 forward, no-op hooks,
+# The GPU benchmark in one run (a few minutes on one CUDA GPU): the split-model check
+# (benchmarks/gpu_split.py), then bf16 forward, no-op hooks,
 # run_with_cache and FLOP rate (SmolLM2-135M and a random-init 1.2B Llama), the IOI patching
 # sweeps, greedy and sampled generation, against transformers (and the TransformerBridge and
 # nnsight when installed), written to benchmarks/results/<gpu name>.md and .json.
@@ -26,4 +27,10 @@ print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}",
 if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), flush=True)
 PY
+# The split-model check (half of SmolLM2's blocks on the GPU, half on the CPU; docs/scale.md)
+# first, when there is a GPU: a failure is reported and the benchmark still runs.
+if "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    "$PYTHON" -m benchmarks.gpu_split --out benchmarks/results/split-check.json \
+        || echo "gpu.sh: the split-model check FAILED (see above)" >&2
+fi
 exec "$PYTHON" -m benchmarks --gpu "$@"

@@ -150,7 +150,7 @@ class ActivationCache:
         """One activation from every block before `layer` (-1 or None: every block), stacked on
         a new leading axis: ``[layers, *shape]``."""
         layer = self._resolve_layer(layer)
-        return torch.stack([self[(activation_name, i, sublayer_type)] for i in range(layer)], dim=0)
+        return _stack([self[(activation_name, i, sublayer_type)] for i in range(layer)])
 
     # --- the residual stream as a sum ------------------------------------------------------------
     # The stream that block `layer` reads is a sum of what wrote to it: the embeddings, each
@@ -262,7 +262,7 @@ class ActivationCache:
             if wants_mid and not cfg.parallel_attn_mlp:
                 rows.append(self[("resid_mid", index)])
                 labels.append(f"{index}_mid")
-        stack = torch.stack([pos_slice.apply(row, dim=-2) for row in rows], dim=0)
+        stack = _stack([pos_slice.apply(row, dim=-2) for row in rows])
         if apply_ln:
             stack = self.apply_ln_to_stack(
                 stack, layer, mlp_input=mlp_input, pos_slice=pos_slice, recompute_ln=True
@@ -325,7 +325,7 @@ class ActivationCache:
             names.append((f"{layer}_attn_out", ("attn_out", layer)))
         rows += [(label, pos_slice.apply(self[key], dim=-2)) for label, key in names]
         labels = [label for label, _ in rows]
-        stack = torch.stack([row for _, row in rows]) if rows else self._empty_stack(pos_slice)
+        stack = _stack([row for _, row in rows]) if rows else self._empty_stack(pos_slice)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
@@ -403,13 +403,13 @@ class ActivationCache:
         """``[*batch_and_pos, k_i, d_model]`` pieces -> ``[sum k_i, *batch_and_pos, d_model]``."""
         if not parts:
             return self._empty_stack(pos_slice)
-        return torch.cat(parts, dim=-2).movedim(-2, 0)
+        return _cat(parts, dim=-2).movedim(-2, 0)
 
     def _with_remainder(
         self, stack: Tensor, labels: list[str], layer: int, pos_slice: Slice
     ) -> tuple[Tensor, list[str]]:
         stream = pos_slice.apply(self._stream_into(layer), dim=-2)
-        remainder = stream - stack.sum(dim=0)
+        remainder = stream.to(stack.device) - stack.sum(dim=0)
         return torch.cat([stack, remainder[None]], dim=0), [*labels, "remainder"]
 
     def _dense_mlp(self, layer: int) -> Any:
@@ -497,6 +497,7 @@ class ActivationCache:
         stack, labels = self._neuron_stack(layer, pos_slice, neuron_slice, project)
         if incl_remainder:
             stream = pos_slice.apply(self._stream_into(layer), dim=-2)
+            stream = stream.to(stack.device)
             remainder = stream @ project.to(stream) - stack.sum(dim=0)
             stack, labels = torch.cat([stack, remainder[None]], dim=0), [*labels, "remainder"]
         if reading is not None:
@@ -515,7 +516,7 @@ class ActivationCache:
             parts.append(self.get_neuron_results(index, neuron_slice, pos_slice, project))
             labels += [f"L{index}N{n}" for n in neuron_slice.indices(width).tolist()]
         if parts:
-            return torch.cat(parts, dim=-2).movedim(-2, 0), labels
+            return _cat(parts, dim=-2).movedim(-2, 0), labels
         empty = self._empty_stack(pos_slice)
         if project is not None:
             empty = empty.new_zeros(*empty.shape[:-1], project.shape[-1])
@@ -674,7 +675,7 @@ class ActivationCache:
         bias = self._accumulated_bias(layer, mlp_input, expand_neurons, pos_slice)
         parts.append(bias.expand(row_shape)[None].to(heads.dtype))
         labels.append("bias")
-        stack = torch.cat(parts, dim=0)
+        stack = _cat(parts, dim=0)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
             reading = self._norm_reading(layer, mlp_input)
@@ -796,3 +797,19 @@ def _normalize(norm: AnyNorm, x: Tensor) -> Tensor:
         return F.layer_norm(x, (x.shape[-1],), w, b, norm.eps)
     out = rms_normalize(x, norm.eps)  # in float32, then cast back, as the model computes it
     return out * norm.multiplier.to(out) if isinstance(norm, RMSNorm) else out
+
+
+def _stack(tensors: list[Tensor], dim: int = 0) -> Tensor:
+    """`torch.stack`, gathering onto the first tensor's device (a split model's activations
+    are on their blocks' devices)."""
+    return torch.stack(_on_first_device(tensors), dim=dim)
+
+
+def _cat(tensors: list[Tensor], dim: int = 0) -> Tensor:
+    """`torch.cat`, gathering onto the first tensor's device like `_stack`."""
+    return torch.cat(_on_first_device(tensors), dim=dim)
+
+
+def _on_first_device(tensors: list[Tensor]) -> list[Tensor]:
+    device = tensors[0].device
+    return [t if t.device == device else t.to(device) for t in tensors]

@@ -182,7 +182,7 @@ class TransformerConfig:
     init_range: float = -1.0  # std (gpt2) or gain (others) of the random init; -1: the default
     init_mode: str = "gpt2"  # how init_weights draws matrices (see INIT_MODES)
     init_weights: bool = True  # HookedTransformer(cfg) initialises its weights randomly
-    n_devices: int = 1  # classic; only 1 is supported
+    n_devices: int = 1  # > 1: the classic even split of the blocks over accelerators
     trust_remote_code: bool = False  # classic; anatomist never runs a checkpoint's code
     load_in_4bit: bool = False  # classic; not supported (always False)
     decoder_start_token_id: int | None = None  # encoder-decoders: the decoder's first token

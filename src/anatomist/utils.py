@@ -41,6 +41,7 @@ from anatomist.loading.hub_files import (
     get_rotary_pct_from_config,
     select_compatible_kwargs,
 )
+from anatomist.model.devices import get_device_for_block_index
 from anatomist.model.generate import sample_logits
 from anatomist.model.init import (
     NonlinearityType,
@@ -751,6 +752,7 @@ __all__ = [
     "get_cumsum_along_dim",
     "get_dataset",
     "get_device",
+    "get_device_for_block_index",
     "get_input_with_manually_prepended_bos",
     "get_matrix_corner",
     "get_nested_attr",

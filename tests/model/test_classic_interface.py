@@ -142,8 +142,6 @@ def test_d_vocab_out_follows_d_vocab() -> None:
 
 
 def test_classic_options_without_an_implementation_are_refused() -> None:
-    with pytest.raises(NotImplementedError, match="n_devices"):
-        HookedTransformer(TransformerConfig(**BASE, n_devices=2))  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError, match="load_in_4bit"):
         HookedTransformer(TransformerConfig(**BASE, load_in_4bit=True))  # type: ignore[arg-type]
     gqa = make(n_heads=4, n_key_value_heads=2)

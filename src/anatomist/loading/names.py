@@ -191,10 +191,6 @@ def get_pretrained_model_config(
     and `n_ctx` override the depth and context (a longer `n_ctx` than the model's logs a
     warning). Other `kwargs`: ``revision``, ``local_files_only``.
     """
-    if n_devices != 1:
-        raise NotImplementedError(
-            "Loading across several devices (n_devices > 1) is not supported."
-        )
     if hf_cfg is not None:
         name = os.fspath(model_name)
         cfg = _build_config(hf_cfg)
@@ -204,6 +200,9 @@ def get_pretrained_model_config(
     cfg.model_name = name.rstrip("/").split("/")[-1]
     cfg.dtype = dtype
     cfg.device = None if device is None else str(device)
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}.")
+    cfg.n_devices = n_devices
     if fold_ln:
         if cfg.normalization_type in ("LN", "RMS"):
             cfg.normalization_type += "Pre"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,8 @@ def load_pretrained(
     revision: str | None = None,
     local_files_only: bool | None = None,
     progress: bool = True,
+    device_map: str | Mapping[str, int | str | torch.device] | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
 ) -> HookedTransformer:
     """Load a checkpoint into a native `HookedTransformer`.
 
@@ -81,11 +83,14 @@ def load_pretrained(
     progress bar. `checkpoint_index` or `checkpoint_value` picks a training checkpoint (a
     revision for Pythia and stanford-crfm, a ``checkpoints/*_<N>.pth`` file for the classic toy
     models; see `anatomist.loading.checkpoints`).
+
+    One model over several devices (`anatomist.model.devices`, docs/scale.md): `device_map`
+    is "auto", "balanced" or "sequential" (planned by accelerate from `max_memory`, e.g.
+    ``{0: "20GiB", 1: "20GiB", "cpu": "60GiB"}``; default: what the devices have free) or a
+    dict of module-name prefixes to devices; `n_devices=k` is the classic even split over
+    ``cuda:0 .. cuda:k-1`` (from `device` on). Each weight is read straight onto its device.
     """
-    if n_devices != 1:
-        raise NotImplementedError(
-            "Loading across several devices (n_devices > 1) is not supported."
-        )
+    _check_split_args(device, n_devices, device_map, max_memory)
     checkpoint: TrainingCheckpoint | None = None
     if checkpoint_index is not None or checkpoint_value is not None:
         from anatomist.loading.checkpoints import training_checkpoint
@@ -131,7 +136,21 @@ def load_pretrained(
     tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None
     model = cls(cfg, move_to_device=False, init_weights=False)
     cfg.tokenizer_name = tokenizer_name
-    fill_weights(model, family, source.tensors, source.label, progress, checkpoint_layers)
+    placed = None
+    if device_map is not None or n_devices != 1:
+        from anatomist.model.devices import plan_devices
+
+        if not cls.splittable:
+            raise NotImplementedError(
+                f"{cls.__name__} runs on one device; device_map and n_devices > 1 are "
+                "supported by HookedTransformer (decoder-only models)."
+            )
+        placed = plan_devices(model, device_map, max_memory, n_devices, device, target_dtype)
+    fill_weights(model, family, source.tensors, source.label, progress, checkpoint_layers, placed)
+    if placed is not None:
+        from anatomist.model.devices import place
+
+        place(model, placed)  # the buffers, and where each block runs
     model.cfg.from_checkpoint = True
     if checkpoint is not None:
         model.cfg.checkpoint_index = checkpoint.index
@@ -148,9 +167,28 @@ def load_pretrained(
         fold_value_biases=fold_value_biases,
         refactor_factored_attn_matrices=refactor_factored_attn_matrices,
     )
-    if move_to_device and device is not None:
+    if move_to_device and device is not None and placed is None:
         model.to(device)
     return model.eval()
+
+
+def _check_split_args(device: Any, n_devices: Any, device_map: Any, max_memory: Any) -> None:
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}.")
+    if device_map is not None and n_devices != 1:
+        raise ValueError(
+            "Pass device_map or n_devices, not both: n_devices=k is the classic even split, "
+            "device_map any other placement."
+        )
+    if device_map is not None and device is not None:
+        raise ValueError(
+            "Pass device or device_map, not both: a device_map places every part itself."
+        )
+    if max_memory is not None and not isinstance(device_map, str):
+        raise ValueError(
+            "max_memory is read by the planner: pass it with device_map='auto', 'balanced' "
+            "or 'sequential'."
+        )
 
 
 class _Source:
@@ -407,8 +445,11 @@ def fill_weights(
     label: str,
     progress: bool = True,
     checkpoint_layers: int | None = None,
+    devices: Mapping[str, torch.device] | None = None,
 ) -> None:
     """Convert and assign checkpoint tensors into a model built with uninitialised weights.
+    With `devices` (part name -> device, `anatomist.model.devices.plan_devices`) each weight is
+    converted straight onto its part's device.
 
     Loading is complete or refused: every checkpoint tensor is used, or ignored by a rule of the
     family (buffers such as rotary ``inv_freq``), and every weight of the model comes from the
@@ -437,7 +478,8 @@ def fill_weights(
                 # Two names for one tensor (tied aliases such as BERT's decoder bias, in a model's
                 # state dict) are fine; two different values for one weight are not: which one
                 # wins would depend on the file order.
-                if torch.equal(value.to(cfg.dtype), model.get_parameter(key).detach()):
+                stored = model.get_parameter(key).detach()
+                if torch.equal(value.to(stored.device, cfg.dtype), stored):
                     continue
                 raise CheckpointError(
                     f"{label}: weight {key} is stored twice with different values, as "
@@ -458,7 +500,8 @@ def fill_weights(
                     "config.json and the weights disagree: use the config.json that came with "
                     "these weights."
                 )
-            weight = value.to(cfg.dtype)  # `_assign` gives it the layout the model built
+            # `_assign` gives it the layout the model built
+            weight = value.to(device=_device_for(devices, key), dtype=cfg.dtype)
             storage = weight.untyped_storage()
             if storage.data_ptr() == tensor.untyped_storage().data_ptr():
                 # Still the source's memory (a memory-mapped file or the user's HF model):
@@ -472,7 +515,7 @@ def fill_weights(
                     weight = weight.clone()
             _assign(model, key, weight)
             loaded[key] = hf_name
-    _fill_absent(model, family, cfg, expected, loaded, label)
+    _fill_absent(model, family, cfg, expected, loaded, label, devices)
     for module in model.modules():
         reset = getattr(module, "reset_buffers", None)
         if callable(reset):
@@ -542,6 +585,7 @@ def _fill_absent(
     expected: dict[str, nn.Parameter],
     loaded: dict[str, str],
     label: str,
+    devices: Mapping[str, torch.device] | None = None,
 ) -> None:
     """Give the weights the checkpoint does not store their values, where the family and
     config say what they are; a `CheckpointError` listing those nobody can supply."""
@@ -553,7 +597,8 @@ def _fill_absent(
         if key == "unembed.W_U" and cfg.tie_word_embeddings and "embed.W_E" in loaded:
             # Tied embeddings: the checkpoint stores one matrix. Keep a separate copy for W_U so
             # weight processing (centering, folding) can change one without the other.
-            _assign(model, key, model.embed.W_E.detach().T.clone())  # type: ignore[union-attr, operator]
+            W_E = model.embed.W_E.detach()  # type: ignore[union-attr, operator]
+            _assign(model, key, W_E.T.to(_device_for(devices, key), copy=True))
             continue
         rules = family.producers(key)
         bias = key.rsplit(".", 1)[-1].lstrip("_").startswith("b")
@@ -562,7 +607,8 @@ def _fill_absent(
         # damaged checkpoint, not a config without biases.
         optional = bool(rules) and all(r.optional for r in rules)
         if absent_by_design or (optional and _kind(key) not in loaded_kinds):
-            _assign(model, key, torch.zeros(param.shape, dtype=cfg.dtype))
+            zeros = torch.zeros(param.shape, dtype=cfg.dtype, device=_device_for(devices, key))
+            _assign(model, key, zeros)
         else:
             missing.append(key)
     if missing:
@@ -579,6 +625,15 @@ def _fill_absent(
             f"needs: {shown}{more}{tied}. The files are incomplete or were saved for another "
             "configuration; download them again, or use the config.json that came with them."
         )
+
+
+def _device_for(devices: Mapping[str, torch.device] | None, key: str) -> torch.device | None:
+    """The device of the part weight `key` belongs to ("blocks.3.attn.W_Q" -> "blocks.3")."""
+    if devices is None:
+        return None
+    head, _, rest = key.partition(".")
+    part = f"{head}.{rest.partition('.')[0]}" if head == "blocks" else head
+    return devices.get(part)
 
 
 def _kind(key: str) -> str:

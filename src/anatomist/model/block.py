@@ -29,12 +29,17 @@ from torch import Tensor, nn
 from anatomist.config import TransformerConfig
 from anatomist.hooks import HookPoint
 from anatomist.model.attention import make_attention
+from anatomist.model.devices import to_device
 from anatomist.model.kv_cache import KVCacheEntry
 from anatomist.model.mlp import make_mlp
 from anatomist.model.norm import make_norm
 
 
 class TransformerBlock(nn.Module):
+    # The block's device when the model is split over several (`anatomist.model.devices`):
+    # what the block reads moves there first. None: one device, nothing moves.
+    placed_on: torch.device | None = None
+
     def __init__(self, cfg: TransformerConfig, layer_idx: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -78,6 +83,10 @@ class TransformerBlock(nn.Module):
         added to the normalized query and key inputs. `past_kv`: this layer's cached keys and
         values (incremental runs), `key_positions` the positions of all keys then."""
         cfg = self.cfg
+        if self.placed_on is not None:
+            resid_pre, positions, mask, shortformer_pos_embed, key_positions = to_device(
+                self.placed_on, resid_pre, positions, mask, shortformer_pos_embed, key_positions
+            )
         resid_pre = self.hook_resid_pre(resid_pre)
         q_in, k_in, v_in = self._attention_inputs(resid_pre)
         if shortformer_pos_embed is not None:

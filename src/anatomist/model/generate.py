@@ -406,7 +406,9 @@ class GenerationMixin:
             self._require_tokenizer()
         next_logits = self._next_logits_fn(run, use_past_kv_cache)
         for _ in range(max_new_tokens):
-            logits = next_logits().float()  # [b, d_vocab], as Hugging Face scores in float32
+            # [b, d_vocab], scored in float32 as Hugging Face does, where the tokens are (a
+            # split model's logits come from its last device)
+            logits = next_logits().float().to(run.tokens.device)
             logits = _penalize_repetition(logits, run.tokens, run.mask, repetition_penalty)
             if do_sample:
                 if freq_penalty:
@@ -442,7 +444,14 @@ class GenerationMixin:
             return full_sequence
         from anatomist.model.kv_cache import KVCache
 
-        cache = KVCache.init_cache(self.cfg, run.tokens.device, run.tokens.shape[0])
+        blocks = getattr(self, "blocks", ())
+        placed = [block.placed_on for block in blocks if block.placed_on is not None]
+        cache = KVCache.init_cache(  # a split model's layers keep their cache on their device
+            self.cfg,
+            run.tokens.device,
+            run.tokens.shape[0],
+            layer_devices=placed if len(placed) == len(blocks) and placed else None,
+        )
         fed = 0  # how many positions of run.tokens the cache holds
 
         def incremental() -> Tensor:

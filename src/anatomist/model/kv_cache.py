@@ -29,7 +29,7 @@ frequencies) exactly as it does in Hugging Face.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -234,13 +234,25 @@ class KVCache:
         cfg: TransformerConfig,
         device: torch.device | str | None = None,
         batch_size: int = 1,
+        layer_devices: Sequence[torch.device | str] | None = None,
     ) -> KVCache:
-        """An empty cache for `batch_size` rows of a model with config `cfg`."""
+        """An empty cache for `batch_size` rows of a model with config `cfg`, on `device`
+        (the attention mask, and the layers unless `layer_devices` gives each layer its own:
+        a model split over devices, ``[block.placed_on for block in model.blocks]``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         device = device if device is not None else cfg.device
+        if layer_devices is not None and len(layer_devices) != cfg.n_layers:
+            raise ValueError(
+                f"layer_devices gives {len(layer_devices)} devices for {cfg.n_layers} layers."
+            )
         entries = [
-            KVCacheEntry.init_cache_entry(cfg, device, batch_size, cfg.window_for_layer(layer))
+            KVCacheEntry.init_cache_entry(
+                cfg,
+                device if layer_devices is None else layer_devices[layer],
+                batch_size,
+                cfg.window_for_layer(layer),
+            )
             for layer in range(cfg.n_layers)
         ]
         return cls(entries, torch.zeros(batch_size, 0, dtype=torch.long, device=device))

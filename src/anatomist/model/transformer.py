@@ -64,6 +64,12 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
     ``HookedTransformer.from_pretrained(name_or_path)`` loads a checkpoint.
     """
 
+    splittable = True
+    # Set when the model is split over devices (`anatomist.model.devices.place`): the map of
+    # part -> device, and the device of ln_final/unembed, where the residual stream moves last.
+    device_map: dict[str, str] | None = None
+    output_device: torch.device | None = None
+
     def __init__(
         self,
         cfg: TransformerConfig | dict[str, Any],
@@ -225,16 +231,31 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         if stop_at_layer is not None:
             return residual
 
-        logits = self.unembed(self.ln_final(residual))
+        logits = self._unembed(residual)
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
         assert tokens is not None  # _loss_tokens made sure
-        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        loss = self._loss(logits, tokens, attention_mask, loss_per_token)
         if return_type == "loss":
             return loss
         return Output(logits, loss)
+
+    def _unembed(self, residual: Tensor) -> Tensor:
+        """Logits from the last residual stream, on the output device of a split model."""
+        if self.output_device is not None:
+            residual = residual.to(self.output_device)
+        return self.unembed(self.ln_final(residual))  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _loss(
+        logits: Tensor, tokens: Tensor, attention_mask: Tensor | None, per_token: bool
+    ) -> Tensor:
+        if tokens.device != logits.device:  # a split model: logits on the output device
+            tokens = tokens.to(logits.device)
+            attention_mask = None if attention_mask is None else attention_mask.to(logits.device)
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=per_token)
 
     def _loss_tokens(self, tokens: Tensor | None, residual: Tensor) -> Tensor:
         """The ids a run from start_at_layer computes its loss against, checked."""
@@ -319,12 +340,12 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         for block, entry in zip(self.blocks, cache.entries, strict=True):
             residual = block(residual, positions, mask, pos_embed, entry, key_positions)
 
-        logits = self.unembed(self.ln_final(residual))
+        logits = self._unembed(residual)
         if return_type == "logits":
             return logits
         if return_type is None:
             return None
-        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        loss = self._loss(logits, tokens, attention_mask, loss_per_token)
         if return_type == "loss":
             return loss
         return Output(logits, loss)
@@ -880,12 +901,13 @@ class HookedTransformer(StackedWeightsMixin, TokenizerMixin, GenerationMixin, Ho
         """Swap every norm for the given type (used after folding), keeping hook names."""
         self.cfg.normalization_type = normalization_type
         for block in self.blocks if self.cfg.pre_norm else ():
-            block.ln1 = make_norm(self.cfg).to(self.embed.W_E.device)
+            device = next(block.parameters()).device  # its own: a split model's blocks differ
+            block.ln1 = make_norm(self.cfg).to(device)
             if not self.cfg.attn_only:
-                block.ln2 = make_norm(self.cfg).to(self.embed.W_E.device)
+                block.ln2 = make_norm(self.cfg).to(device)
         if self.cfg.final_norm:
             final = make_norm(self.cfg, kind=_final_norm_type(self.cfg))
-            self.ln_final = final.to(self.embed.W_E.device)
+            self.ln_final = final.to(next(self.unembed.parameters()).device)
         self.setup()
 
 
@@ -898,11 +920,6 @@ _UNGROUP_MESSAGE = (
 
 def _check_supported(cfg: TransformerConfig) -> None:
     """Classic config options that this model does not implement, refused by name."""
-    if cfg.n_devices != 1:
-        raise NotImplementedError(
-            f"n_devices={cfg.n_devices}: splitting a model over several devices is not "
-            "supported; use n_devices=1."
-        )
     if cfg.load_in_4bit:
         raise NotImplementedError("load_in_4bit is not supported; load in a float dtype.")
     if cfg.ungroup_grouped_query_attention and cfg.is_grouped_query:

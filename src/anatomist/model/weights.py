@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.config import NORMAL_INIT
+from anatomist.model.devices import forget_placement, place, plan_devices
 from anatomist.model.mlp import empty_weight
 
 
@@ -45,6 +46,9 @@ def stacked_parameters(params: Sequence[Tensor]) -> Tensor:
     shared = len({id(p) for p in params}) < len(params)
     if shared or not all(p.is_leaf for p in params) or params[0].device.type == "meta":
         return torch.stack(list(params))  # (meta tensors have no storage to share)
+    first = params[0].device
+    if any(p.device != first for p in params):  # a model split over devices: gathered, a copy
+        return torch.stack([p.to(first) for p in params])
     if _storage_stack(params) is None:
         _lay_out(params)
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
@@ -255,13 +259,15 @@ class StackedWeightsMixin:
     def b_out(self) -> Tensor:  # [n_layers, d_model]
         return self._stack_mlp("b_out")
 
+    splittable = False  # whether the model runs split over devices (`model.devices`)
+
     def _finish_construction(self, init_weights: bool, move_to_device: bool) -> None:
         """The end of every model's ``__init__``: random init when asked, the move to
         ``cfg.device``, and naming the hook points."""
         if init_weights:
             self.init_weights()
-        if move_to_device and self.cfg.device is not None:
-            self.to(self.cfg.device)
+        if move_to_device and (self.cfg.device is not None or self.cfg.n_devices > 1):
+            self.move_model_modules_to_device()
         if self.cfg.device is None:  # classic code reads cfg.device: say where the model is
             first = next(self.parameters(), None)  # type: ignore[attr-defined]
             self.cfg.device = str(first.device) if first is not None else "cpu"
@@ -344,6 +350,7 @@ class StackedWeightsMixin:
         result = super().to(*args, **kwargs)  # type: ignore[misc]
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if device is not None:
+            forget_placement(self)  # type: ignore[arg-type]
             self.cfg.device = str(device)
         if dtype is not None:
             self.cfg.dtype = dtype
@@ -361,8 +368,18 @@ class StackedWeightsMixin:
         return self.to("mps")
 
     def move_model_modules_to_device(self) -> None:
-        """Move every module to ``cfg.device`` (one device; n_devices > 1 is not supported)."""
-        self.to(self.cfg.device)
+        """Move every module to ``cfg.device``, or with ``cfg.n_devices > 1`` split the blocks
+        evenly over that many accelerators from ``cfg.device`` on (the classic split;
+        `anatomist.model.devices`)."""
+        if self.cfg.n_devices > 1:
+            if not self.splittable:
+                raise NotImplementedError(
+                    f"{type(self).__name__} runs on one device; n_devices > 1 and device maps "
+                    "are supported by HookedTransformer (decoder-only models)."
+                )
+            place(self, plan_devices(self, n_devices=self.cfg.n_devices, device=self.cfg.device))  # type: ignore[arg-type]
+        else:
+            self.to(self.cfg.device)
 
 
 def _init_matrix(param: Tensor, name: str, mode: str, init_range: float) -> None:

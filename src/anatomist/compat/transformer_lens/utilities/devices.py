@@ -3,6 +3,7 @@
 from anatomist.utils import (
     ModelWithCfg,
     get_device,
+    get_device_for_block_index,
     move_to_and_update_config,
     warn_if_mps,
 )
@@ -10,6 +11,7 @@ from anatomist.utils import (
 __all__ = [
     "ModelWithCfg",
     "get_device",
+    "get_device_for_block_index",
     "move_to_and_update_config",
     "warn_if_mps",
 ]
