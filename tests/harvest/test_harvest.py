@@ -188,6 +188,22 @@ def test_a_folder_of_another_harvest_is_not_mixed_into(model: Any, tmp_path: Pat
         harvest(model, texts(), HOOKS[:1], tmp_path / "a", context_length=9, progress=False)
 
 
+def test_where_the_model_runs_is_not_part_of_the_harvest(model: Any, tmp_path: Path) -> None:
+    """Ranks on cuda:0, cuda:1 ... (or a split model) run the same harvest: a finished folder is
+    recognised as finished, not refused or redone."""
+    out = harvest(model, texts(), HOOKS[:1], tmp_path / "a", context_length=8, progress=False)
+    settings = json.loads((out / "harvest.json").read_text())
+    device, n_devices = model.cfg.device, model.cfg.n_devices
+    try:
+        model.cfg.device, model.cfg.n_devices = "cuda:1", 2
+        again = harvest_run._settings(
+            model, HOOKS[:1], 8, True, None, torch.float32, settings["rows_per_shard"], None, "text"
+        )
+    finally:
+        model.cfg.device, model.cfg.n_devices = device, n_devices
+    assert again == settings
+
+
 def test_reading_an_unfinished_folder_says_how_to_finish_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="same harvest command again"):
         ActivationDataset(tmp_path)
