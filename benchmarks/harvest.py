@@ -37,8 +37,10 @@ from benchmarks.harvest import corpus_texts, {runner}
 texts = corpus_texts({chars})
 seconds, tokens = {runner}({folder!r}, texts, {out!r}, {max_tokens})
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print("RESULT " + json.dumps({{"seconds": seconds, "tokens": tokens,
-      "peak_mb": int(hwm.split()[1]) / 1024, "rank": int(os.environ.get("RANK", "0"))}}))
+rank = int(os.environ.get("RANK", "0"))
+with open(f"{results}.{{rank}}.json", "w") as handle:  # one file per rank: no mixed lines
+    json.dump({{"seconds": seconds, "tokens": tokens,
+               "peak_mb": int(hwm.split()[1]) / 1024, "rank": rank}}, handle)
 """
 
 
@@ -143,6 +145,7 @@ def _probe(
         code = PROBE.format(
             threads=threads, repo=repo, runner=runner, chars=max_tokens * 5,
             folder=str(model.path), out=f"{scratch}/out", max_tokens=max_tokens,
+            results=f"{scratch}/result",
         )  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if ranks == 1:
@@ -156,9 +159,7 @@ def _probe(
         if done.returncode != 0:
             raise RuntimeError(f"{runner} failed:\n{done.stderr[-3000:]}")
         return [
-            json.loads(line.removeprefix("RESULT "))
-            for line in done.stdout.splitlines()
-            if line.startswith("RESULT ")
+            json.loads(Path(scratch, f"result.{rank}.json").read_text()) for rank in range(ranks)
         ]
 
 
