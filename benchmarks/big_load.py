@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -135,15 +132,10 @@ def write_checkpoint(folder: Path, seed: int = 0) -> int:
 
 def measure(loader: str, folder: Path) -> dict[str, int]:
     """Baseline resident set and peak of one fresh process that runs `loader` on `folder`."""
+    from benchmarks.processes import run_script
+
     script = PROBE.format(code=LOADERS[loader].format(folder=str(folder)))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{loader} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return {key: int(value) for key, value in run_script(script).items()}
 
 
 def main() -> None:

@@ -103,7 +103,8 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _run(script: str) -> dict[str, float]:
+def run_script(script: str) -> dict[str, float]:
+    """Run `script` in a fresh Python (hub offline) and parse its last line as JSON."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
@@ -122,7 +123,8 @@ def run_loading(model: ModelFolder, repeats: int, dtype: str, threads: int) -> l
     rows = []
     for label, source, imports, code in _loaders(model, dtype):
         runs = [
-            _run(PROBE.format(threads=threads, imports=imports, code=code)) for _ in range(repeats)
+            run_script(PROBE.format(threads=threads, imports=imports, code=code))
+            for _ in range(repeats)
         ]
         seconds = min(r["seconds"] for r in runs)
         peak = statistics.median(r["peak_mb"] for r in runs)

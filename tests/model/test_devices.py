@@ -65,6 +65,12 @@ def meta_skeleton(n_layers: int = 6, d_model: int = 64, d_vocab: int = 1000) -> 
         return HookedTransformer(cfg, move_to_device=False)
 
 
+def small_config(**fields: Any) -> TransformerConfig:
+    return TransformerConfig(
+        d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=10, act_fn="relu", **fields
+    )
+
+
 def nbytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
@@ -160,17 +166,7 @@ def test_n_devices_splits_over_accelerators_and_says_when_there_are_too_few(
     if torch.cuda.device_count() < 2:
         with pytest.raises(DeviceMapError, match=r"n_devices=2 from cuda:0 needs 2 cuda"):
             load(llama_folder, n_devices=2, device="cuda")
-    cfg = TransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_ctx=8,
-        d_head=4,
-        n_heads=4,
-        d_vocab=10,
-        act_fn="relu",
-        n_devices=2,
-        device="cpu",
-    )
+    cfg = small_config(n_layers=2, n_devices=2, device="cpu")
     with pytest.raises(DeviceMapError, match="n_devices=2 splits the blocks over accelerators"):
         HookedTransformer(cfg)
 
@@ -183,16 +179,7 @@ def test_the_classic_split_gives_each_accelerator_a_run_of_blocks(
     # ceil(5 / 3) = 2 blocks per device, as the classic get_device_for_block_index
     assert [plan[f"blocks.{i}"].index for i in range(5)] == [0, 0, 1, 1, 2]
     assert plan["embed"].index == 0 and plan["unembed"].index == plan["ln_final"].index == 2
-    cfg = TransformerConfig(
-        n_layers=5,
-        d_model=16,
-        n_ctx=8,
-        d_head=4,
-        n_heads=4,
-        d_vocab=10,
-        act_fn="relu",
-        n_devices=3,
-    )
+    cfg = small_config(n_layers=5, n_devices=3)
     from anatomist.compat.transformer_lens.utilities.devices import get_device_for_block_index
 
     classic = [get_device_for_block_index(i, cfg, "cuda") for i in range(5)]
