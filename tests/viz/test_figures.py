@@ -238,3 +238,25 @@ def test_demo_report_on_the_tiny_model(tiny) -> None:  # type: ignore[no-untyped
     assert "Left out: the two prompts tokenize to different lengths" in skipped.html
     with pytest.raises(TypeError, match="HTMLFigure"):
         report.add("x", "not a figure")  # type: ignore[arg-type]
+
+
+def test_line_plots_each_series_with_its_points_in_place() -> None:
+    steps = [0, 10, 20, 30]
+    html = viz.line({"train": [4.0, 2.0, 1.0, 0.5], "test": [4.0, 3.9, 3.8, 0.6]}, x=steps).html
+    assert html.count("class='anat-line'") == 2 and html.count("class='anat-point'") == 8
+    lines = re.findall(r"class='anat-line' points='([^']*)'", html)
+    train_points = [tuple(map(float, p.split(","))) for p in lines[0].split()]
+    xs, ys = zip(*train_points)
+    assert list(xs) == sorted(xs) and xs[0] < xs[-1]  # left to right in step order
+    assert list(ys) == sorted(ys)  # a falling loss goes down the picture (SVG y grows down)
+    assert "test at 30: 0.6" in html and "train at 10: 2" in html
+    log_html = viz.line({"loss": [1.0, 0.1, 0.01]}, log_y=True).html
+    log_points = re.findall(r"class='anat-line' points='([^']*)'", log_html)[0].split()
+    gaps = np.diff([float(p.split(",")[1]) for p in log_points])
+    assert gaps[0] == pytest.approx(gaps[1])  # equal ratios, equal steps on a log axis
+    with pytest.raises(ValueError, match="log_y needs positive values"):
+        viz.line({"loss": [1.0, -1.0]}, log_y=True)
+    with pytest.raises(ValueError, match="one non-zero length"):
+        viz.line({"a": [1.0, 2.0], "b": [1.0]})
+    with pytest.raises(ValueError, match="x has shape"):
+        viz.line([1.0, 2.0], x=[1.0])

@@ -68,8 +68,9 @@ STANFORD_CRFM = CheckpointSchedule(
 )
 SCHEDULES = (PYTHIA_V0, PYTHIA, STANFORD_CRFM)  # first match wins
 
-#: A checkpoint published as a file: ``checkpoints/<anything>_<label>.pth``.
-CHECKPOINT_FILE = re.compile(r"checkpoints/[^/]*_(\d+)\.pth")
+#: A checkpoint published as a file: ``checkpoints/<anything>_<label>.pth`` (the classic toy
+#: models), or ``.safetensors`` (what `anatomist.train` writes).
+CHECKPOINT_FILE = re.compile(r"checkpoints/[^/]*_(\d+)\.(?:pth|safetensors)")
 CHECKPOINT_FOLDER = "checkpoints"
 #: Labels above this are token counts, not steps (the classic library's rule).
 TOKEN_LABEL_THRESHOLD = 10**9
@@ -282,13 +283,13 @@ def _from_folder(
     if not folder.is_dir():
         raise UnknownModelError(
             f"{given!r} is a file; training checkpoints load from a model folder holding "
-            f"config.json and a {CHECKPOINT_FOLDER}/ folder of *_<N>.pth files."
+            f"config.json and a {CHECKPOINT_FOLDER}/ folder of *_<N>.pth or .safetensors files."
         )
     checkpoints = file_checkpoints(_folder_checkpoint_names(folder))
     if not checkpoints:
         raise ValueError(
             f"Folder {given!r} publishes no training checkpoints: it has no "
-            f"{CHECKPOINT_FOLDER}/<name>_<N>.pth files."
+            f"{CHECKPOINT_FOLDER}/<name>_<N>.pth or .safetensors files."
         )
     return _pick(checkpoints, index, value, given, f"Folder {given!r}", folder)
 

@@ -314,12 +314,14 @@ def _open_source(
 
 
 def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool) -> _Source:
-    """A training checkpoint published as a ``.pth`` file beside the model's config.json (the
-    classic toy models): read with ``torch.load(weights_only=True)``, like ``.bin`` files."""
-    from anatomist.loading.safetensors import _iter_bin
+    """A training checkpoint published as a file beside the model's config.json: a ``.pth``
+    (the classic toy models), read with ``torch.load(weights_only=True)`` like ``.bin`` files,
+    or a ``.safetensors`` (`anatomist.train`'s checkpoints)."""
+    from anatomist.loading.safetensors import _iter_bin, _iter_safetensors
 
     folder, weights = checkpoint.folder, checkpoint.weights
     assert folder is not None and weights is not None
+    read = _iter_safetensors if weights.suffix == ".safetensors" else _iter_bin
     hf_config = _read_config(folder / "config.json")
     family_for_config(hf_config)  # before the tokenizer, as in _open_source
     tokenizer = _folder_tokenizer(folder, hf_config) if want_tokenizer else None
@@ -327,7 +329,7 @@ def _file_checkpoint_source(checkpoint: TrainingCheckpoint, want_tokenizer: bool
         checkpoint.name,
         str(weights),
         hf_config,
-        _iter_bin(weights, None),
+        read(weights, None),
         tokenizer,
         str(folder / "config.json"),
     )

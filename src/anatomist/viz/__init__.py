@@ -15,7 +15,7 @@ from anatomist.viz.attention import attention_patterns
 from anatomist.viz.demo import demo_report
 from anatomist.viz.figure import HTMLFigure
 from anatomist.viz.lens import logit_lens
-from anatomist.viz.plots import bar, heatmap, token_values
+from anatomist.viz.plots import bar, heatmap, line, token_values
 from anatomist.viz.report import Report
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "bar",
     "demo_report",
     "heatmap",
+    "line",
     "logit_lens",
     "token_values",
 ]

@@ -1,5 +1,6 @@
 """Static pictures: `heatmap` (patching results, score grids), `bar` (direct logit attribution by
-component) and `token_values` (text coloured by a value per token). Plain SVG and CSS, with a
+component), `token_values` (text coloured by a value per token) and `line` (metrics over
+training steps). Plain SVG and CSS, with a
 ``<title>`` tooltip on every cell, bar and token; no script needed."""
 
 from __future__ import annotations
@@ -289,3 +290,117 @@ def token_values(
 
 
 __all__ = ["bar", "heatmap", "heatmap_svg", "token_values"]
+
+
+PALETTE = ("#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#4d4d4d")
+
+
+def line(
+    data: Any,
+    x: str | Sequence[float] | None = None,
+    *,
+    title: str | None = None,
+    y_label: str = "",
+    log_y: bool = False,
+) -> HTMLFigure:
+    """Lines over a shared x axis (a metric over training steps, e.g.): one polyline per
+    series, a marker with a tooltip (series, x, y) at every point, the y range written on the
+    axis, a legend. `data` is a pandas DataFrame (every numeric column but `x` is a series; `x`
+    names the x column, e.g. ``"step"``), a dict of name -> 1-D values, or one 1-D series; `x`
+    may also be the values themselves (default: 0, 1, ...). `log_y` plots log10 of positive
+    values (losses)."""
+    series, xs = _line_series(data, x)
+    if log_y:
+        for name, values in series.items():
+            if not (values[np.isfinite(values)] > 0).all():
+                raise ValueError(f"log_y needs positive values; series {name!r} has others.")
+        series = {name: np.log10(values) for name, values in series.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in series.values()])
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    span_y = (high - low) or 1.0
+    x_low, x_high = float(xs.min()), float(xs.max())
+    span_x = (x_high - x_low) or 1.0
+    left, top, plot_w, plot_h = 70.0, 10.0, 460.0, 220.0
+    legend_y = top + plot_h + 34
+
+    def point(xv: float, yv: float) -> tuple[float, float]:
+        return left + plot_w * (xv - x_low) / span_x, top + plot_h * (1 - (yv - low) / span_y)
+
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{left + plot_w + 20:.0f}' "
+        f"height='{legend_y + 18 * len(series) + 6:.0f}'>",
+        f"<rect x='{left}' y='{top}' width='{plot_w}' height='{plot_h}' fill='none' "
+        "stroke='#999'/>",
+    ]
+    shown = (lambda v: fmt(10**v)) if log_y else fmt
+    for value, y in ((high, top + 4), (low, top + plot_h)):
+        parts.append(
+            f"<text x='{left - 4}' y='{y:.1f}' text-anchor='end'>{escape(shown(value))}</text>"
+        )
+    for value, anchor in ((x_low, "start"), (x_high, "end")):
+        px = left if anchor == "start" else left + plot_w
+        parts.append(
+            f"<text x='{px:.1f}' y='{top + plot_h + 14:.1f}' text-anchor='{anchor}'>"
+            f"{escape(fmt(value))}</text>"
+        )
+    if y_label:
+        parts.append(
+            f"<text x='12' y='{top + plot_h / 2:.1f}' font-weight='bold' transform='rotate(-90 12 "
+            f"{top + plot_h / 2:.1f})' text-anchor='middle'>{escape(y_label)}</text>"
+        )
+    for i, (name, values) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        points = [point(xv, yv) for xv, yv in zip(xs.tolist(), values.tolist()) if np.isfinite(yv)]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        parts.append(
+            f"<polyline class='anat-line' points='{path}' fill='none' stroke='{colour}' "
+            "stroke-width='1.5'/>"
+        )
+        for xv, yv in zip(xs.tolist(), values.tolist()):
+            if not np.isfinite(yv):
+                continue
+            px, py = point(xv, yv)
+            parts.append(
+                f"<circle class='anat-point' cx='{px:.1f}' cy='{py:.1f}' r='2.5' fill='{colour}'>"
+                f"<title>{escape(name)} at {escape(fmt(xv))}: {escape(shown(yv))}</title></circle>"
+            )
+        y = legend_y + 18 * i
+        parts.append(
+            f"<line x1='{left}' y1='{y - 4}' x2='{left + 18}' y2='{y - 4}' stroke='{colour}' "
+            f"stroke-width='2'/><text x='{left + 24}' y='{y}'>{escape(_short(name, 40))}</text>"
+        )
+    parts.append("</svg>")
+    return HTMLFigure(figure_div(new_id("line"), title, "".join(parts)), title or "line", "line")
+
+
+def _line_series(data: Any, x: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    x_values = None
+    if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
+        if isinstance(x, str):
+            if x not in data.columns:
+                raise ValueError(f"x={x!r} is not a column; columns: {list(data.columns)}.")
+            x_values = data[x].to_numpy(dtype=float)
+        numeric = [c for c in data.columns if c != x and np.issubdtype(data[c].dtype, np.number)]
+        series = {str(c): data[c].to_numpy(dtype=float) for c in numeric}
+    elif isinstance(data, dict):
+        series = {str(k): to_array(v, f"data[{k!r}]").astype(float) for k, v in data.items()}
+    else:
+        series = {"values": to_array(data, "data").astype(float)}
+    if not series:
+        raise ValueError("line needs at least one series of numbers.")
+    for name, values in series.items():
+        if values.ndim != 1:
+            raise ValueError(f"series {name!r} must be 1-D, got shape {values.shape}.")
+    lengths = {len(v) for v in series.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(
+            f"the series must have one non-zero length, got lengths {sorted(lengths)}."
+        )
+    n = lengths.pop()
+    if x_values is None:
+        x_values = np.arange(n, dtype=float) if x is None or isinstance(x, str) else None
+    if x_values is None:
+        x_values = to_array(x, "x").astype(float)
+    if x_values.shape != (n,):
+        raise ValueError(f"x has shape {x_values.shape}; the series have {n} values.")
+    return series, x_values
