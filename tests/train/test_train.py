@@ -230,3 +230,27 @@ def test_a_metric_over_every_checkpoint_is_the_metric_of_each_saved_model(tmp_pa
     assert html.count("class='anat-point'") == 4
     first = table.iloc[0]
     assert f"loss at 4: {first['loss']:.3g}"[:12] in html
+
+
+def test_wandb_logs_when_installed_and_warns_when_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    logged: list[dict[str, float]] = []
+    calls: list[str] = []
+
+    class Run:
+        def log(self, record: dict[str, float]) -> None:
+            logged.append(record)
+
+        def finish(self) -> None:
+            calls.append("finish")
+
+    stub = types.ModuleType("wandb")
+    stub.init = lambda project=None, config=None: calls.append(f"init {project}") or Run()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", stub)
+    train(model(), settings(max_steps=3, wandb=True, wandb_project_name="toy"), tokens())
+    assert calls == ["init toy", "finish"] and [r["step"] for r in logged] == [1, 2, 3]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.warns(UserWarning, match="wandb is not installed"):
+        train(model(), settings(max_steps=1, wandb=True), tokens())
