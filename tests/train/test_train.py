@@ -254,3 +254,28 @@ def test_wandb_logs_when_installed_and_warns_when_not(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.warns(UserWarning, match="wandb is not installed"):
         train(model(), settings(max_steps=1, wandb=True), tokens())
+
+
+def test_runs_agree_with_several_threads_where_the_embedding_backward_would_not() -> None:
+    """Full-batch modular addition (many rows per embedding row): with 2 threads torch's default
+    embedding backward sums in a varying order; `deterministic` (the default) fixes it."""
+    p = 23
+    pairs = torch.cartesian_prod(torch.arange(p), torch.arange(p))
+    data = (torch.cat([pairs, torch.full((p * p, 1), p)], dim=1), pairs.sum(1) % p)
+    cfg = dict(CFG, n_layers=1, d_vocab=p + 1, n_ctx=3, d_model=64, d_head=16, act_fn="relu")
+
+    def run(deterministic: bool) -> torch.Tensor:
+        m = anatomist.HookedTransformer(anatomist.TransformerConfig(**cfg))  # type: ignore[arg-type]
+        config = settings(num_epochs=60, batch_size=p * p, lr=3e-3, deterministic=deterministic)
+        train(m, config, data, loss_fn=lambda mm, b: mm(b[0])[:, -1, :p].log_softmax(-1)
+              .gather(1, b[1][:, None]).mean().neg())  # fmt: skip
+        return m.W_E.detach().clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = run(True)
+        assert all(torch.equal(first, run(True)) for _ in range(2))
+        assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+    finally:
+        torch.set_num_threads(threads)

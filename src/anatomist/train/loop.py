@@ -55,6 +55,9 @@ class TrainingConfig:
     step's record (step, epoch, loss, lr) goes to ``callback``, to ``log_file`` (.csv or .jsonl,
     appended to on resume) and, with ``wandb=True`` and the package installed, to a wandb run;
     every ``print_every`` steps it is printed. ``progress`` shows a bar with the loss.
+    ``deterministic`` turns on torch's deterministic algorithms while training (restored after;
+    ops without one warn): with several CPU threads some backward kernels otherwise sum in a
+    varying order, and two runs of the same settings drift apart.
     """
 
     num_epochs: int = 1
@@ -76,6 +79,7 @@ class TrainingConfig:
     log_file: str | os.PathLike[str] | None = None
     callback: Callable[[dict[str, float]], None] | None = None
     progress: bool = True
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "batch_size"):
@@ -146,6 +150,10 @@ def train(
     logger = _Logger(config, append=resume and step > 0)
     bar = tqdm(total=total, initial=step, desc="training", disable=not config.progress)
     model.train()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         while step < total:
             epoch, index = divmod(step, steps_per_epoch)
@@ -170,6 +178,7 @@ def train(
             ):
                 _save(save_dir, step, model, optimizer, scheduler)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
         bar.close()
         logger.close()
     if save_dir is not None:
