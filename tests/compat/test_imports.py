@@ -57,6 +57,8 @@ CLASSIC_NAMES = [
     ("transformer_lens", "patching", "anatomist.analysis.patching"),
     ("transformer_lens", "evals", "anatomist.analysis.evals"),
     ("transformer_lens", "head_detector", "anatomist.analysis.head_detector"),
+    ("transformer_lens.train", "train", "anatomist.train.train"),
+    ("transformer_lens.train", "HookedTransformerTrainConfig", "anatomist.train.TrainingConfig"),
     ("transformer_lens", "hook_points", "anatomist.hooks"),
     ("transformer_lens.HookedTransformer", "HookedTransformer", "anatomist.HookedTransformer"),
     ("transformer_lens.HookedTransformer", "HookedRootModule", "anatomist.HookedRootModule"),
@@ -300,3 +302,23 @@ def test_python_m_anatomist_compat_usage(argv: list[str]) -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "usage: python -m anatomist.compat" in done.stderr
+
+
+def test_a_classic_training_script_runs_on_anatomist() -> None:
+    out = run_python(
+        """
+        import torch
+        import anatomist.compat
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        from transformer_lens.train import HookedTransformerTrainConfig, train
+
+        cfg = HookedTransformerConfig(n_layers=1, d_model=16, d_head=4, n_ctx=8, d_vocab=10,
+                                      act_fn="relu", seed=0)
+        model = HookedTransformer(cfg)
+        tokens = torch.randint(0, 10, (32, 8), generator=torch.Generator().manual_seed(0))
+        config = HookedTransformerTrainConfig(num_epochs=3, batch_size=8, lr=1e-2, seed=0,
+                                              print_every=None, progress=False)
+        print(type(train(model, config, tokens)).__module__)
+        """
+    )
+    assert out.strip() == "anatomist.model.transformer"

@@ -54,6 +54,7 @@ MODULES: dict[str, str] = {
     "head_detector": "anatomist.analysis.head_detector",
     "loading_from_pretrained": "anatomist.loading.names",
     "utilities.hf_utils": "anatomist.loading.hub_files",
+    "train": "anatomist.train",
 }
 
 # Classic modules named after the class they hold: the package attribute is the class (as in the

@@ -13,7 +13,10 @@ See docs/training.md.
 from anatomist.train.dynamics import metrics_over_checkpoints
 from anatomist.train.loop import TrainingConfig, TrainingError, checkpoint_steps, train
 
+HookedTransformerTrainConfig = TrainingConfig  # the classic name (transformer_lens.train)
+
 __all__ = [
+    "HookedTransformerTrainConfig",
     "TrainingConfig",
     "TrainingError",
     "checkpoint_steps",
