@@ -27,6 +27,7 @@ import torch
 
 from anatomist import HookedTransformer
 from anatomist.analysis.patching import get_act_patch_resid_pre
+from anatomist.model.devices import model_parts
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -88,16 +89,10 @@ def planned_bytes(model: HookedTransformer) -> dict[str, int]:
     """Bytes of weights and buffers the model's device map puts on each device."""
     held: dict[str, int] = {}
     assert model.device_map is not None
-    for name, module in model.named_children():
-        children = (
-            [(f"blocks.{i}", b) for i, b in enumerate(module.children())]
-            if name == "blocks"
-            else [(name, module)]
-        )
-        for part, child in children:
-            device = model.device_map[part]
-            tensors = [*child.parameters(), *child.buffers()]
-            held[device] = held.get(device, 0) + sum(t.numel() * t.element_size() for t in tensors)
+    for part, module in model_parts(model):
+        device = model.device_map[part]
+        tensors = [*module.parameters(), *module.buffers()]
+        held[device] = held.get(device, 0) + sum(t.numel() * t.element_size() for t in tensors)
     return held
 
 

@@ -22,7 +22,7 @@ import anatomist.loading.pretrained as pretrained
 import anatomist.model.block as block_module
 from anatomist import HookedTransformer, TransformerConfig
 from anatomist.analysis.patching import get_act_patch_resid_pre
-from anatomist.model.devices import DeviceMapError, place, plan_devices
+from anatomist.model.devices import DeviceMapError, model_parts, place, plan_devices
 from anatomist.model.kv_cache import KVCacheEntry
 
 TWO_CPUS = {
@@ -90,7 +90,9 @@ def test_sequential_plan_fills_each_device_in_order_within_its_budget() -> None:
     assert plan["embed"] == plan["pos_embed"] == cuda0
     assert [plan[f"blocks.{i}"] for i in range(6)] == [cuda0] * 2 + [cuda1] * 4
     assert plan["ln_final"] == plan["unembed"] == cuda1
-    held = {d: sum(nbytes(m) for n, m in _parts(model) if plan[n] == d) for d in (cuda0, cuda1)}
+    held = {
+        d: sum(nbytes(m) for n, m in model_parts(model) if plan[n] == d) for d in (cuda0, cuda1)
+    }
     assert held[cuda0] <= first
 
 
@@ -373,9 +375,3 @@ def test_every_tensor_a_block_reads_moves_across_a_real_device_boundary(
         model.set_use_split_qkv_input(False)
     middle = model(tokens, stop_at_layer=2)
     assert model(middle, start_at_layer=2, attention_mask=mask).device.type == "meta"
-
-
-def _parts(model: HookedTransformer) -> list[tuple[str, torch.nn.Module]]:
-    from anatomist.model.devices import model_parts
-
-    return model_parts(model)

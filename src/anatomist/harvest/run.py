@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from anatomist.files import fsync, write_atomically
+
 FORMAT = "anatomist-harvest/1"
 SHARD_BYTES = 64 * 2**20  # activations per shard when rows_per_shard is not given
 SETTINGS_FILE = "harvest.json"  # written first: what this folder is a harvest of
@@ -410,10 +412,10 @@ def _write_shard(
     with _quiet_datasets():
         dataset.save_to_disk(str(temporary), num_shards=1)
     for file in temporary.iterdir():
-        _fsync(file)
-    _fsync(temporary)
+        fsync(file)
+    fsync(temporary)
     os.replace(temporary, final)
-    _fsync(out)
+    fsync(out)
 
 
 def _array2d(values: np.ndarray, feature: Any) -> Any:
@@ -490,10 +492,8 @@ def _shapes_from(shard: Path, hook_names: list[str]) -> dict[str, list[int]]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    _fsync(temporary)
-    os.replace(temporary, path)
+    text = json.dumps(value, indent=2, default=str) + "\n"
+    write_atomically(path, lambda target: target.write_text(text))
 
 
 def _read_json(path: Path) -> Any:
@@ -503,14 +503,6 @@ def _read_json(path: Path) -> Any:
         return None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}): the folder is corrupt.") from None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _quiet_datasets:

@@ -275,7 +275,7 @@ def _fold_into_unembed(unembed: Any, norm: Any, fold_bias: bool, center: bool) -
         _fold_into_matrix(unembed.W_U, unembed.b_U, norm, fold_bias, center)
         return
     if fold_bias:  # the projection has no bias: the norm's bias reaches the logits as a constant
-        unembed.b_U += norm.b.to(unembed.b_U.device) @ unembed.W_proj_out @ unembed.W_U
+        unembed.b_U += norm.b @ unembed.W_proj_out @ unembed.W_U
     _fold_into_matrix(unembed.W_proj_out, None, norm, False, center)
 
 
@@ -306,10 +306,10 @@ def _fold_into_router(moe: MoE, norm: Any, fold_bias: bool, center: bool) -> Non
 
 
 def _fold_into_heads(W: Tensor, b: Tensor, norm: Any, fold_bias: bool, center: bool) -> None:
-    # W: [heads, d_model, d_head], b: [heads, d_head]; the norm's weights moved to W's device
+    # W: [heads, d_model, d_head], b: [heads, d_head]; the norm is in W's group (its device)
     if fold_bias:
-        b += torch.einsum("d,hde->he", norm.b.to(W.device), W)
-    W *= norm.multiplier.to(W.device)[None, :, None]
+        b += torch.einsum("d,hde->he", norm.b, W)
+    W *= norm.multiplier[None, :, None]
     if center:
         W -= W.mean(dim=1, keepdim=True)
 
@@ -317,10 +317,10 @@ def _fold_into_heads(W: Tensor, b: Tensor, norm: Any, fold_bias: bool, center: b
 def _fold_into_matrix(
     W: Tensor, b: Tensor | None, norm: Any, fold_bias: bool, center: bool
 ) -> None:
-    # W: [d_model, out], b: [out]; the norm's weights moved to W's device
+    # W: [d_model, out], b: [out]; the norm is in W's group (its device)
     if fold_bias and b is not None:
-        b += norm.b.to(W.device) @ W
-    W *= norm.multiplier.to(W.device)[:, None]
+        b += norm.b @ W
+    W *= norm.multiplier[:, None]
     if center:
         W -= W.mean(dim=0, keepdim=True)
 

@@ -444,13 +444,12 @@ class GenerationMixin:
             return full_sequence
         from anatomist.model.kv_cache import KVCache
 
-        blocks = getattr(self, "blocks", ())
-        placed = [block.placed_on for block in blocks if block.placed_on is not None]
+        split = getattr(self, "output_device", None) is not None
         cache = KVCache.init_cache(  # a split model's layers keep their cache on their device
             self.cfg,
             run.tokens.device,
             run.tokens.shape[0],
-            layer_devices=placed if len(placed) == len(blocks) and placed else None,
+            layer_devices=[block.placed_on for block in self.blocks] if split else None,  # type: ignore[attr-defined]
         )
         fed = 0  # how many positions of run.tokens the cache holds
 

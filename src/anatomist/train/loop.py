@@ -15,7 +15,7 @@ of its settings: deterministic on the CPU, and resumable exactly. Every ``save_e
 so ``HookedTransformer.from_pretrained(save_dir, checkpoint_index=i)`` (or ``checkpoint_value=
 step``) loads checkpoint `i`, and ``train(..., resume=True)`` continues from the latest complete
 checkpoint: the final weights equal an uninterrupted run's, bit for bit on the CPU. Every file is
-written under a temporary name and renamed. State files are read with
+written under a temporary name, fsynced and renamed (`anatomist.files`). State files are read with
 ``torch.load(weights_only=True)``.
 """
 
@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from anatomist.files import write_atomically
 
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 _STATE = re.compile(r"state_(\d+)\.pt")
@@ -328,14 +330,14 @@ def _save(save_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any)
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
     }
-    _atomic(folder / f"state_{step}.pt", lambda path: torch.save(state, path))
+    write_atomically(folder / f"state_{step}.pt", lambda path: torch.save(state, path))
 
 
 def _save_weights(path: Path, model: Any) -> None:
     from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda target: save_file(weights, str(target)))
+    write_atomically(path, lambda target: save_file(weights, str(target)))
 
 
 def _restore(save_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
@@ -366,15 +368,8 @@ def _restore(save_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
     return step
 
 
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _atomic(path, lambda target: target.write_text(json.dumps(value, indent=2)))
+    write_atomically(path, lambda target: target.write_text(json.dumps(value, indent=2)))
 
 
 def checkpoint_steps(save_dir: str | os.PathLike[str]) -> Sequence[int]:
