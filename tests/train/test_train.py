@@ -170,11 +170,23 @@ def test_logging_to_files_callback_and_the_warmup_schedule(tmp_path: Path, capsy
         ({"save_every": 5}, "save_every needs save_dir"),
         ({"log_file": "log.txt"}, r"log_file must end in \.csv or \.jsonl"),
         ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
+        ({"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"betas": (0.9, 0.98), "optimizer_name": "SGD"}, "SGD takes momentum instead"),
     ],
 )
 def test_bad_settings_are_refused_by_name(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         settings(**overrides)
+
+
+def test_betas_reach_adam_and_are_saved_with_its_state(tmp_path: Path) -> None:
+    config = settings(optimizer_name="AdamW", betas=[0.9, 0.98], save_every=7, save_dir=tmp_path)
+    trained = train(model(), config, tokens())
+    state = torch.load(tmp_path / "checkpoints" / "state_14.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.98)
+    default = train(model(), settings(optimizer_name="AdamW"), tokens())
+    assert not torch.equal(trained.W_E, default.W_E)
 
 
 def test_bad_data_and_resume_without_a_folder_are_refused() -> None:

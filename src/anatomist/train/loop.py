@@ -52,8 +52,8 @@ class TrainingConfig:
 
     Training runs ``num_epochs`` passes over the data, or stops at ``max_steps`` optimizer steps
     if that comes first. ``warmup_steps`` ramps the learning rate linearly from lr/warmup to
-    lr. ``weight_decay`` (None: the optimizer's default; AdamW's is 0.01) and ``momentum`` (SGD)
-    go to the optimizer; ``max_grad_norm`` clips the gradients' total norm. Logging: every
+    lr. ``weight_decay`` (None: the optimizer's default; AdamW's is 0.01), ``betas`` (Adam and
+    AdamW; None: torch's 0.9, 0.999) and ``momentum`` (SGD) go to the optimizer; ``max_grad_norm`` clips the gradients' total norm. Logging: every
     step's record (step, epoch, loss, lr) goes to ``callback``, to ``log_file`` (.csv or .jsonl,
     appended to on resume) and, with ``wandb=True`` and the package installed, to a wandb run;
     every ``print_every`` steps it is printed. ``progress`` shows a bar with the loss.
@@ -78,6 +78,7 @@ class TrainingConfig:
     wandb_project_name: str | None = None
     print_every: int | None = 50
     max_steps: int | None = None
+    betas: tuple[float, float] | None = None
     log_file: str | os.PathLike[str] | None = None
     callback: Callable[[dict[str, float]], None] | None = None
     progress: bool = True
@@ -99,6 +100,17 @@ class TrainingConfig:
             raise TrainingError(
                 f"optimizer_name {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}."
             )
+        if self.betas is not None:
+            betas = tuple(self.betas) if isinstance(self.betas, list | tuple) else ()
+            if len(betas) != 2 or not all(
+                isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+            ):
+                raise TrainingError(
+                    f"betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {self.betas!r}."
+                )
+            if self.optimizer_name == "SGD":
+                raise TrainingError("betas are Adam's and AdamW's; SGD takes momentum instead.")
+            self.betas = (float(betas[0]), float(betas[1]))
         if self.save_every is not None and self.save_dir is None:
             raise TrainingError("save_every needs save_dir: where the checkpoints go.")
         if self.log_file is not None and Path(self.log_file).suffix not in (".csv", ".jsonl"):
@@ -252,6 +264,8 @@ def _optimizer(model: Any, config: TrainingConfig) -> torch.optim.Optimizer:
     decay: dict[str, Any] = {}
     if config.weight_decay is not None:
         decay["weight_decay"] = config.weight_decay
+    if config.betas is not None:
+        decay["betas"] = config.betas
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer_name == "Adam":
         return torch.optim.Adam(params, lr=config.lr, **decay)
