@@ -13,6 +13,7 @@ from anatomist.analysis.factored_matrix import FactoredMatrix
 from anatomist.analysis.svd import SVDInterpreter
 from anatomist.cache import ActivationCache
 from anatomist.config import ConfigError, HookedTransformerConfig, TransformerConfig
+from anatomist.hf_model import HookedHFModel, NeedsNativeFamilyError
 from anatomist.hooks import (
     HookDeviceError,
     HookDisabledError,
@@ -51,6 +52,8 @@ __all__ = [
     "HookPoint",
     "HookShapeError",
     "HookedEncoder",
+    "HookedHFModel",
+    "NeedsNativeFamilyError",
     "HookedEncoderDecoder",
     "HookedRootModule",
     "HookedTransformer",

@@ -445,6 +445,9 @@ def _attached_hooks(model: Any) -> list[str]:
     torch's global module hooks."""
     from torch.nn.modules import module as torch_module
 
+    own = getattr(model, "attached_hooks", None)  # a model whose modules carry hooks of its own
+    if callable(own):
+        return list(own())
     found = [
         f"global torch {kind} hooks"
         for kind in ("forward", "forward_pre", "backward", "backward_pre")

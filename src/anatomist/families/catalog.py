@@ -72,7 +72,54 @@ def models_markdown() -> str:
     lines += ["", "## Not supported", "", "| architecture | why |", "|---|---|"]
     for arch, why in sorted(UNSUPPORTED.items()):
         lines.append(f"| `{arch}` | {why} |")
+    lines += ["", FALLBACK_SECTION]
     return "\n".join(lines) + "\n"
+
+
+FALLBACK_SECTION = """## Any other Hugging Face model: `HookedHFModel`
+
+An architecture no family ports (a new release, CodeGen, MPT, Mamba, a research model) runs as
+its own `transformers` model with hook points at the places every decoder has.
+`HookedTransformer.from_pretrained` keeps refusing it (its error names this class), and
+`anatomist.HookedHFModel.from_pretrained(path)` loads it offline from a local folder, a `.gguf`
+file or the Hugging Face cache (`AutoModelForCausalLM`, `local_files_only=True`, never
+`trust_remote_code`); `HookedHFModel(hf_model, tokenizer)` wraps a model you built. It *is* that
+model: with no hooks its logits are exactly transformers'.
+
+| hook point | what it sees |
+|---|---|
+| `hook_embed` | the token embedding's output |
+| `blocks.{i}.hook_resid_pre`, `blocks.{i}.hook_resid_post` | each layer's input and output (the tensors of `output_hidden_states`) |
+| `blocks.{i}.hook_attn_out`, `blocks.{i}.hook_mlp_out` | the output of the layer's child named `self_attn`/`attn`/`attention`/`self_attention` and `mlp`/`feed_forward`/`ffn`, where there is one |
+| `blocks.{i}.attn.hook_pattern` | the attention weights, read-only; asking for them runs that call with eager attention (a warning says so once) |
+| `ln_final.hook_normalized`, `hook_logits` | the final norm's and the head's outputs |
+| `model.layers.3.self_attn.o_proj`, ... | every submodule's output (a tuple's first element) under its Hugging Face path |
+
+What works unchanged: `run_with_hooks`, `run_with_cache` (`names_filter`, `incl_bwd`), `hooks()`,
+`reset_hooks`, the activation-patching presets on these hook points (`get_act_patch_resid_pre`,
+`_attn_out`, `_mlp_out`, `generic_activation_patch`), `model.logit_lens(input)` (each layer's
+residual stream through the model's own final norm and head), `generate` (transformers' generate,
+the classic arguments, hooks firing at every step), `to_tokens` / `to_string` / `to_str_tokens`,
+`forward(return_type="loss")`.
+
+What needs a native family, and raises `NeedsNativeFamilyError` (or, for hook names,
+`UnknownHookError`) saying so: weight views (`W_Q`, `W_U`, `OV`, `QK`, ...), FactoredMatrix
+circuits, weight processing (`fold_layer_norm`, centering), per-head and inner hooks
+(`hook_q`/`k`/`v`/`z`/`result`, `hook_attn_scores`, norm scales, `mlp.hook_post`), editing
+attention patterns, cache methods that apply anatomist's final norm or unembedding
+(`accumulated_resid(apply_ln=True)`, `apply_ln_to_stack`, `logit_attrs`; use `model.logit_lens`),
+per-head cache stacks (`stack_head_results`: the cache has no `hook_z`), and path or attribution
+patching through heads. `accumulated_resid()` and `decompose_resid()` work on the cached layer
+boundaries. The hook names of a wrapped model are its boundaries, not anatomist's per-component
+decomposition.
+
+How it is verified (tests/test_hf_model.py): tiny random-init CodeGen, MPT and Mamba (none
+ported) plus GPT-2 and Llama: logits exactly transformers', every `hook_resid_pre`/`post` equal
+to `output_hidden_states`, a hook-point ablation equal to the same torch hook on the module,
+patterns equal to eager `output_attentions`, gradients, greedy `generate` equal to transformers',
+and on GPT-2 and Llama the resid_pre and mlp_out patching sweeps and the logit lens equal the
+native model's (within 1e-4). The packaged SmolLM2 GGUF loads through it with its tokenizer
+(logits exactly transformers')."""
 
 
 def _verified_by(family: str) -> str:

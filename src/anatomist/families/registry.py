@@ -49,6 +49,15 @@ UNSUPPORTED: dict[str, str] = {
 }
 
 
+# Named in the error for an architecture no family ports (transformers must know it).
+FALLBACK = (
+    "anatomist.HookedHFModel.from_pretrained(path) wraps any transformers causal LM instead: "
+    "hook points at every layer's input and output, attention and MLP outputs, the final norm, "
+    "the logits and every submodule by its Hugging Face path, for hooks, caching, patching, the "
+    "logit lens and generate (no weight views, weight processing or per-head hooks)."
+)
+
+
 def family_for_architecture(architecture: str) -> Family:
     family = _BY_ARCHITECTURE.get(architecture)
     if family is None and architecture in UNSUPPORTED:
@@ -59,8 +68,8 @@ def family_for_architecture(architecture: str) -> Family:
         close = difflib.get_close_matches(architecture, list(_BY_ARCHITECTURE), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnsupportedArchitectureError(
-            f"Architecture {architecture!r} is not supported.{hint} Supported: "
-            f"{', '.join(supported_architectures())}."
+            f"Architecture {architecture!r} is not supported natively.{hint} "
+            f"{FALLBACK} Natively supported: {', '.join(supported_architectures())}."
         )
     return family
 

@@ -1,0 +1,525 @@
+"""`HookedHFModel`: hook points on any Hugging Face causal language model, for architectures
+anatomist has not ported natively (a new release, CodeGen, MPT, Mamba, ...).
+
+It *is* the ``transformers`` model (``model.hf_model``), run as transformers runs it; anatomist
+only watches module boundaries with torch forward hooks that hand each output to a `HookPoint`:
+
+- the classic names every decoder has: ``hook_embed`` (the token embedding's output),
+  ``blocks.{i}.hook_resid_pre`` / ``hook_resid_post`` (each layer's input and output),
+  ``blocks.{i}.hook_attn_out`` / ``hook_mlp_out`` (where the layer has an attention / MLP module
+  under a usual name), ``ln_final.hook_normalized`` (the final norm's output) and
+  ``hook_logits`` (the head's output);
+- every submodule's output under its Hugging Face path (``model.layers.3.self_attn.o_proj``);
+  a module that returns a tuple shows its first element;
+- ``blocks.{i}.attn.hook_pattern`` (read-only): the attention weights, only when a hook or the
+  cache asks for them; the model then runs with eager attention for that call (a warning says
+  so once), since fused attention never forms the weights.
+
+So the hook API works unchanged: run_with_hooks, run_with_cache (names_filter, incl_bwd),
+hooks(), reset_hooks, activation patching on these hook points, the logit lens (through the
+model's own final norm and head), generate (transformers' generate, hooks firing each step).
+What needs anatomist's own implementation (weight views such as W_Q, FactoredMatrix circuits,
+weight processing, per-head hooks) raises `NeedsNativeFamilyError`.
+
+Nothing from a model folder is ever executed (``trust_remote_code=False``), and loading never
+goes online (``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.hooks import HookedRootModule, HookPoint, UnknownHookError
+from anatomist.model.tokens import TokenizerMixin, token_batch
+
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer_attn")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "ffn_layer")
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm", "ln_out")
+
+# Attributes and methods that read or rewrite anatomist's own weight layout.
+NATIVE_ONLY = frozenset(
+    {
+        *(f"W_{n}" for n in ("Q", "K", "V", "O", "E", "U", "pos", "in", "out", "gate", "E_pos")),
+        *(f"b_{n}" for n in ("Q", "K", "V", "O", "U", "in", "out")),
+        "QK",
+        "OV",
+        "process_weights_",
+        "fold_layer_norm",
+        "center_writing_weights",
+        "center_unembed",
+        "fold_value_biases",
+        "refactor_factored_attn_matrices",
+        "set_use_attn_result",
+        "set_use_split_qkv_input",
+        "set_use_hook_mlp_in",
+        "set_use_attn_in",
+        "tokens_to_residual_directions",
+        "blocks",
+        "embed",
+        "unembed",
+        "ln_final",
+    }
+)
+# Hook names of the native model that need its own attention and MLP code.
+_NATIVE_HOOKS = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_attn_scores",
+    "hook_rot_q",
+    "hook_rot_k",
+    "hook_pre",
+    "hook_post",
+    "hook_scale",
+    "hook_resid_mid",
+    "hook_pos_embed",
+    "hook_attn_in",
+    "hook_mlp_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+)
+
+
+class NeedsNativeFamilyError(NotImplementedError, AttributeError):
+    """What a wrapped Hugging Face model cannot do: it needs anatomist's own implementation of
+    the architecture (a native family). An AttributeError too, so ``hasattr`` answers False."""
+
+
+class HookedHFModel(TokenizerMixin, HookedRootModule):
+    """Hook points on a ``transformers`` causal LM (see the module docstring).
+
+    ``HookedHFModel(hf_model, tokenizer=None)`` wraps a model you built; `from_pretrained` loads
+    one from a local folder, a GGUF file or the Hugging Face cache.
+    """
+
+    hf_model: Any  # a transformers PreTrainedModel
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any = None) -> None:
+        super().__init__()
+        from anatomist.config import TransformerConfig
+
+        self.hf_model = hf_model
+        hf_config: Any = hf_model.config
+        text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+        layers_path, layers = _find_layers(hf_model, text)
+        # Plain attributes, not submodules: they are hf_model's own modules.
+        object.__setattr__(self, "_layers_path", layers_path)
+        object.__setattr__(self, "_layers", layers)
+        d_model = int(_first(text, ("hidden_size", "d_model", "n_embd", "n_embed")))
+        n_heads = int(_first(text, ("num_attention_heads", "n_head", "n_heads"), 1) or 1)
+        param = next(hf_model.parameters(), None)
+        self.cfg = TransformerConfig(
+            n_layers=len(self._layers),
+            d_model=d_model,
+            n_heads=n_heads,
+            d_head=max(1, d_model // n_heads),
+            d_vocab=int(_first(text, ("vocab_size",))),
+            n_ctx=int(_first(text, ("max_position_embeddings", "n_positions", "n_ctx"), 2048)),
+            act_fn="gelu",
+            model_name=str(getattr(hf_config, "_name_or_path", "") or type(hf_model).__name__),
+            original_architecture=type(hf_model).__name__,
+            device=str(param.device) if param is not None else None,
+            dtype=param.dtype if param is not None else torch.float32,
+        )
+        self._handles: list[Any] = []
+        self._warned_eager = False
+        self.setup()
+        self.set_tokenizer(tokenizer)
+
+    # --- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        tokenizer: Any = None,
+        **hf_kwargs: Any,
+    ) -> HookedHFModel:
+        """Load a causal LM with ``AutoModelForCausalLM`` offline: a local folder, a ``.gguf``
+        file, or a repo id already in the Hugging Face cache. Never runs code from the folder
+        (``trust_remote_code=False``). The tokenizer beside the weights is loaded when there is
+        one (or pass `tokenizer`)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(name_or_path)
+        source, extra = str(name_or_path), {}
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"No GGUF file at {path}.")
+            source, extra = str(path.parent), {"gguf_file": path.name}
+        for refused in ("trust_remote_code", "local_files_only"):
+            if hf_kwargs.pop(refused, None):
+                raise ValueError(
+                    f"{refused}=True is refused: anatomist runs offline and never "
+                    "executes code from a model folder."
+                )
+        settings = {"local_files_only": True, "trust_remote_code": False, **extra}
+        if dtype is not None:
+            settings["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        try:
+            hf_model: Any = AutoModelForCausalLM.from_pretrained(source, **settings, **hf_kwargs)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"transformers could not load {str(name_or_path)!r} offline as a causal LM "
+                f"({type(error).__name__}: {error})."
+            ) from error
+        if device is not None:
+            hf_model = hf_model.to(device)
+        hf_model.eval()
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source, **settings)
+            except (OSError, ValueError, TypeError):
+                tokenizer = None  # weights without tokenizer files: token ids only
+        return cls(hf_model, tokenizer)
+
+    # --- hook points ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build the hook points and attach one torch forward hook per watched module."""
+        for handle in getattr(self, "_handles", []):
+            handle.remove()
+        self._handles = []
+        self.hook_dict = {}
+        self.mod_dict = {}
+        hf = self.hf_model
+        embed, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+        if embed is not None:
+            self._watch(embed, "hook_embed")
+        for i, layer in enumerate(self._layers):
+            self._watch_input(layer, f"blocks.{i}.hook_resid_pre")
+            self._watch(layer, f"blocks.{i}.hook_resid_post")
+            attn = _child(layer, ATTENTION_NAMES)
+            if attn is not None:
+                self._watch(attn, f"blocks.{i}.hook_attn_out")
+                self._watch_pattern(attn, f"blocks.{i}.attn.hook_pattern")
+            mlp = _child(layer, MLP_NAMES)
+            if mlp is not None:
+                self._watch(mlp, f"blocks.{i}.hook_mlp_out")
+        object.__setattr__(self, "_final_norm", _final_norm(hf, self._layers_path))
+        if self._final_norm is not None:
+            self._watch(self._final_norm, "ln_final.hook_normalized")
+        if head is not None:
+            self._watch(head, "hook_logits")
+        for path, module in hf.named_modules():
+            if path:
+                self.mod_dict[path] = module
+                self._watch(module, path)
+
+    def unwrap(self) -> Any:
+        """Remove the wrapper's torch hooks from ``hf_model`` and return it, as it was before
+        wrapping (this wrapper's hook points stop firing)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return self.hf_model
+
+    def attached_hooks(self) -> list[str]:
+        """Where hooks are attached: hook points, or torch's global module hooks (patching's fast
+        path checks this). Raw torch hooks on ``hf_model``'s modules are not seen (transformers
+        puts its own there): pass ``reuse=False`` to a patching sweep when you add some."""
+        from torch.nn.modules import module as torch_module
+
+        found = [
+            f"global torch {kind} hooks"
+            for kind in ("forward", "forward_pre", "backward", "backward_pre")
+            if getattr(torch_module, f"_global_{kind}_hooks", None)
+        ]
+        return found + [name for name, point in self.hook_dict.items() if point.hooked_here()]
+
+    def _point(self, name: str) -> HookPoint:
+        point = HookPoint()
+        point.name = name
+        self.hook_dict[name] = point
+        return point
+
+    def _watch(self, module: nn.Module, name: str) -> None:
+        point = self._point(name)
+        self._handles.append(module.register_forward_hook(_output_hook(point)))
+
+    def _watch_input(self, module: nn.Module, name: str) -> None:
+        point = self._point(name)
+        self._handles.append(module.register_forward_pre_hook(_input_hook(point), with_kwargs=True))
+
+    def _watch_pattern(self, module: nn.Module, name: str) -> None:
+        point = self._point(name)
+        self._handles.append(module.register_forward_hook(_pattern_hook(point)))
+
+    def _unknown_hook(self, name: str) -> UnknownHookError:
+        base = name.rsplit(".", 1)[-1]
+        inside = name.startswith("blocks.") and any(p in name for p in (".attn.", ".mlp.", ".ln"))
+        if base in _NATIVE_HOOKS or inside:
+            return UnknownHookError(
+                f"Hook {name!r} needs anatomist's own implementation of the architecture (a "
+                f"native family); this HookedHFModel wraps {self.cfg.original_architecture}, "
+                "whose hook points are the layer boundaries (blocks.{i}.hook_resid_pre/post, "
+                "hook_attn_out, hook_mlp_out, attn.hook_pattern) and every submodule's output "
+                "by its Hugging Face path (model.hook_dict lists them)."
+            )
+        return super()._unknown_hook(name)
+
+    # --- what only a native family has ------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name in NATIVE_ONLY:
+            raise NeedsNativeFamilyError(
+                f"model.{name} needs anatomist's own implementation of the architecture (a native "
+                f"family); {self.cfg.original_architecture} runs here as Hugging Face's module "
+                "tree, whose weights are model.hf_model's parameters. docs/models.md lists the "
+                "native families."
+            )
+        return super().__getattr__(name)
+
+    # --- running ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        input: str | list[str] | Tensor,
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        attention_mask: Tensor | None = None,
+        **hf_kwargs: Any,
+    ) -> Any:
+        """Logits ``[batch, pos, d_vocab]`` (the Hugging Face model's own), or the next-token
+        loss (``return_type="loss"``, mean or per token), both, or None."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(
+                f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}."
+            )
+        tokens, attention_mask = self._tokens(input, prepend_bos, padding_side, attention_mask)
+        with self._patterns() as extra:
+            output = self.hf_model(
+                input_ids=tokens,
+                attention_mask=attention_mask,
+                use_cache=False,
+                **extra,
+                **hf_kwargs,
+            )
+        logits = output.logits
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        from anatomist.utils import lm_cross_entropy_loss
+
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def _tokens(
+        self,
+        input: str | list[str] | Tensor,
+        prepend_bos: bool | None,
+        padding_side: str | None,
+        attention_mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        if isinstance(input, str | list):
+            tokens, mask = self.tokenize_with_mask(input, prepend_bos, padding_side)
+            attention_mask = mask if attention_mask is None else attention_mask
+        else:
+            tokens = token_batch(input)
+            high = int(tokens.max()) if tokens.numel() else 0
+            if tokens.numel() and (int(tokens.min()) < 0 or high >= self.cfg.d_vocab):
+                raise ValueError(
+                    f"input holds token ids outside [0, {self.cfg.d_vocab}) (d_vocab), e.g. "
+                    f"{high if high >= self.cfg.d_vocab else int(tokens.min())}."
+                )
+        device = self.cfg.device
+        if device is not None:
+            tokens = tokens.to(device)
+            attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        return tokens, attention_mask
+
+    def _pattern_points(self) -> list[HookPoint]:
+        return [
+            point for name, point in self.hook_dict.items() if name.endswith(".attn.hook_pattern")
+        ]
+
+    @contextmanager
+    def _patterns(self) -> Iterator[dict[str, Any]]:
+        """Eager attention, and the weights returned, while a hook wants a pattern."""
+        if not any(point.hooked_here() for point in self._pattern_points()):
+            yield {}
+            return
+        config = self.hf_model.config
+        before = getattr(config, "_attn_implementation", None)
+        if before != "eager":
+            if not self._warned_eager:
+                warnings.warn(
+                    f"attn.hook_pattern needs the attention weights, which {before} attention "
+                    "never forms: this call runs the model with eager attention (same results "
+                    "up to float rounding, slower).",
+                    stacklevel=4,
+                )
+                self._warned_eager = True
+            self.hf_model.set_attn_implementation("eager")
+        try:
+            yield {"output_attentions": True}
+        finally:
+            if before != "eager" and before is not None:
+                self.hf_model.set_attn_implementation(before)
+
+    def logit_lens(self, input: str | list[str] | Tensor, pos_slice: Any = -1) -> Tensor:
+        """Logits read off the residual stream before every layer and after the last, through
+        the model's own final norm and head: ``[n_layers + 1, batch, *pos, d_vocab]``. The last
+        row is the model's output (when the head reads the final norm's output directly)."""
+        if self._final_norm is None:
+            raise NeedsNativeFamilyError(
+                f"the logit lens needs the final norm, and no child named "
+                f"{', '.join(FINAL_NORM_NAMES)} sits beside {self._layers_path}."
+            )
+        n = self.cfg.n_layers
+        names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [
+            f"blocks.{n - 1}.hook_resid_post"
+        ]
+        _, cache = self.run_with_cache(input, names_filter=names, return_type=None)
+        stack = torch.stack([cache[name] for name in names])
+        if pos_slice is not None:
+            stack = stack[:, :, pos_slice]
+        head = self.hf_model.get_output_embeddings()
+        with torch.no_grad():
+            return head(self._final_norm(stack))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input: str | list[str] | Tensor = "",
+        max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        return_type: str = "input",
+        verbose: bool = True,
+    ) -> Any:
+        """transformers' ``generate`` with the classic arguments; hooks fire at every step.
+        Returns text for text input (``return_type`` "input" or "str"), else token ids."""
+        text_in = isinstance(input, str | list)
+        side = padding_side or ("left" if isinstance(input, list) else None)
+        tokens, mask = self._tokens(input, prepend_bos, side, None)
+        settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "use_cache": use_past_kv_cache,
+            "attention_mask": mask if mask is not None else torch.ones_like(tokens),
+        }
+        if do_sample:
+            settings.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        if not stop_at_eos:
+            settings["min_new_tokens"] = max_new_tokens
+        elif eos_token_id is not None:
+            settings["eos_token_id"] = eos_token_id
+        pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer else None
+        settings["pad_token_id"] = pad if pad is not None else 0
+        out = self.hf_model.generate(tokens, **settings)
+        if return_type == "str" or (return_type == "input" and text_in):
+            texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+            return texts[0] if isinstance(input, str) else texts
+        return out
+
+
+def _first(config: Any, names: tuple[str, ...], default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    if default is None:
+        raise ValueError(f"the model's config has none of {', '.join(names)}.")
+    return default
+
+
+def _find_layers(hf_model: nn.Module, config: Any) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of decoder layers: the one with as many entries as the config's layer
+    count (the longest, if the config does not say)."""
+    want = _first(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers"), -1)
+    lists = [(p, m) for p, m in hf_model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    matching = [(p, m) for p, m in lists if len(m) == want] or sorted(
+        lists, key=lambda pm: -len(pm[1])
+    )
+    if not matching:
+        raise NeedsNativeFamilyError(
+            f"{type(hf_model).__name__} has no list of layers (an nn.ModuleList) to hook."
+        )
+    return matching[0]
+
+
+def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    for name in names:
+        child = getattr(module, name, None)
+        if isinstance(child, nn.Module):
+            return child
+    return None
+
+
+def _final_norm(hf_model: nn.Module, layers_path: str) -> nn.Module | None:
+    parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
+    parent = hf_model.get_submodule(parent_path)
+    return _child(parent, FINAL_NORM_NAMES)
+
+
+def _output_hook(point: HookPoint) -> Callable[..., Any]:
+    def run(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, Tensor):
+            new = point(output)
+            return None if new is output else new
+        if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+            new = point(output[0])
+            return None if new is output[0] else (new, *output[1:])
+        if hasattr(output, "to_tuple") and hasattr(output, "keys"):  # a ModelOutput
+            keys = list(output.keys())
+            if keys and isinstance(output[keys[0]], Tensor):
+                new = point(output[keys[0]])
+                if new is not output[keys[0]]:
+                    output[keys[0]] = new
+                    return output
+        return None
+
+    return run
+
+
+def _input_hook(point: HookPoint) -> Callable[..., Any]:
+    def run(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args and isinstance(args[0], Tensor):
+            new = point(args[0])
+            return None if new is args[0] else ((new, *args[1:]), kwargs)
+        hidden = kwargs.get("hidden_states")
+        if isinstance(hidden, Tensor):
+            new = point(hidden)
+            if new is not hidden:
+                return args, {**kwargs, "hidden_states": new}
+        return None
+
+    return run
+
+
+def _pattern_hook(point: HookPoint) -> Callable[..., Any]:
+    def run(module: nn.Module, args: Any, output: Any) -> None:
+        if not point.hooked_here() or not isinstance(output, tuple):
+            return
+        pattern = next((t for t in output[1:] if isinstance(t, Tensor) and t.dim() == 4), None)
+        if pattern is None:
+            return
+        if point(pattern) is not pattern:
+            raise NeedsNativeFamilyError(
+                f"{point.name} is read-only on a wrapped Hugging Face model (the attention "
+                "output is already computed from it); editing attention patterns needs a "
+                "native family."
+            )
+
+    return run
