@@ -3,6 +3,7 @@ against transformers computing the same thing, and against the native model on G
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -129,13 +130,14 @@ def test_attention_and_mlp_outputs_are_found_and_editing_them_edits_the_run(kind
     assert hooks_after < hooks_before and hooks_before - hooks_after == len(wrapped.hook_dict)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "codegen"])
+@pytest.mark.parametrize("kind", ATTENTION)
 def test_patterns_switch_to_eager_attention_and_equal_hf_attentions(kind: str) -> None:
     model = tiny(kind)
     wrapped = HookedHFModel(model)
     x = tokens()
-    before = model.config._attn_implementation
-    with pytest.warns(UserWarning, match="eager attention"):
+    before = model.config._attn_implementation  # MPT has only eager attention: no warning
+    said = pytest.warns(UserWarning, match="eager attention")
+    with said if before != "eager" else contextlib.nullcontext():
         _, cache = wrapped.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
     assert model.config._attn_implementation == before  # switched back
     model.set_attn_implementation("eager")
@@ -274,6 +276,11 @@ def test_text_in_and_out_with_a_tokenizer() -> None:
         assert torch.equal(wrapped("Hello world"), model(ids, use_cache=False).logits)
         batch = wrapped(["Hello", "Hello world world"], return_type="loss", loss_per_token=True)
     assert batch.shape == (2, 3)
+    # A left-padded row computes what it computes alone (positions count from its first token).
+    with torch.no_grad():
+        padded = wrapped(["Hello world", "Hello world world"], padding_side="left")
+        alone = wrapped("Hello world")
+    torch.testing.assert_close(padded[0, 1:], alone[0], atol=1e-5, rtol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         text = wrapped.generate("Hello", max_new_tokens=2, do_sample=False, verbose=False)

@@ -27,6 +27,7 @@ goes online (``local_files_only=True``).
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -133,6 +134,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             dtype=param.dtype if param is not None else torch.float32,
         )
         self._handles: list[Any] = []
+        self._takes_position_ids = "position_ids" in inspect.signature(hf_model.forward).parameters
         self._warned_eager = False
         self.setup()
         self.set_tokenizer(tokenizer)
@@ -299,6 +301,15 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
                 f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}."
             )
         tokens, attention_mask = self._tokens(input, prepend_bos, padding_side, attention_mask)
+        if (
+            attention_mask is not None
+            and "position_ids" not in hf_kwargs
+            and self._takes_position_ids
+            and not bool(attention_mask.all())
+        ):
+            # As transformers' generate does: padded rows count positions from their first
+            # real token, so a left-padded row computes what it computes alone.
+            hf_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         with self._patterns() as extra:
             output = self.hf_model(
                 input_ids=tokens,
