@@ -248,6 +248,14 @@ def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path
     loss = wrapped(x, return_type="loss")
     per_token = wrapped(x, return_type="loss", loss_per_token=True)
     assert per_token.shape == (2, 6) and torch.allclose(per_token.mean(), loss)
+    # A repo id in a Hugging Face cache folder (the hub's layout), found offline.
+    snapshot = tmp_path / "cache" / "models--tiny--mpt" / "snapshots" / "0123abc"
+    model.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    cached = HookedHFModel.from_pretrained("tiny/mpt", cache_dir=str(tmp_path / "cache"))
+    with torch.no_grad():
+        assert torch.equal(cached(x), model(x, use_cache=False).logits)
     with pytest.raises(ValueError, match="trust_remote_code=True is refused"):
         HookedHFModel.from_pretrained(tmp_path, trust_remote_code=True)
     with pytest.raises(ValueError, match="could not load"):

@@ -183,7 +183,8 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         hf_model.eval()
         if tokenizer is None:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source, **settings)
+                where = {k: hf_kwargs[k] for k in ("cache_dir", "revision") if k in hf_kwargs}
+                tokenizer = AutoTokenizer.from_pretrained(source, **settings, **where)
             except (OSError, ValueError, TypeError):
                 tokenizer = None  # weights without tokenizer files: token ids only
         return cls(hf_model, tokenizer)

@@ -91,7 +91,7 @@ model: with no hooks its logits are exactly transformers'.
 | `hook_embed` | the token embedding's output |
 | `blocks.{i}.hook_resid_pre`, `blocks.{i}.hook_resid_post` | each layer's input and output (the tensors of `output_hidden_states`) |
 | `blocks.{i}.hook_attn_out`, `blocks.{i}.hook_mlp_out` | the output of the layer's child named `self_attn`/`attn`/`attention`/`self_attention` and `mlp`/`feed_forward`/`ffn`, where there is one |
-| `blocks.{i}.attn.hook_pattern` | the attention weights, read-only; asking for them runs that call with eager attention (a warning says so once) |
+| `blocks.{i}.attn.hook_pattern` | the attention weights, read-only; asking for them runs that call with eager attention (a warning says so once), in every layer: transformers builds one attention mask for the whole model's implementation, and a fused implementation's mask (often none: causal by flag) would be wrong for one eager layer |
 | `ln_final.hook_normalized`, `hook_logits` | the final norm's and the head's outputs |
 | `model.layers.3.self_attn.o_proj`, ... | every submodule's output (a tuple's first element) under its Hugging Face path |
 
