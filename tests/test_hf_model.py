@@ -188,8 +188,14 @@ def test_patching_through_the_wrapper_equals_the_native_model(kind: str, tmp_pat
     lens = wrapped.logit_lens(clean)
     assert lens.shape == (3, 1, VOCAB)
     torch.testing.assert_close(lens[-1], wrapped(clean)[:, -1], atol=1e-5, rtol=1e-5)
-    native_lens = logit_lens(native, clean)
-    torch.testing.assert_close(lens, native_lens, atol=1e-4, rtol=1e-4)
+    native_lens, native_labels = logit_lens(native, clean, [5, 7], None, return_labels=True)
+    ours, labels = logit_lens(wrapped, clean, [5, 7], None, return_labels=True)
+    assert labels == native_labels == ["0_pre", "1_pre", "final_post"]
+    assert ours.shape == (3, 1, 6, 2)
+    torch.testing.assert_close(ours, native_lens, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lens, logit_lens(native, clean), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="incl_mid needs"):
+        logit_lens(wrapped, clean, incl_mid=True)
 
 
 def test_generate_goes_through_transformers_with_hooks_firing(tmp_path: Path) -> None:

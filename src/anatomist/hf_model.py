@@ -382,26 +382,54 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             if before != "eager" and before is not None:
                 self.hf_model.set_attn_implementation(before)
 
-    def logit_lens(self, input: str | list[str] | Tensor, pos_slice: Any = -1) -> Tensor:
-        """Logits read off the residual stream before every layer and after the last, through
-        the model's own final norm and head: ``[n_layers + 1, batch, *pos, d_vocab]``. The last
-        row is the model's output (when the head reads the final norm's output directly)."""
+    def logit_lens(
+        self,
+        input: str | list[str] | Tensor,
+        answer_tokens: Any = None,
+        pos_slice: Any = -1,
+        *,
+        return_type: str = "logits",
+        return_labels: bool = False,
+        **forward_kwargs: Any,
+    ) -> Any:
+        """`anatomist.analysis.logit_lens.logit_lens` on this model: the stream before every
+        layer and after the last, through the model's own final norm and head (rows
+        ``"{l}_pre"`` and ``"final_post"``; the last row is the model's output when the head
+        reads the final norm directly)."""
+        from anatomist.analysis.logit_lens import logit_lens
+
+        return logit_lens(
+            self,
+            input,
+            answer_tokens,
+            pos_slice,
+            return_type=return_type,
+            return_labels=return_labels,
+            **forward_kwargs,
+        )
+
+    def lens_rows(
+        self, input: str | list[str] | Tensor, pos_slice: Any = -1, **forward_kwargs: Any
+    ) -> tuple[Tensor, list[str]]:
+        """The logit lens's logits ``[n_layers + 1, batch, *pos, d_vocab]`` and row labels; the
+        final norm and head run outside their hooks (as the native lens reads its unembedding)."""
         if self._final_norm is None:
             raise NeedsNativeFamilyError(
                 f"the logit lens needs the final norm, and no child named "
                 f"{', '.join(FINAL_NORM_NAMES)} sits beside {self._layers_path}."
             )
         n = self.cfg.n_layers
-        names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [
-            f"blocks.{n - 1}.hook_resid_post"
-        ]
-        _, cache = self.run_with_cache(input, names_filter=names, return_type=None)
+        names = [f"blocks.{i}.hook_resid_pre" for i in range(n)]
+        names.append(f"blocks.{n - 1}.hook_resid_post")
+        _, cache = self.run_with_cache(
+            input, names_filter=names, return_type=None, **forward_kwargs
+        )
         stack = torch.stack([cache[name] for name in names])
         if pos_slice is not None:
             stack = stack[:, :, pos_slice]
         head = self.hf_model.get_output_embeddings()
-        with torch.no_grad():
-            return head(self._final_norm(stack))
+        logits = head.forward(self._final_norm.forward(stack))
+        return logits, [f"{i}_pre" for i in range(n)] + ["final_post"]
 
     @torch.no_grad()
     def generate(

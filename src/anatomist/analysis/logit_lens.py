@@ -49,6 +49,29 @@ def logit_lens(
         raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
     if isinstance(input, list):
         forward_kwargs.setdefault("padding_side", "left")
+    rows = getattr(model, "lens_rows", None)
+    if callable(rows):  # a wrapped Hugging Face model: its own final norm and head
+        if incl_mid:
+            raise ValueError(
+                "incl_mid needs blocks.{l}.hook_resid_mid, which a wrapped Hugging Face model "
+                "(HookedHFModel) does not have: its hook points are the layer boundaries."
+            )
+        values, labels = rows(input, pos_slice, **forward_kwargs)
+    else:
+        values, labels = _native_rows(model, input, pos_slice, incl_mid, forward_kwargs)
+    if return_type == "probs":
+        values = values.float().softmax(dim=-1)
+    elif return_type == "log_probs":
+        values = values.float().log_softmax(dim=-1)
+    if answer_tokens is not None:
+        values = _select_tokens(model, values, answer_tokens)
+    return (values, labels) if return_labels else values
+
+
+def _native_rows(
+    model: Any, input: Any, pos_slice: Any, incl_mid: bool, forward_kwargs: dict[str, Any]
+) -> tuple[Tensor, list[str]]:
+    """The lens's rows on a native model: its cached streams through ln_final and unembed."""
     n = model.cfg.n_layers
     # Only the residual stream is cached (plus the scales the norm hooks compute anyway).
     wanted = {f"blocks.{i}.hook_resid_pre" for i in range(n)}
@@ -62,14 +85,7 @@ def logit_lens(
     stack, labels = cache.accumulated_resid(
         incl_mid=incl_mid, apply_ln=True, pos_slice=pos_slice, return_labels=True
     )
-    values = _unembed(model, stack)  # [rows, batch, *pos, d_vocab]
-    if return_type == "probs":
-        values = values.float().softmax(dim=-1)
-    elif return_type == "log_probs":
-        values = values.float().log_softmax(dim=-1)
-    if answer_tokens is not None:
-        values = _select_tokens(model, values, answer_tokens)
-    return (values, labels) if return_labels else values
+    return _unembed(model, stack), labels  # [rows, batch, *pos, d_vocab]
 
 
 def _unembed(model: Any, x: Tensor) -> Tensor:

@@ -97,8 +97,9 @@ model: with no hooks its logits are exactly transformers'.
 
 What works unchanged: `run_with_hooks`, `run_with_cache` (`names_filter`, `incl_bwd`), `hooks()`,
 `reset_hooks`, the activation-patching presets on these hook points (`get_act_patch_resid_pre`,
-`_attn_out`, `_mlp_out`, `generic_activation_patch`), `model.logit_lens(input)` (each layer's
-residual stream through the model's own final norm and head), `generate` (transformers' generate,
+`_attn_out`, `_mlp_out`, `generic_activation_patch`), `logit_lens(model, ...)` /
+`model.logit_lens(...)` (each layer's residual stream through the model's own final norm and
+head; answer tokens, probabilities and labels as for a native model), `generate` (transformers' generate,
 the classic arguments, hooks firing at every step), `to_tokens` / `to_string` / `to_str_tokens`,
 `forward(return_type="loss")`.
 
