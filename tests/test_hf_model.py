@@ -122,6 +122,12 @@ def test_attention_and_mlp_outputs_are_found_and_editing_them_edits_the_run(kind
         clean = wrapped(x)
     assert torch.equal(ablated, expected) and not torch.equal(ablated, clean)
     assert not wrapped.hook_dict["blocks.0.hook_mlp_out"].hooked_here()  # removed after the run
+    wrapped.add_hook("blocks.0.hook_mlp_out", lambda t, hook: torch.zeros_like(t))
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), expected)  # a permanent-until-reset hook
+    wrapped.reset_hooks()
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), clean)
     _, cache = wrapped.run_with_cache(x, names_filter=["blocks.1.hook_attn_out"])
     assert cache["blocks.1.hook_attn_out"].shape == (2, 7, 32)
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

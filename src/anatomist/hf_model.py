@@ -347,10 +347,13 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
                     f"input holds token ids outside [0, {self.cfg.d_vocab}) (d_vocab), e.g. "
                     f"{high if high >= self.cfg.d_vocab else int(tokens.min())}."
                 )
-        device = self.cfg.device
-        if device is not None:
-            tokens = tokens.to(device)
-            attention_mask = attention_mask.to(device) if attention_mask is not None else None
+        # Where the embedding is now (the model may have moved since it was wrapped).
+        param = next(self.hf_model.parameters(), None)
+        if param is not None:
+            self.cfg.device = str(param.device)
+            tokens = tokens.to(param.device)
+            if attention_mask is not None:
+                attention_mask = attention_mask.to(param.device)
         return tokens, attention_mask
 
     def _pattern_points(self) -> list[HookPoint]:
