@@ -270,6 +270,12 @@ def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path
         assert torch.equal(cached(x), model(x, use_cache=False).logits)
     with pytest.raises(ValueError, match="trust_remote_code=True is refused"):
         HookedHFModel.from_pretrained(tmp_path, trust_remote_code=True)
+    with pytest.raises(ValueError, match="local_files_only=False is refused"):
+        HookedHFModel.from_pretrained(tmp_path, local_files_only=False)
+    with pytest.raises(ValueError, match="'float33' is not a torch dtype"):
+        HookedHFModel.from_pretrained(tmp_path, dtype="float33")
+    half = HookedHFModel.from_pretrained(tmp_path, dtype="bfloat16", local_files_only=True)
+    assert half.cfg.dtype == torch.bfloat16 and half(x).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="could not load"):
         HookedHFModel.from_pretrained(tmp_path / "missing")
 

@@ -162,15 +162,23 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             if not path.is_file():
                 raise FileNotFoundError(f"No GGUF file at {path}.")
             source, extra = str(path.parent), {"gguf_file": path.name}
-        for refused in ("trust_remote_code", "local_files_only"):
-            if hf_kwargs.pop(refused, None):
-                raise ValueError(
-                    f"{refused}=True is refused: anatomist runs offline and never "
-                    "executes code from a model folder."
-                )
-        settings = {"local_files_only": True, "trust_remote_code": False, **extra}
+        if hf_kwargs.pop("trust_remote_code", False):
+            raise ValueError(
+                "trust_remote_code=True is refused: anatomist never executes code from a model "
+                "folder. A custom architecture needs its modeling code installed as a package."
+            )
+        if hf_kwargs.pop("local_files_only", True) is False:
+            raise ValueError(
+                "local_files_only=False is refused: HookedHFModel loads offline (a local folder, "
+                "a .gguf file, or a repo id already in the Hugging Face cache)."
+            )
+        settings: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False, **extra}
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16').")
+            dtype = getattr(torch, dtype)
         if dtype is not None:
-            settings["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            settings["dtype"] = dtype
         try:
             hf_model: Any = AutoModelForCausalLM.from_pretrained(source, **settings, **hf_kwargs)
         except (OSError, ValueError) as error:
