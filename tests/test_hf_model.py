@@ -222,6 +222,12 @@ def test_generate_goes_through_transformers_with_hooks_firing(tmp_path: Path) ->
     with wrapped.hooks(fwd_hooks=[("hook_embed", lambda t, hook: seen.append(t.shape[1]))]):
         wrapped.generate(x, max_new_tokens=3, do_sample=False, stop_at_eos=False)
     assert seen == [4, 1, 1]  # the prompt, then one token per step (KV cache)
+    patterns: list[tuple[int, ...]] = []
+    hook = ("blocks.1.attn.hook_pattern", lambda t, hook: patterns.append(tuple(t.shape)))
+    with wrapped.hooks(fwd_hooks=[hook]), pytest.warns(UserWarning, match="eager"):
+        again = wrapped.generate(x, max_new_tokens=3, do_sample=False, stop_at_eos=False)
+    assert torch.equal(again, out[:, :7])
+    assert patterns == [(1, 4, 4, 4), (1, 4, 1, 5), (1, 4, 1, 6)]
 
 
 def test_what_needs_a_native_family_says_so() -> None:

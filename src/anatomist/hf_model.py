@@ -320,12 +320,9 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             # real token, so a left-padded row computes what it computes alone.
             hf_kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         with self._patterns() as extra:
+            hf_kwargs.setdefault("use_cache", False)
             output = self.hf_model(
-                input_ids=tokens,
-                attention_mask=attention_mask,
-                use_cache=False,
-                **extra,
-                **hf_kwargs,
+                input_ids=tokens, attention_mask=attention_mask, **extra, **hf_kwargs
             )
         logits = output.logits
         if return_type == "logits":
@@ -478,7 +475,8 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             settings["eos_token_id"] = eos_token_id
         pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer else None
         settings["pad_token_id"] = pad if pad is not None else 0
-        out = self.hf_model.generate(tokens, **settings)
+        with self._patterns() as extra:  # hook_pattern hooks see every step's weights
+            out = self.hf_model.generate(tokens, **settings, **extra)
         if return_type == "str" or (return_type == "input" and text_in):
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
             return texts[0] if isinstance(input, str) else texts
