@@ -53,10 +53,11 @@ class TrainingConfig:
     Training runs ``num_epochs`` passes over the data, or stops at ``max_steps`` optimizer steps
     if that comes first. ``warmup_steps`` ramps the learning rate linearly from lr/warmup to
     lr. ``weight_decay`` (None: the optimizer's default; AdamW's is 0.01), ``betas`` (Adam and
-    AdamW; None: torch's 0.9, 0.999) and ``momentum`` (SGD) go to the optimizer; ``max_grad_norm`` clips the gradients' total norm. Logging: every
-    step's record (step, epoch, loss, lr) goes to ``callback``, to ``log_file`` (.csv or .jsonl,
-    appended to on resume) and, with ``wandb=True`` and the package installed, to a wandb run;
-    every ``print_every`` steps it is printed. ``progress`` shows a bar with the loss.
+    AdamW; None: torch's 0.9, 0.999) and ``momentum`` (SGD) go to the optimizer;
+    ``max_grad_norm`` clips the gradients' total norm. Logging: every step's record (step,
+    epoch, loss, lr) goes to ``callback``, to ``log_file`` (.csv or .jsonl, appended to on
+    resume) and, with ``wandb=True`` and the package installed, to a wandb run; every
+    ``print_every`` steps it is printed. ``progress`` shows a bar with the loss.
     ``deterministic`` turns on torch's deterministic algorithms while training (restored after;
     ops without one warn): with several CPU threads some backward kernels otherwise sum in a
     varying order, and two runs of the same settings drift apart.
