@@ -17,7 +17,12 @@ import anatomist
 from anatomist import patching
 from anatomist.analysis.logit_lens import logit_lens
 from anatomist.families.registry import UnsupportedArchitectureError
-from anatomist.hf_model import HookedHFModel, NeedsNativeFamilyError
+from anatomist.hf_model import (
+    ATTENTION_NAMES,
+    OUT_PROJECTION_NAMES,
+    HookedHFModel,
+    NeedsNativeFamilyError,
+)
 from anatomist.hooks import UnknownHookError
 
 VOCAB = 100
@@ -128,8 +133,19 @@ def test_attention_and_mlp_outputs_are_found_and_editing_them_edits_the_run(kind
     wrapped.reset_hooks()
     with torch.no_grad():
         assert torch.equal(wrapped(x), clean)
-    _, cache = wrapped.run_with_cache(x, names_filter=["blocks.1.hook_attn_out"])
+    _, cache = wrapped.run_with_cache(
+        x, names_filter=["blocks.1.hook_attn_out", "blocks.1.attn.hook_z"]
+    )
     assert cache["blocks.1.hook_attn_out"].shape == (2, 7, 32)
+    # hook_z: each head's output, which the output projection turns into the attention output.
+    z = cache["blocks.1.attn.hook_z"]
+    assert z.shape == (2, 7, 4, 8)
+    attention = next(
+        getattr(layer_list[1], n) for n in ATTENTION_NAMES if hasattr(layer_list[1], n)
+    )
+    projection = next(getattr(attention, n) for n in OUT_PROJECTION_NAMES if hasattr(attention, n))
+    with torch.no_grad():
+        torch.testing.assert_close(projection(z.flatten(-2)), cache["blocks.1.hook_attn_out"])
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     assert wrapped.unwrap() is model
     hooks_after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -181,10 +197,20 @@ def test_patching_through_the_wrapper_equals_the_native_model(kind: str, tmp_pat
         return logits[0, -1, 5] - logits[0, -1, 7]
 
     _, clean_cache = wrapped.run_with_cache(
-        clean, names_filter=lambda n: n.endswith("_out") or "resid" in n
+        clean, names_filter=lambda n: n.endswith(("_out", "hook_z")) or "resid" in n
     )
     _, native_cache = native.run_with_cache(clean)
     assert not wrapped.attached_hooks()  # its own watchers do not count: the fast path runs
+    torch.testing.assert_close(
+        clean_cache["blocks.1.attn.hook_z"], native_cache["z", 1], atol=1e-5, rtol=1e-5
+    )
+    heads = patching.get_act_patch_attn_head_out_all_pos
+    ours, theirs = (
+        heads(wrapped, corrupted, clean_cache, metric),
+        heads(native, corrupted, native_cache, metric),
+    )
+    assert ours.shape == (2, 4) and ours.abs().max() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     for preset in (patching.get_act_patch_resid_pre, patching.get_act_patch_mlp_out):
         ours = preset(wrapped, corrupted, clean_cache, metric)
         theirs = preset(native, corrupted, native_cache, metric)
@@ -238,6 +264,9 @@ def test_what_needs_a_native_family_says_so() -> None:
     assert not hasattr(wrapped, "W_U")
     with pytest.raises(UnknownHookError, match="native family"):
         wrapped.run_with_cache(tokens(), names_filter=["blocks.0.attn.hook_q"])
+    mamba = HookedHFModel(tiny("mamba"))  # no attention: no heads
+    with pytest.raises(UnknownHookError, match="native family"):
+        mamba.run_with_cache(tokens(), names_filter=["blocks.0.attn.hook_z"])
     with pytest.raises(UnknownHookError, match="Closest hook names: blocks.0.hook_resid_pre"):
         wrapped.run_with_cache(tokens(), names_filter=["blocks.0.hook_resid_pr"])
     with pytest.raises(ValueError, match="token ids outside"):

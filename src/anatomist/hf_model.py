@@ -8,7 +8,9 @@ only watches module boundaries with torch forward hooks that hand each output to
   ``blocks.{i}.hook_resid_pre`` / ``hook_resid_post`` (each layer's input and output),
   ``blocks.{i}.hook_attn_out`` / ``hook_mlp_out`` (where the layer has an attention / MLP module
   under a usual name), ``ln_final.hook_normalized`` (the final norm's output) and
-  ``hook_logits`` (the head's output);
+  ``hook_logits`` (the head's output); ``blocks.{i}.attn.hook_z`` (each head's output,
+  ``[batch, pos, head, d_head]``: the input of the attention's output projection, where it has
+  one named o_proj/out_proj/c_proj/dense/wo);
 - every submodule's output under its Hugging Face path (``model.layers.3.self_attn.o_proj``);
   a module that returns a tuple shows its first element;
 - ``blocks.{i}.attn.hook_pattern`` (read-only): the attention weights, only when a hook or the
@@ -43,6 +45,8 @@ from anatomist.model.tokens import TokenizerMixin, token_batch
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer_attn")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "ffn_layer")
+# The attention module's output projection: its input is the heads' outputs side by side.
+OUT_PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo")
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm", "ln_out")
 
 # Attributes and methods that read or rewrite anatomist's own weight layout.
@@ -74,7 +78,6 @@ _NATIVE_HOOKS = (
     "hook_q",
     "hook_k",
     "hook_v",
-    "hook_z",
     "hook_result",
     "hook_attn_scores",
     "hook_rot_q",
@@ -216,6 +219,11 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             if attn is not None:
                 self._watch(attn, f"blocks.{i}.hook_attn_out")
                 self._watch_pattern(attn, f"blocks.{i}.attn.hook_pattern")
+                projection = _child(attn, OUT_PROJECTION_NAMES)
+                if projection is not None:
+                    point = self._point(f"blocks.{i}.attn.hook_z")
+                    hook = _heads_hook(point, self.cfg.n_heads)
+                    self._handles.append(projection.register_forward_pre_hook(hook))
             mlp = _child(layer, MLP_NAMES)
             if mlp is not None:
                 self._watch(mlp, f"blocks.{i}.hook_mlp_out")
@@ -276,7 +284,8 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
                 f"Hook {name!r} needs anatomist's own implementation of the architecture (a "
                 f"native family); this HookedHFModel wraps {self.cfg.original_architecture}, "
                 "whose hook points are the layer boundaries (blocks.{i}.hook_resid_pre/post, "
-                "hook_attn_out, hook_mlp_out, attn.hook_pattern) and every submodule's output "
+                "hook_attn_out, hook_mlp_out, attn.hook_pattern, attn.hook_z) and every "
+                "submodule's output "
                 "by its Hugging Face path (model.hook_dict lists them)."
             )
         return super()._unknown_hook(name)
@@ -553,6 +562,22 @@ def _input_hook(point: HookPoint) -> Callable[..., Any]:
             if new is not hidden:
                 return args, {**kwargs, "hidden_states": new}
         return None
+
+    return run
+
+
+def _heads_hook(point: HookPoint, n_heads: int) -> Callable[..., Any]:
+    """The output projection's input ``[batch, pos, n_heads * d_head]`` as ``hook_z``
+    ``[batch, pos, n_heads, d_head]`` (editable; the projection reads the edit)."""
+
+    def run(module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if not args or not isinstance(args[0], Tensor) or args[0].shape[-1] % n_heads:
+            return None
+        heads = args[0]
+        z = heads.unflatten(-1, (n_heads, heads.shape[-1] // n_heads))
+        new = point(z)
+        # (the hook point has checked a replacement's shape, dtype and device)
+        return None if new is z else (new.flatten(-2), *args[1:])
 
     return run
 

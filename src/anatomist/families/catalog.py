@@ -92,12 +92,14 @@ model: with no hooks its logits are exactly transformers'.
 | `blocks.{i}.hook_resid_pre`, `blocks.{i}.hook_resid_post` | each layer's input and output (the tensors of `output_hidden_states`) |
 | `blocks.{i}.hook_attn_out`, `blocks.{i}.hook_mlp_out` | the output of the layer's child named `self_attn`/`attn`/`attention`/`self_attention` and `mlp`/`feed_forward`/`ffn`, where there is one |
 | `blocks.{i}.attn.hook_pattern` | the attention weights, read-only; asking for them runs that call with eager attention (a warning says so once), in every layer: transformers builds one attention mask for the whole model's implementation, and a fused implementation's mask (often none: causal by flag) would be wrong for one eager layer |
+| `blocks.{i}.attn.hook_z` | each head's output `[batch, pos, head, d_head]`: the input of the attention's output projection (a child named `o_proj`/`out_proj`/`c_proj`/`dense`/`wo`), editable |
 | `ln_final.hook_normalized`, `hook_logits` | the final norm's and the head's outputs |
 | `model.layers.3.self_attn.o_proj`, ... | every submodule's output (a tuple's first element) under its Hugging Face path |
 
 What works unchanged: `run_with_hooks`, `run_with_cache` (`names_filter`, `incl_bwd`), `hooks()`,
 `reset_hooks`, the activation-patching presets on these hook points (`get_act_patch_resid_pre`,
-`_attn_out`, `_mlp_out`, `generic_activation_patch`), `logit_lens(model, ...)` /
+`_attn_out`, `_mlp_out`, `_attn_head_out_all_pos` / `_by_pos` through `hook_z`,
+`generic_activation_patch`), `logit_lens(model, ...)` /
 `model.logit_lens(...)` (each layer's residual stream through the model's own final norm and
 head; answer tokens, probabilities and labels as for a native model), `generate` (transformers' generate,
 the classic arguments, hooks firing at every step), `to_tokens` / `to_string` / `to_str_tokens`,
@@ -105,12 +107,12 @@ the classic arguments, hooks firing at every step), `to_tokens` / `to_string` / 
 
 What needs a native family, and raises `NeedsNativeFamilyError` (or, for hook names,
 `UnknownHookError`) saying so: weight views (`W_Q`, `W_U`, `OV`, `QK`, ...), FactoredMatrix
-circuits, weight processing (`fold_layer_norm`, centering), per-head and inner hooks
-(`hook_q`/`k`/`v`/`z`/`result`, `hook_attn_scores`, norm scales, `mlp.hook_post`), editing
+circuits, weight processing (`fold_layer_norm`, centering), inner hooks (`hook_q`/`k`/`v`,
+`hook_result`, `hook_attn_scores`, norm scales, `mlp.hook_post`), editing
 attention patterns, cache methods that apply anatomist's final norm or unembedding
 (`accumulated_resid(apply_ln=True)`, `apply_ln_to_stack`, `logit_attrs`; use `model.logit_lens`),
-per-head cache stacks (`stack_head_results`: the cache has no `hook_z`), and path or attribution
-patching through heads. `accumulated_resid()` and `decompose_resid()` work on the cached layer
+per-head cache stacks (`stack_head_results` needs `W_O`), and path or attribution patching
+through q/k/v. `accumulated_resid()` and `decompose_resid()` work on the cached layer
 boundaries. The hook names of a wrapped model are its boundaries, not anatomist's per-component
 decomposition.
 
@@ -119,7 +121,8 @@ ported) plus GPT-2 and Llama: logits exactly transformers', every `hook_resid_pr
 to `output_hidden_states`, a hook-point ablation equal to the same torch hook on the module,
 patterns equal to eager `output_attentions`, gradients, greedy `generate` equal to transformers',
 and on GPT-2 and Llama the resid_pre and mlp_out patching sweeps and the logit lens equal the
-native model's (within 1e-4). The packaged SmolLM2 GGUF loads through it with its tokenizer
+native model's (within 1e-4), as do `hook_z` and the per-head patching sweep; on all four
+attention models the output projection of `hook_z` is `hook_attn_out`. The packaged SmolLM2 GGUF loads through it with its tokenizer
 (logits exactly transformers')."""
 
 

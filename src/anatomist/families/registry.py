@@ -52,9 +52,9 @@ UNSUPPORTED: dict[str, str] = {
 # Named in the error for an architecture no family ports (transformers must know it).
 FALLBACK = (
     "anatomist.HookedHFModel.from_pretrained(path) wraps any transformers causal LM instead: "
-    "hook points at every layer's input and output, attention and MLP outputs, the final norm, "
-    "the logits and every submodule by its Hugging Face path, for hooks, caching, patching, the "
-    "logit lens and generate (no weight views, weight processing or per-head hooks)."
+    "hook points at every layer's input and output, attention, head and MLP outputs, the final "
+    "norm, the logits and every submodule by its Hugging Face path, for hooks, caching, patching, "
+    "the logit lens and generate (no weight views, weight processing or q/k/v hooks)."
 )
 
 
