@@ -236,14 +236,18 @@ def test_generate_goes_through_transformers_with_hooks_firing(tmp_path: Path) ->
     x = tokens(1, 4)
     out = wrapped.generate(x, max_new_tokens=5, do_sample=False, stop_at_eos=False)
     expected = model.generate(
-        x,
-        max_new_tokens=5,
-        min_new_tokens=5,
-        do_sample=False,
-        pad_token_id=0,
-        attention_mask=torch.ones_like(x),
+        x, max_new_tokens=5, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(x)
     )
     assert torch.equal(out, expected) and out.shape == (1, 9)
+    # Past EOS when asked: greedy decoding made EOS the only next token, then 4 more.
+    eos_first = wrapped.generate(
+        x, max_new_tokens=5, do_sample=False, stop_at_eos=False, eos_token_id=int(out[0, 4])
+    )
+    assert eos_first.shape == (1, 9) and torch.equal(eos_first, out)
+    stopped = wrapped.generate(x, max_new_tokens=5, do_sample=False, eos_token_id=int(out[0, 4]))
+    assert torch.equal(stopped, out[:, :5])
+    with pytest.raises(ValueError, match="return_type must be"):
+        wrapped.generate(x, return_type="logits")
     seen: list[int] = []
     with wrapped.hooks(fwd_hooks=[("hook_embed", lambda t, hook: seen.append(t.shape[1]))]):
         wrapped.generate(x, max_new_tokens=3, do_sample=False, stop_at_eos=False)

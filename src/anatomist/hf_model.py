@@ -29,6 +29,7 @@ goes online (``local_files_only=True``).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import warnings
@@ -454,11 +455,12 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         input: str | list[str] | Tensor = "",
         max_new_tokens: int = 10,
         stop_at_eos: bool = True,
-        eos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
         do_sample: bool = True,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float = 1.0,
+        repetition_penalty: float = 1.0,
         use_past_kv_cache: bool = True,
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
@@ -466,7 +468,13 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         verbose: bool = True,
     ) -> Any:
         """transformers' ``generate`` with the classic arguments; hooks fire at every step.
-        Returns text for text input (``return_type`` "input" or "str"), else token ids."""
+        Returns text for text input (``return_type`` "input" or "str"), else token ids
+        (``"tokens"``). ``stop_at_eos=False`` generates past EOS (the EOS token is not masked).
+        `verbose` is accepted for the classic signature (transformers shows no bar)."""
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(
+                f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}."
+            )
         text_in = isinstance(input, str | list)
         side = padding_side or ("left" if isinstance(input, list) else None)
         tokens, mask = self._tokens(input, prepend_bos, side, None)
@@ -478,8 +486,12 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         }
         if do_sample:
             settings.update(temperature=temperature, top_k=top_k, top_p=top_p)
+        if repetition_penalty != 1.0:
+            settings["repetition_penalty"] = repetition_penalty
         if not stop_at_eos:
-            settings["min_new_tokens"] = max_new_tokens
+            generation_config = copy.deepcopy(self.hf_model.generation_config)
+            generation_config.eos_token_id = None
+            settings["generation_config"] = generation_config
         elif eos_token_id is not None:
             settings["eos_token_id"] = eos_token_id
         pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer else None
