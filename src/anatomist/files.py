@@ -4,6 +4,7 @@ killed run must never leave half-written: harvest manifests, training checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,12 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     write(temporary)
     fsync(temporary)
     os.replace(temporary, path)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """`value` as indented JSON (anything else as its ``str``), written atomically."""
+    text = json.dumps(value, indent=2, default=str) + "\n"
+    write_atomically(path, lambda target: target.write_text(text))
 
 
 def fsync(path: Path) -> None:

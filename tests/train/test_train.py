@@ -189,6 +189,15 @@ def test_betas_reach_adam_and_are_saved_with_its_state(tmp_path: Path) -> None:
     assert not torch.equal(trained.W_E, default.W_E)
 
 
+def test_resuming_another_models_run_is_refused_and_leaves_the_model_alone(tmp_path: Path) -> None:
+    train(model(), settings(save_every=7, save_dir=tmp_path), tokens())
+    wider = anatomist.HookedTransformer(anatomist.TransformerConfig(**{**CFG, "d_mlp": 48}))  # type: ignore[arg-type]
+    before = weights(wider)
+    with pytest.raises(TrainingError, match="is of another model"):
+        train(wider, settings(save_every=7, save_dir=tmp_path), tokens(), resume=True)
+    assert_equal(weights(wider), before)
+
+
 def test_bad_data_and_resume_without_a_folder_are_refused() -> None:
     with pytest.raises(TrainingError, match="integer token ids"):
         train(model(), settings(), torch.randn(10, 16))

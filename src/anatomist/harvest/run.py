@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anatomist.files import fsync, write_atomically
+from anatomist.files import fsync, write_json_atomically
 
 FORMAT = "anatomist-harvest/1"
 SHARD_BYTES = 64 * 2**20  # activations per shard when rows_per_shard is not given
@@ -371,7 +371,7 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         return
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(settings_path, settings)
+    write_json_atomically(settings_path, settings)
 
 
 def _write_shard(
@@ -472,7 +472,7 @@ def _finish(
             data_files.append({"filename": f"{shard.name}/{entry['filename']}"})
     state = dict(first_state, _data_files=data_files, _fingerprint=settings["config_sha256"][:16])
     shutil.copyfile(shards[0] / "dataset_info.json", out / "dataset_info.json")
-    _write_json(out / "state.json", state)
+    write_json_atomically(out / "state.json", state)
     if not shapes:  # every shard was written by an earlier run or another rank
         shapes = _shapes_from(shards[0], hook_names)
     manifest = dict(
@@ -483,17 +483,12 @@ def _finish(
         columns={name: shapes[name] for name in hook_names},
         d_vocab=model.cfg.d_vocab,
     )
-    _write_json(out / MANIFEST_FILE, manifest)
+    write_json_atomically(out / MANIFEST_FILE, manifest)
 
 
 def _shapes_from(shard: Path, hook_names: list[str]) -> dict[str, list[int]]:
     info = _read_json(shard / "dataset_info.json")
     return {name: list(info["features"][name]["shape"]) for name in hook_names}
-
-
-def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2, default=str) + "\n"
-    write_atomically(path, lambda target: target.write_text(text))
 
 
 def _read_json(path: Path) -> Any:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from anatomist.files import write_atomically
+from anatomist.files import write_atomically, write_json_atomically
 
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 _STATE = re.compile(r"state_(\d+)\.pt")
@@ -161,7 +161,7 @@ def train(
     save_dir = Path(config.save_dir) if config.save_dir is not None else None
     step = _restore(save_dir, model, optimizer, scheduler) if resume and save_dir else 0
     if save_dir is not None:
-        _write_json(save_dir / "config.json", _config_dict(model))
+        write_json_atomically(save_dir / "config.json", _config_dict(model))
     logger = _Logger(config, append=resume and step > 0)
     bar = tqdm(total=total, initial=step, desc="training", disable=not config.progress)
     model.train()
@@ -368,23 +368,17 @@ def _restore(save_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
     if state.get("step") != step:
         raise TrainingError(f"{folder}/state_{step}.pt says step {state.get('step')}.")
     weights = load_file(str(folder / f"model_{step}.safetensors"))
-    missing = set(model.state_dict()) ^ set(weights)
-    if missing:
+    try:  # all-or-nothing for anatomist's models: names and shapes checked before any copy
+        model.load_state_dict(weights)
+    except RuntimeError as error:
         raise TrainingError(
-            f"Checkpoint {step} in {save_dir} is of another model (weights that differ: "
-            f"{', '.join(sorted(missing)[:5])}); give a new save_dir or the same model."
-        )
-    with torch.no_grad():
-        for name, value in model.state_dict().items():
-            value.copy_(weights[name])
+            f"Checkpoint {step} in {save_dir} is of another model ({error}); give a new "
+            "save_dir or the same model."
+        ) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return step
-
-
-def _write_json(path: Path, value: Any) -> None:
-    write_atomically(path, lambda target: target.write_text(json.dumps(value, indent=2)))
 
 
 def checkpoint_steps(save_dir: str | os.PathLike[str]) -> Sequence[int]:
