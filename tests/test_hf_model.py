@@ -200,7 +200,7 @@ def test_patching_through_the_wrapper_equals_the_native_model(kind: str, tmp_pat
         clean, names_filter=lambda n: n.endswith(("_out", "hook_z")) or "resid" in n
     )
     _, native_cache = native.run_with_cache(clean)
-    assert not wrapped.attached_hooks()  # its own watchers do not count: the fast path runs
+    assert not wrapped.hooked_modules()  # its own watchers do not count: the fast path runs
     torch.testing.assert_close(
         clean_cache["blocks.1.attn.hook_z"], native_cache["z", 1], atol=1e-5, rtol=1e-5
     )
@@ -246,7 +246,7 @@ def test_generate_goes_through_transformers_with_hooks_firing(tmp_path: Path) ->
     assert eos_first.shape == (1, 9) and torch.equal(eos_first, out)
     stopped = wrapped.generate(x, max_new_tokens=5, do_sample=False, eos_token_id=int(out[0, 4]))
     assert torch.equal(stopped, out[:, :5])
-    with pytest.raises(ValueError, match="return_type must be"):
+    with pytest.raises(ValueError, match="return_type must be one of"):
         wrapped.generate(x, return_type="logits")
     seen: list[int] = []
     with wrapped.hooks(fwd_hooks=[("hook_embed", lambda t, hook: seen.append(t.shape[1]))]):
@@ -273,7 +273,7 @@ def test_what_needs_a_native_family_says_so() -> None:
         mamba.run_with_cache(tokens(), names_filter=["blocks.0.attn.hook_z"])
     with pytest.raises(UnknownHookError, match="Closest hook names: blocks.0.hook_resid_pre"):
         wrapped.run_with_cache(tokens(), names_filter=["blocks.0.hook_resid_pr"])
-    with pytest.raises(ValueError, match="token ids outside"):
+    with pytest.raises(ValueError, match=r"outside \[0, d_vocab=100\)"):
         wrapped(torch.tensor([[1, VOCAB]]))
     _, cache = wrapped.run_with_cache(
         tokens(), names_filter=lambda n: n.startswith(("blocks", "hook"))
@@ -299,6 +299,8 @@ def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path
     loss = wrapped(x, return_type="loss")
     per_token = wrapped(x, return_type="loss", loss_per_token=True)
     assert per_token.shape == (2, 6) and torch.allclose(per_token.mean(), loss)
+    both = wrapped(x, return_type="both")
+    assert torch.equal(both.loss, loss) and both.logits.shape == (2, 7, VOCAB)
     # A repo id in a Hugging Face cache folder (the hub's layout), found offline.
     snapshot = tmp_path / "cache" / "models--tiny--mpt" / "snapshots" / "0123abc"
     model.save_pretrained(snapshot)

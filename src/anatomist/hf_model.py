@@ -42,7 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.hooks import HookedRootModule, HookPoint, UnknownHookError
-from anatomist.model.tokens import TokenizerMixin, token_batch
+from anatomist.model.generate import _resolve_return_type
+from anatomist.model.tokens import TokenizerMixin, check_token_ids, token_batch
+from anatomist.model.transformer import RETURN_TYPES, Output
+from anatomist.utils import lm_cross_entropy_loss
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer_attn")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "ffn_layer")
@@ -207,6 +210,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         for handle in getattr(self, "_handles", []):
             handle.remove()
         self._handles = []
+        self._pattern_points: list[HookPoint] = []
         self.hook_dict = {}
         self.mod_dict = {}
         hf = self.hf_model
@@ -246,18 +250,12 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         self._handles = []
         return self.hf_model
 
-    def attached_hooks(self) -> list[str]:
-        """Where hooks are attached: hook points, or torch's global module hooks (patching's fast
-        path checks this). Raw torch hooks on ``hf_model``'s modules are not seen (transformers
-        puts its own there): pass ``reuse=False`` to a patching sweep when you add some."""
-        from torch.nn.modules import module as torch_module
-
-        found = [
-            f"global torch {kind} hooks"
-            for kind in ("forward", "forward_pre", "backward", "backward_pre")
-            if getattr(torch_module, f"_global_{kind}_hooks", None)
-        ]
-        return found + [name for name, point in self.hook_dict.items() if point.hooked_here()]
+    def hooked_modules(self) -> list[str]:
+        """The hook points with hooks attached. Patching's fast path asks this instead of
+        scanning the modules for torch hooks: the wrapper's own watchers and transformers' hooks
+        are there on every run. Raw torch hooks you add to ``hf_model``'s modules are not seen:
+        pass ``reuse=False`` to a patching sweep then."""
+        return [name for name, point in self.hook_dict.items() if point.hooked_here()]
 
     def _point(self, name: str) -> HookPoint:
         point = HookPoint()
@@ -275,6 +273,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
 
     def _watch_pattern(self, module: nn.Module, name: str) -> None:
         point = self._point(name)
+        self._pattern_points.append(point)  # forward checks these for hooks (eager attention)
         self._handles.append(module.register_forward_hook(_pattern_hook(point)))
 
     def _unknown_hook(self, name: str) -> UnknownHookError:
@@ -286,8 +285,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
                 f"native family); this HookedHFModel wraps {self.cfg.original_architecture}, "
                 "whose hook points are the layer boundaries (blocks.{i}.hook_resid_pre/post, "
                 "hook_attn_out, hook_mlp_out, attn.hook_pattern, attn.hook_z) and every "
-                "submodule's output "
-                "by its Hugging Face path (model.hook_dict lists them)."
+                "submodule's output by its Hugging Face path (model.hook_dict lists them)."
             )
         return super()._unknown_hook(name)
 
@@ -314,11 +312,10 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         **hf_kwargs: Any,
     ) -> Any:
         """Logits ``[batch, pos, d_vocab]`` (the Hugging Face model's own), or the next-token
-        loss (``return_type="loss"``, mean or per token), both, or None."""
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(
-                f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}."
-            )
+        loss (``return_type="loss"``, mean or per token), both (an `Output`, as the native
+        model's), or None."""
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}.")
         tokens, attention_mask = self._tokens(input, prepend_bos, padding_side, attention_mask)
         if (
             attention_mask is not None
@@ -339,10 +336,8 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             return logits
         if return_type is None:
             return None
-        from anatomist.utils import lm_cross_entropy_loss
-
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
+        return loss if return_type == "loss" else Output(logits, loss)
 
     def _tokens(
         self,
@@ -356,12 +351,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
             attention_mask = mask if attention_mask is None else attention_mask
         else:
             tokens = token_batch(input)
-            high = int(tokens.max()) if tokens.numel() else 0
-            if tokens.numel() and (int(tokens.min()) < 0 or high >= self.cfg.d_vocab):
-                raise ValueError(
-                    f"input holds token ids outside [0, {self.cfg.d_vocab}) (d_vocab), e.g. "
-                    f"{high if high >= self.cfg.d_vocab else int(tokens.min())}."
-                )
+            check_token_ids(tokens, self.cfg.d_vocab)
         # Where the embedding is now (the model may have moved since it was wrapped).
         param = next(self.hf_model.parameters(), None)
         if param is not None:
@@ -371,15 +361,10 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
                 attention_mask = attention_mask.to(param.device)
         return tokens, attention_mask
 
-    def _pattern_points(self) -> list[HookPoint]:
-        return [
-            point for name, point in self.hook_dict.items() if name.endswith(".attn.hook_pattern")
-        ]
-
     @contextmanager
     def _patterns(self) -> Iterator[dict[str, Any]]:
         """Eager attention, and the weights returned, while a hook wants a pattern."""
-        if not any(point.hooked_here() for point in self._pattern_points()):
+        if not any(point.hooked_here() for point in self._pattern_points):
             yield {}
             return
         config = self.hf_model.config
@@ -464,18 +449,14 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         use_past_kv_cache: bool = True,
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
-        return_type: str = "input",
+        return_type: str | None = "input",
         verbose: bool = True,
     ) -> Any:
         """transformers' ``generate`` with the classic arguments; hooks fire at every step.
         Returns text for text input (``return_type`` "input" or "str"), else token ids
         (``"tokens"``). ``stop_at_eos=False`` generates past EOS (the EOS token is not masked).
         `verbose` is accepted for the classic signature (transformers shows no bar)."""
-        if return_type not in ("input", "str", "tokens"):
-            raise ValueError(
-                f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}."
-            )
-        text_in = isinstance(input, str | list)
+        output_type = _resolve_return_type(return_type, input)
         side = padding_side or ("left" if isinstance(input, list) else None)
         tokens, mask = self._tokens(input, prepend_bos, side, None)
         settings: dict[str, Any] = {
@@ -498,7 +479,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         settings["pad_token_id"] = pad if pad is not None else 0
         with self._patterns() as extra:  # hook_pattern hooks see every step's weights
             out = self.hf_model.generate(tokens, **settings, **extra)
-        if return_type == "str" or (return_type == "input" and text_in):
+        if output_type == "str":
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
             return texts[0] if isinstance(input, str) else texts
         return out

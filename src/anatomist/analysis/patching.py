@@ -445,14 +445,14 @@ def _attached_hooks(model: Any) -> list[str]:
     torch's global module hooks."""
     from torch.nn.modules import module as torch_module
 
-    own = getattr(model, "attached_hooks", None)  # a model whose modules carry hooks of its own
-    if callable(own):
-        return list(own())
     found = [
         f"global torch {kind} hooks"
         for kind in ("forward", "forward_pre", "backward", "backward_pre")
         if getattr(torch_module, f"_global_{kind}_hooks", None)
     ]
+    own = getattr(model, "hooked_modules", None)  # a model whose modules carry hooks of its own
+    if callable(own):
+        return found + list(own())
     for name, module in model.named_modules():
         if (
             module._forward_hooks
