@@ -20,8 +20,9 @@ from helpers import load, random_tokens, tiny_gpt2, tiny_llama
 
 import anatomist.loading.pretrained as pretrained
 import anatomist.model.block as block_module
-from anatomist import HookedTransformer, TransformerConfig
+from anatomist import HookedEncoder, HookedTransformer, TransformerConfig
 from anatomist.analysis.patching import get_act_patch_resid_pre
+from anatomist.loading.names import get_pretrained_model_config
 from anatomist.model.devices import DeviceMapError, model_parts, place, plan_devices
 from anatomist.model.kv_cache import KVCacheEntry
 
@@ -158,6 +159,11 @@ def test_max_memory_is_only_for_the_planner(llama_folder: Path) -> None:
         load(llama_folder, device_map={"": "cpu"}, device="cpu")
     with pytest.raises(ValueError, match="device_map or n_devices, not both"):
         load(llama_folder, device_map={"": "cpu"}, n_devices=2)
+    for bad in (0, True, 1.5):  # from_pretrained and get_pretrained_model_config alike
+        with pytest.raises(ValueError, match="n_devices must be a positive integer"):
+            load(llama_folder, n_devices=bad)
+        with pytest.raises(ValueError, match="n_devices must be a positive integer"):
+            get_pretrained_model_config(llama_folder, n_devices=bad)
 
 
 def test_n_devices_splits_over_accelerators_and_says_when_there_are_too_few(
@@ -171,6 +177,11 @@ def test_n_devices_splits_over_accelerators_and_says_when_there_are_too_few(
     cfg = small_config(n_layers=2, n_devices=2, device="cpu")
     with pytest.raises(DeviceMapError, match="n_devices=2 splits the blocks over accelerators"):
         HookedTransformer(cfg)
+    encoder_cfg = TransformerConfig(
+        n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=10, act_fn="gelu", n_devices=2
+    )
+    with pytest.raises(NotImplementedError, match="HookedEncoder runs on one device"):
+        HookedEncoder(encoder_cfg)
 
 
 def test_the_classic_split_gives_each_accelerator_a_run_of_blocks(

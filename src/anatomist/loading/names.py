@@ -26,6 +26,7 @@ from anatomist.config import TransformerConfig
 from anatomist.loading.checkpoints import PYTHIA, PYTHIA_V0, STANFORD_CRFM
 from anatomist.loading.errors import UnknownModelError
 from anatomist.loading.resolve import _registry, canonical_name
+from anatomist.model.devices import check_n_devices
 
 OFFICIAL_MODEL_NAMES: list[str] = list(_registry().entries)
 MODEL_ALIASES: dict[str, list[str]] = {
@@ -200,8 +201,7 @@ def get_pretrained_model_config(
     cfg.model_name = name.rstrip("/").split("/")[-1]
     cfg.dtype = dtype
     cfg.device = None if device is None else str(device)
-    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
-        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}.")
+    check_n_devices(n_devices)
     cfg.n_devices = n_devices
     if fold_ln:
         if cfg.normalization_type in ("LN", "RMS"):

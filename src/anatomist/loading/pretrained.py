@@ -138,13 +138,9 @@ def load_pretrained(
     cfg.tokenizer_name = tokenizer_name
     placed = None
     if device_map is not None or n_devices != 1:
-        from anatomist.model.devices import plan_devices
+        from anatomist.model.devices import check_splittable, plan_devices
 
-        if not cls.splittable:
-            raise NotImplementedError(
-                f"{cls.__name__} runs on one device; device_map and n_devices > 1 are "
-                "supported by HookedTransformer (decoder-only models)."
-            )
+        check_splittable(cls)
         placed = plan_devices(model, device_map, max_memory, n_devices, device, target_dtype)
     fill_weights(model, family, source.tensors, source.label, progress, checkpoint_layers, placed)
     if placed is not None:
@@ -173,8 +169,9 @@ def load_pretrained(
 
 
 def _check_split_args(device: Any, n_devices: Any, device_map: Any, max_memory: Any) -> None:
-    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
-        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}.")
+    from anatomist.model.devices import check_n_devices
+
+    check_n_devices(n_devices)
     if device_map is not None and n_devices != 1:
         raise ValueError(
             "Pass device_map or n_devices, not both: n_devices=k is the classic even split, "

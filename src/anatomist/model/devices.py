@@ -49,6 +49,21 @@ def model_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return parts
 
 
+def check_n_devices(n_devices: Any) -> None:
+    """`n_devices` as the loaders take it: a positive int."""
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive integer, got {n_devices!r}.")
+
+
+def check_splittable(model_class: type) -> None:
+    """Refuse a split (device_map, n_devices > 1) for a model class that runs on one device."""
+    if not getattr(model_class, "splittable", False):
+        raise NotImplementedError(
+            f"{model_class.__name__} runs on one device; n_devices > 1 and device maps are "
+            "supported by HookedTransformer (decoder-only models)."
+        )
+
+
 def as_device(value: DeviceLike, where: str = "device_map") -> torch.device:
     """A device from a map's value: an int is an accelerator index (accelerate's convention)."""
     if isinstance(value, bool):

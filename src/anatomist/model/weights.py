@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.config import NORMAL_INIT
-from anatomist.model.devices import forget_placement, place, plan_devices
+from anatomist.model.devices import check_splittable, forget_placement, place, plan_devices
 from anatomist.model.mlp import empty_weight
 
 
@@ -372,11 +372,7 @@ class StackedWeightsMixin:
         evenly over that many accelerators from ``cfg.device`` on (the classic split;
         `anatomist.model.devices`)."""
         if self.cfg.n_devices > 1:
-            if not self.splittable:
-                raise NotImplementedError(
-                    f"{type(self).__name__} runs on one device; n_devices > 1 and device maps "
-                    "are supported by HookedTransformer (decoder-only models)."
-                )
+            check_splittable(type(self))
             place(self, plan_devices(self, n_devices=self.cfg.n_devices, device=self.cfg.device))  # type: ignore[arg-type]
         else:
             self.to(self.cfg.device)
