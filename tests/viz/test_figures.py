@@ -260,3 +260,8 @@ def test_line_plots_each_series_with_its_points_in_place() -> None:
         viz.line({"a": [1.0, 2.0], "b": [1.0]})
     with pytest.raises(ValueError, match="x has shape"):
         viz.line([1.0, 2.0], x=[1.0])
+    # x may name a key of a dict, as a column of a DataFrame: it is the axis, not a series.
+    keyed = viz.line({"step": steps, "train": [4.0, 2.0, 1.0, 0.5]}, x="step").html
+    assert keyed.count("class='anat-line'") == 1 and "train at 30: 0.5" in keyed
+    with pytest.raises(ValueError, match="x='epoch' is not a column"):
+        viz.line({"train": [1.0, 2.0]}, x="epoch")

@@ -289,9 +289,6 @@ def token_values(
     return HTMLFigure(figure_div(fid, title, inner), title or "token values", "token_values")
 
 
-__all__ = ["bar", "heatmap", "heatmap_svg", "token_values"]
-
-
 PALETTE = ("#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#4d4d4d")
 
 
@@ -305,9 +302,9 @@ def line(
 ) -> HTMLFigure:
     """Lines over a shared x axis (a metric over training steps, e.g.): one polyline per
     series, a marker with a tooltip (series, x, y) at every point, the y range written on the
-    axis, a legend. `data` is a pandas DataFrame (every numeric column but `x` is a series; `x`
-    names the x column, e.g. ``"step"``), a dict of name -> 1-D values, or one 1-D series; `x`
-    may also be the values themselves (default: 0, 1, ...). `log_y` plots log10 of positive
+    axis, a legend. `data` is a pandas DataFrame (every numeric column but `x` is a series) or a
+    dict of name -> 1-D values, where `x` may name the x column or key (e.g. ``"step"``), or one
+    1-D series; `x` may also be the values themselves (default: 0, 1, ...). `log_y` plots log10 of positive
     values (losses)."""
     series, xs = _line_series(data, x)
     if log_y:
@@ -374,18 +371,18 @@ def line(
 
 
 def _line_series(data: Any, x: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    x_values = None
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
-        if isinstance(x, str):
-            if x not in data.columns:
-                raise ValueError(f"x={x!r} is not a column; columns: {list(data.columns)}.")
-            x_values = data[x].to_numpy(dtype=float)
-        numeric = [c for c in data.columns if c != x and np.issubdtype(data[c].dtype, np.number)]
+        numeric = [c for c in data.columns if c == x or np.issubdtype(data[c].dtype, np.number)]
         series = {str(c): data[c].to_numpy(dtype=float) for c in numeric}
     elif isinstance(data, dict):
         series = {str(k): to_array(v, f"data[{k!r}]").astype(float) for k, v in data.items()}
     else:
         series = {"values": to_array(data, "data").astype(float)}
+    x_values = None
+    if isinstance(x, str):  # a column (or key) of `data`
+        if x not in series:
+            raise ValueError(f"x={x!r} is not a column; columns: {list(series)}.")
+        x_values = series.pop(x)
     if not series:
         raise ValueError("line needs at least one series of numbers.")
     for name, values in series.items():
@@ -398,9 +395,10 @@ def _line_series(data: Any, x: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
         )
     n = lengths.pop()
     if x_values is None:
-        x_values = np.arange(n, dtype=float) if x is None or isinstance(x, str) else None
-    if x_values is None:
-        x_values = to_array(x, "x").astype(float)
+        x_values = np.arange(n, dtype=float) if x is None else to_array(x, "x").astype(float)
     if x_values.shape != (n,):
         raise ValueError(f"x has shape {x_values.shape}; the series have {n} values.")
     return series, x_values
+
+
+__all__ = ["bar", "heatmap", "heatmap_svg", "line", "token_values"]
