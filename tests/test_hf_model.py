@@ -24,6 +24,7 @@ from anatomist.hf_model import (
     NeedsNativeFamilyError,
 )
 from anatomist.hooks import UnknownHookError
+from anatomist.loading.errors import UnknownModelError
 
 VOCAB = 100
 
@@ -287,7 +288,9 @@ def test_what_needs_a_native_family_says_so() -> None:
     torch.testing.assert_close(parts.sum(0), cache["blocks.1.hook_resid_post"])
 
 
-def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path) -> None:
+def test_loading_offline_and_the_native_loader_names_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = tiny("mpt")
     model.save_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitectureError, match="HookedHFModel"):
@@ -306,7 +309,8 @@ def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path
     model.save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
-    cached = HookedHFModel.from_pretrained("tiny/mpt", cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    cached = HookedHFModel.from_pretrained("tiny/mpt")
     with torch.no_grad():
         assert torch.equal(cached(x), model(x, use_cache=False).logits)
     with pytest.raises(ValueError, match="trust_remote_code=True is refused"):
@@ -317,8 +321,10 @@ def test_loading_offline_and_the_native_loader_names_the_fallback(tmp_path: Path
         HookedHFModel.from_pretrained(tmp_path, dtype="float33")
     half = HookedHFModel.from_pretrained(tmp_path, dtype="bfloat16", local_files_only=True)
     assert half.cfg.dtype == torch.bfloat16 and half(x).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="could not load"):
+    with pytest.raises(UnknownModelError, match="does not exist"):
         HookedHFModel.from_pretrained(tmp_path / "missing")
+    with pytest.raises(UnknownModelError, match="smollm2-135m-instruct"):
+        HookedHFModel.from_pretrained("smollm2-135m-instrct")  # the nearest names are listed
 
 
 def word_tokenizer() -> Any:
@@ -355,12 +361,12 @@ def test_text_in_and_out_with_a_tokenizer() -> None:
 
 
 @pytest.mark.slow
-def test_a_real_gguf_model_loads_with_its_tokenizer(hf_smollm2: Any) -> None:
+def test_a_packaged_gguf_model_loads_with_its_tokenizer(hf_smollm2: Any) -> None:
     from tests.conftest import smollm2_gguf
 
-    path = smollm2_gguf()
-    assert path is not None
-    wrapped = HookedHFModel.from_pretrained(path, dtype=torch.float32)
+    assert smollm2_gguf() is not None
+    # By its packaged name, as HookedTransformer.from_pretrained takes it (the GGUF file inside).
+    wrapped = HookedHFModel.from_pretrained("smollm2-135m-instruct", dtype=torch.float32)
     assert wrapped.tokenizer is not None and wrapped.cfg.n_layers == 30
     ids = wrapped.to_tokens("The capital of France is")
     with torch.no_grad():

@@ -35,7 +35,6 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,7 +107,7 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
     """Hook points on a ``transformers`` causal LM (see the module docstring).
 
     ``HookedHFModel(hf_model, tokenizer=None)`` wraps a model you built; `from_pretrained` loads
-    one from a local folder, a GGUF file or the Hugging Face cache.
+    one offline by name or path, as `HookedTransformer.from_pretrained` finds it.
     """
 
     hf_model: Any  # a transformers PreTrainedModel
@@ -155,20 +154,19 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         tokenizer: Any = None,
+        revision: str | None = None,
         **hf_kwargs: Any,
     ) -> HookedHFModel:
-        """Load a causal LM with ``AutoModelForCausalLM`` offline: a local folder, a ``.gguf``
-        file, or a repo id already in the Hugging Face cache. Never runs code from the folder
-        (``trust_remote_code=False``). The tokenizer beside the weights is loaded when there is
-        one (or pass `tokenizer`)."""
+        """Load a causal LM with ``AutoModelForCausalLM``, offline: whatever
+        `HookedTransformer.from_pretrained` finds (a local folder, a ``.gguf`` file, a packaged
+        model's name, a registry name or a repo id in the Hugging Face cache;
+        `anatomist.loading.resolve`). Never runs code from the folder (``trust_remote_code`` is
+        refused). The tokenizer beside the weights is loaded when there is one (or pass
+        `tokenizer`); `hf_kwargs` go to transformers' ``from_pretrained``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(name_or_path)
-        source, extra = str(name_or_path), {}
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise FileNotFoundError(f"No GGUF file at {path}.")
-            source, extra = str(path.parent), {"gguf_file": path.name}
+        from anatomist.loading.resolve import resolve_checkpoint
+
         if hf_kwargs.pop("trust_remote_code", False):
             raise ValueError(
                 "trust_remote_code=True is refused: anatomist never executes code from a model "
@@ -177,29 +175,32 @@ class HookedHFModel(TokenizerMixin, HookedRootModule):
         if hf_kwargs.pop("local_files_only", True) is False:
             raise ValueError(
                 "local_files_only=False is refused: HookedHFModel loads offline (a local folder, "
-                "a .gguf file, or a repo id already in the Hugging Face cache)."
+                "a .gguf file, a packaged model, or a repo id already in the Hugging Face cache)."
             )
-        settings: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False, **extra}
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. 'bfloat16').")
             dtype = getattr(torch, dtype)
-        if dtype is not None:
-            settings["dtype"] = dtype
+        found = resolve_checkpoint(name_or_path, revision=revision, local_files_only=True)
+        source = found.path.parent if found.kind == "gguf" else found.path
+        settings: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        if found.kind == "gguf":
+            settings["gguf_file"] = found.path.name
         try:
-            hf_model: Any = AutoModelForCausalLM.from_pretrained(source, **settings, **hf_kwargs)
+            hf_model: Any = AutoModelForCausalLM.from_pretrained(
+                source, **settings, **({"dtype": dtype} if dtype is not None else {}), **hf_kwargs
+            )
         except (OSError, ValueError) as error:
             raise ValueError(
-                f"transformers could not load {str(name_or_path)!r} offline as a causal LM "
-                f"({type(error).__name__}: {error})."
+                f"transformers could not load {str(name_or_path)!r} ({found.path}) as a causal "
+                f"LM ({type(error).__name__}: {error})."
             ) from error
         if device is not None:
             hf_model = hf_model.to(device)
         hf_model.eval()
         if tokenizer is None:
             try:
-                where = {k: hf_kwargs[k] for k in ("cache_dir", "revision") if k in hf_kwargs}
-                tokenizer = AutoTokenizer.from_pretrained(source, **settings, **where)
+                tokenizer = AutoTokenizer.from_pretrained(source, **settings)
             except (OSError, ValueError, TypeError):
                 tokenizer = None  # weights without tokenizer files: token ids only
         return cls(hf_model, tokenizer)

@@ -81,9 +81,10 @@ FALLBACK_SECTION = """## Any other Hugging Face model: `HookedHFModel`
 An architecture no family ports (a new release, CodeGen, MPT, Mamba, a research model) runs as
 its own `transformers` model with hook points at the places every decoder has.
 `HookedTransformer.from_pretrained` keeps refusing it (its error names this class), and
-`anatomist.HookedHFModel.from_pretrained(path)` loads it offline from a local folder, a `.gguf`
-file or the Hugging Face cache (`AutoModelForCausalLM`, `local_files_only=True`, never
-`trust_remote_code`); `HookedHFModel(hf_model, tokenizer)` wraps a model you built. It *is* that
+`anatomist.HookedHFModel.from_pretrained(name_or_path)` loads it offline from whatever
+`HookedTransformer.from_pretrained` finds (a local folder, a `.gguf` file, a packaged model's
+name, a repo id in the Hugging Face cache) with `AutoModelForCausalLM` (`local_files_only=True`,
+never `trust_remote_code`); `HookedHFModel(hf_model, tokenizer)` wraps a model you built. It *is* that
 model: with no hooks its logits are exactly transformers'.
 
 | hook point | what it sees |
