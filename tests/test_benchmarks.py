@@ -292,3 +292,16 @@ def test_harvest_targets() -> None:
     assert flat.measured == pytest.approx(1.05) and flat.holds
     rows[0].extra["peak_mb"] = 2000
     assert not by_name(check_targets(rows), "harvest peak RSS").holds
+
+
+def test_hf_wrapper_bench_times_the_same_model_both_ways(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import hf_wrapper
+
+    tiny_llama(tmp_path)
+    hf_wrapper.main(["--model", str(tmp_path), "--batch", "1", "--pos", "4", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "hook points" in lines[0] and len(lines) == 4
+    assert lines[1].split()[0] == "transformers" and lines[1].endswith("1.000x transformers")
+    assert all("x transformers" in line for line in lines[2:])
